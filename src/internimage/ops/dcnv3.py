@@ -1,0 +1,289 @@
+"""DCNv3: the public function, its ``torch.library`` custom op and the ``DCNv3`` module.
+
+The operator (``ORIGINAL.md`` §2) samples, for every output pixel and group, P = Kh*Kw points around a base grid
+displaced by learned offsets, and returns their mask-weighted sum::
+
+    out[n, y, x, g*D:(g+1)*D] = sum_p mask[n, y, x, g, p] * bilinear(input[..., g*D:(g+1)*D], loc(n, y, x, g, p))
+
+Everything is NHWC; offsets are laid out [g][p][x, y] with the x (width) component first and points in x-outer
+order; ``offset_scale`` multiplies both the base grid and the offsets; samples outside the image read zeros.
+
+One op name (``internimage::dcnv3``) fronts every backend; the backend is resolved in
+:mod:`internimage.ops.backends`. Under ``torch.export`` / ONNX export the pure-PyTorch reference is traced
+instead, so exported graphs contain only standard ops (``GridSample``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .args import DCNv3Args, check_inputs, make_args
+from .backends import get_backend, resolve_backend
+from .reference import dcnv3_reference
+
+__all__ = ["dcnv3", "DCNv3"]
+
+
+@torch.library.custom_op("internimage::dcnv3", mutates_args=())
+def _dcnv3_op(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    offset_scale: float,
+    remove_center: bool,
+    backend: str,
+) -> torch.Tensor:
+    args = DCNv3Args(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+                     offset_scale, remove_center)
+    if input.numel() == 0 or offset.numel() == 0:
+        return input.new_zeros(_out_shape(input, offset))
+    return get_backend(backend).forward(input, offset, mask, args)
+
+
+@_dcnv3_op.register_fake
+def _dcnv3_fake(input, offset, mask, *args) -> torch.Tensor:
+    return input.new_empty(_out_shape(input, offset))
+
+
+@torch.library.custom_op("internimage::dcnv3_backward", mutates_args=())
+def _dcnv3_backward_op(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    offset_scale: float,
+    remove_center: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = DCNv3Args(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+                     offset_scale, remove_center)
+    if input.numel() == 0 or offset.numel() == 0:
+        return torch.zeros_like(input), torch.zeros_like(offset), torch.zeros_like(mask)
+    return get_backend(backend).backward(grad_output, input, offset, mask, args)
+
+
+@_dcnv3_backward_op.register_fake
+def _dcnv3_backward_fake(grad_output, input, offset, mask, *args):
+    return torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask)
+
+
+def _out_shape(input: torch.Tensor, offset: torch.Tensor) -> tuple[int, int, int, int]:
+    return (input.shape[0], offset.shape[1], offset.shape[2], input.shape[3])
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, offset, mask, *static = inputs
+    ctx.save_for_backward(input, offset, mask)
+    ctx.static = static
+
+
+def _backward(ctx, grad_output):
+    input, offset, mask = ctx.saved_tensors
+    grads = torch.ops.internimage.dcnv3_backward(grad_output.contiguous(), input, offset, mask, *ctx.static)
+    return (*grads, *([None] * len(ctx.static)))
+
+
+torch.library.register_autograd("internimage::dcnv3", _backward, setup_context=_setup_context)
+
+
+def _is_exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(torch.onnx.is_in_onnx_export() or (is_exporting is not None and is_exporting()))
+
+
+def dcnv3(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_size: int | tuple[int, int] = 3,
+    stride: int | tuple[int, int] = 1,
+    pad: int | tuple[int, int] = 1,
+    dilation: int | tuple[int, int] = 1,
+    group: int = 1,
+    offset_scale: float = 1.0,
+    remove_center: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Deformable convolution v3 sampling core (no projections, no softmax).
+
+    Args:
+        input: (N, H, W, G*D) features.
+        offset: (N, Ho, Wo, G*P*2) offsets in pixels, laid out [g][p][x, y], P = Kh*Kw (minus 1 with
+            ``remove_center``), points in x-outer order.
+        mask: (N, Ho, Wo, G*P) weight of each sampled point (the module softmax-normalises it per group).
+        kernel_size: K or (Kh, Kw).
+        stride: Stride of the base grid, int or (h, w).
+        pad: Zero padding, int or (h, w).
+        dilation: Dilation of the base grid, int or (h, w).
+        group: Number of groups G.
+        offset_scale: Multiplies both the base grid and the offsets.
+        remove_center: Skip the centre point of an odd square kernel.
+        backend: ``None``/``'auto'``, ``'reference'``, ``'cpu'`` or ``'triton'``; default from
+            ``INTERNIMAGE_DCN_BACKEND`` or the device.
+
+    Returns:
+        (N, Ho, Wo, G*D) in ``input.dtype``.
+
+    Raises:
+        ValueError: on inconsistent shapes, dtypes or arguments (one line naming the problem).
+    """
+    args = make_args(kernel_size, stride, pad, dilation, group, offset_scale, remove_center)
+    check_inputs(input, offset, mask, args)
+    offset = offset.to(input.dtype)
+    mask = mask.to(input.dtype)
+    if _is_exporting():
+        return dcnv3_reference(input, offset, mask, args)
+    name = resolve_backend(backend, input.device.type, input.dtype)
+    return _dcnv3_op(input, offset, mask, *args, name)
+
+
+class CenterFeatureScaleModule(nn.Module):
+    """Per-group gate ``sigmoid(x @ W.T + b)`` of the original; kept as a module for name compatibility."""
+
+    def forward(self, query: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(query, weight, bias).sigmoid()
+
+
+class DCNv3(nn.Module):
+    """The DCNv3 token mixer of InternImage, with the official parameter names.
+
+    ``x = input_proj(in)``; ``x1 = GELU(LN(dw_conv(in)))``; offsets and per-group-softmaxed masks are linear in
+    ``x1``; ``y = dcnv3(x, offset, mask)``; with ``center_feature_scale`` the output is blended with ``x`` by a
+    per-group sigmoid gate; ``out = output_proj(y)``.
+
+    Args:
+        channels: C, input and output channels.
+        kernel_size: DCN kernel size K.
+        dw_kernel_size: Depthwise conv kernel of the offset branch (defaults to ``kernel_size``).
+        stride: Operator stride.
+        pad: Operator padding.
+        dilation: Operator dilation.
+        group: Groups G; C must be divisible by G.
+        offset_scale: Multiplies base grid and offsets (2.0 for InternImage-L/XL).
+        center_feature_scale: Add the centre-feature gate (InternImage-H/G).
+        remove_center: Drop the centre sampling point.
+        backend: Force a DCN backend for this module (default: automatic).
+    """
+
+    def __init__(
+        self,
+        channels: int = 64,
+        kernel_size: int = 3,
+        dw_kernel_size: int | None = None,
+        stride: int = 1,
+        pad: int = 1,
+        dilation: int = 1,
+        group: int = 4,
+        offset_scale: float = 1.0,
+        center_feature_scale: bool = False,
+        remove_center: bool = False,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if channels % group != 0:
+            raise ValueError(f"DCNv3: channels ({channels}) must be divisible by group ({group})")
+        if remove_center and kernel_size % 2 == 0:
+            raise ValueError(f"DCNv3: remove_center needs an odd kernel_size, got {kernel_size}")
+        dw_kernel_size = dw_kernel_size if dw_kernel_size is not None else kernel_size
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.dw_kernel_size = dw_kernel_size
+        self.stride = stride
+        self.pad = pad
+        self.dilation = dilation
+        self.group = group
+        self.group_channels = channels // group
+        self.offset_scale = offset_scale
+        self.center_feature_scale = center_feature_scale
+        self.remove_center = int(remove_center)
+        self.backend = backend
+        points = kernel_size * kernel_size - self.remove_center
+
+        self.dw_conv = nn.Sequential(
+            nn.Conv2d(channels, channels, dw_kernel_size, padding=(dw_kernel_size - 1) // 2, groups=channels),
+            nn.Sequential(ToChannelsLast(), nn.LayerNorm(channels, eps=1e-6)),
+            nn.GELU(),
+        )
+        self.offset = nn.Linear(channels, group * points * 2)
+        self.mask = nn.Linear(channels, group * points)
+        self.input_proj = nn.Linear(channels, channels)
+        self.output_proj = nn.Linear(channels, channels)
+        if center_feature_scale:
+            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
+            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
+            self.center_feature_scale_module = CenterFeatureScaleModule()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official init: zero offset/mask projections (start as a fixed grid), xavier in/out projections."""
+        for layer in (self.offset, self.mask):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        for layer in (self.input_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        if self.center_feature_scale:
+            nn.init.zeros_(self.center_feature_scale_proj_weight)
+            nn.init.zeros_(self.center_feature_scale_proj_bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Args: input: (N, H, W, C). Returns: (N, Ho, Wo, C)."""
+        n, h, w, _ = input.shape
+        x = self.input_proj(input)
+        x_proj = x
+        x1 = self.dw_conv(input.permute(0, 3, 1, 2))
+        offset = self.offset(x1)
+        mask = self.mask(x1).reshape(n, h, w, self.group, -1)
+        mask = F.softmax(mask, -1).reshape(n, h, w, -1)
+        x = dcnv3(
+            x, offset, mask, self.kernel_size, self.stride, self.pad, self.dilation, self.group,
+            self.offset_scale, bool(self.remove_center), backend=self.backend,
+        )
+        if self.center_feature_scale:
+            scale = self.center_feature_scale_module(
+                x1, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias
+            )
+            scale = scale.to(x.dtype).repeat_interleave(self.group_channels, dim=-1)
+            x = x * (1 - scale) + x_proj * scale
+        return self.output_proj(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, kernel_size={self.kernel_size}, group={self.group}, "
+            f"offset_scale={self.offset_scale}, center_feature_scale={self.center_feature_scale}, "
+            f"remove_center={bool(self.remove_center)}"
+        )
+
+
+class ToChannelsLast(nn.Module):
+    """NCHW -> NHWC permute, a module so the official ``Sequential`` indices (and state-dict keys) line up."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class ToChannelsFirst(nn.Module):
+    """NHWC -> NCHW permute."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
