@@ -44,8 +44,9 @@ def _dcnv3_op(
     remove_center: bool,
     backend: str,
 ) -> torch.Tensor:
-    args = DCNv3Args(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-                     offset_scale, remove_center)
+    args = DCNv3Args(
+        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, offset_scale, remove_center
+    )
     if input.numel() == 0 or offset.numel() == 0:
         return input.new_zeros(_out_shape(input, offset))
     return get_backend(backend).forward(input, offset, mask, args)
@@ -75,8 +76,9 @@ def _dcnv3_backward_op(
     remove_center: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = DCNv3Args(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-                     offset_scale, remove_center)
+    args = DCNv3Args(
+        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, offset_scale, remove_center
+    )
     if input.numel() == 0 or offset.numel() == 0:
         return torch.zeros_like(input), torch.zeros_like(offset), torch.zeros_like(mask)
     return get_backend(backend).backward(grad_output, input, offset, mask, args)
@@ -256,8 +258,17 @@ class DCNv3(nn.Module):
         mask = self.mask(x1).reshape(n, h, w, self.group, -1)
         mask = F.softmax(mask, -1).reshape(n, h, w, -1)
         x = dcnv3(
-            x, offset, mask, self.kernel_size, self.stride, self.pad, self.dilation, self.group,
-            self.offset_scale, bool(self.remove_center), backend=self.backend,
+            x,
+            offset,
+            mask,
+            self.kernel_size,
+            self.stride,
+            self.pad,
+            self.dilation,
+            self.group,
+            self.offset_scale,
+            bool(self.remove_center),
+            backend=self.backend,
         )
         if self.center_feature_scale:
             scale = self.center_feature_scale_module(
