@@ -1,0 +1,18 @@
+"""InternImage models and checkpoint handling."""
+
+from .checkpoint import CheckpointError, LoadResult, convert_checkpoint, load_checkpoint
+from .factory import create_model, list_models
+from .internimage import ARCHS, MODEL_NAMES, InternImage, InternImageArch
+
+__all__ = [
+    "ARCHS",
+    "MODEL_NAMES",
+    "CheckpointError",
+    "InternImage",
+    "InternImageArch",
+    "LoadResult",
+    "convert_checkpoint",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+]

@@ -1,0 +1,61 @@
+"""``create_model`` / ``list_models``: the package's model entry points."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from typing import Any
+
+from .checkpoint import load_checkpoint
+from .internimage import MODEL_NAMES, InternImage, _create
+
+__all__ = ["create_model", "list_models"]
+
+logger = logging.getLogger(__name__)
+
+
+def list_models(pattern: str = "*", include_test: bool = False) -> list[str]:
+    """Registered InternImage names matching a glob ``pattern`` (tiny ``*_test_*`` variants on request)."""
+    names = [n for n in MODEL_NAMES if fnmatch.fnmatch(n, pattern)]
+    return [n for n in names if include_test or "_test" not in n]
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    use_ema: bool = False,
+    **overrides: Any,
+) -> InternImage:
+    """Build a registered InternImage, optionally with weights.
+
+    Args:
+        name: A name from :func:`list_models` (e.g. ``'internimage_t_1k_224'``).
+        pretrained: Load the official weights through timm's hub machinery (needs network or a hub cache).
+        checkpoint_path: A local checkpoint in any supported format (official, HF, mmdet/mmseg, safetensors).
+        use_ema: With ``checkpoint_path``, load the EMA weights of a training checkpoint.
+        **overrides: Any :class:`~internimage.models.internimage.InternImage` argument, e.g. ``num_classes``,
+            ``depths``, ``drop_path_rate``, ``layer_scale``, ``with_cp``.
+
+    Returns:
+        The model (train mode, like ``torch.nn`` modules).
+
+    Raises:
+        ValueError: unknown name or bad override. CheckpointError: a checkpoint that does not fit.
+    """
+    if name not in MODEL_NAMES:
+        close = [n for n in MODEL_NAMES if n.split("_")[1] == name.split("_")[1]] if "_" in name else []
+        hint = f"; did you mean one of {close}" if close else f"; see list_models() ({len(MODEL_NAMES)} names)"
+        raise ValueError(f"unknown InternImage model {name!r}{hint}")
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("pass either pretrained=True or checkpoint_path, not both")
+    try:
+        model = _create(name, pretrained=pretrained, **overrides)
+    except TypeError as err:
+        raise ValueError(f"bad argument for {name}: {err}") from err
+    if checkpoint_path is not None:
+        new_head = "num_classes" in overrides
+        result = load_checkpoint(model, checkpoint_path, strict=True, use_ema=use_ema, ignore_head=new_head)
+        logger.info("loaded %s (%s format) into %s", checkpoint_path, result.format, name)
+    return model
