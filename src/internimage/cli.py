@@ -1,0 +1,93 @@
+"""``internimage <command>``: a thin dispatcher.
+
+Each command lives in a module of :mod:`internimage.tasks` exposing ``COMMANDS = {name: (add_arguments, run)}``;
+only the module of the command being run is imported, so ``internimage --help`` stays fast. ``train``, ``eval``
+and ``predict`` take ``--task classification|detection|segmentation`` and are served by the module of that task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# command -> (module, one-line help). Task-specific commands resolve their module from --task.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("internimage.tasks.info", "table of every registered model: parameters and GFLOPs (MACs)"),
+    "convert": ("internimage.tasks.info", "convert any supported checkpoint to safetensors"),
+    "demo": ("internimage.tasks.demo", "train, evaluate and predict on Fashion-MNIST end to end"),
+    "train": ("{task}", "train a model (--task classification|detection|segmentation)"),
+    "eval": ("{task}", "evaluate a model on a dataset"),
+    "predict": ("{task}", "predict on images or folders"),
+    "extract": ("internimage.tasks.classification", "save intermediate features to .npy / safetensors"),
+    "plot": ("internimage.tasks.plot", "draw loss / accuracy / lr curves of a run to PNG"),
+    "export": ("internimage.tasks.export", "export to ONNX / ONNX-TensorRT / torch.export (.pt2)"),
+    "benchmark": ("internimage.tasks.benchmark", "latency / throughput / memory per backend"),
+}
+_TASKS = ("classification", "detection", "segmentation")
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="internimage",
+        description="InternImage: train, evaluate, predict and export, on CPU or GPU.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<10} {text}" for name, (_, text) in _COMMANDS.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"internimage {__version__}")
+    parser.add_argument("command", choices=list(_COMMANDS), metavar="command", help="see the list below")
+    return parser
+
+
+def _task_of(argv: Sequence[str]) -> str:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default="classification", choices=_TASKS)
+    known, _ = pre.parse_known_args(argv)
+    return known.task
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``internimage`` console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        _main_parser().parse_args(argv or ["--help"])
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in _COMMANDS:
+        _main_parser().parse_args([command])  # argparse prints the choices and exits 2
+    module_name, text = _COMMANDS[command]
+    if module_name == "{task}":
+        module_name = f"internimage.tasks.{_task_of(rest)}"
+    try:
+        module = importlib.import_module(module_name)
+        add_arguments, run = module.COMMANDS[command]
+    except (ModuleNotFoundError, KeyError, AttributeError) as err:
+        print(f"internimage {command}: not available in this installation ({err})", file=sys.stderr)  # noqa: T201
+        return 2
+    parser = argparse.ArgumentParser(prog=f"internimage {command}", description=text)
+    if module_name.startswith("internimage.tasks.") and command in ("train", "eval", "predict"):
+        parser.add_argument("--task", default="classification", choices=_TASKS, help="task (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    add_arguments(parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # User errors surface as one line, not a traceback; --verbose shows the traceback.
+        if getattr(args, "verbose", False):
+            raise
+        print(f"internimage {command}: error: {err}", file=sys.stderr)  # noqa: T201
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command implementations behind ``internimage <command>`` (glue over the library; the library never imports this)."""
