@@ -1,0 +1,410 @@
+"""Semantic segmentation datasets and the official mmseg 0.x train/test transforms.
+
+Layouts:
+
+* ADE20K-style (:class:`ADE20KDataset`): ``root/images/<split>/*.jpg|png`` with label maps
+  ``root/annotations/<split>/<stem>.png`` (one class id per pixel). ADE20K stores 0 = "other" and 1..150 =
+  classes, hence ``reduce_zero_label`` (0 -> 255 ignored, k -> k - 1). Optional ``root/classes.txt`` (one name a
+  line) names the classes; any folder laid out this way works, with or without ``reduce_zero_label``.
+* Cityscapes-style (:class:`CityscapesDataset`): ``root/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
+  ``root/gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` (19 classes, 255 ignored); raw ``*_labelIds.png`` are
+  mapped to train ids on the fly when the train-id files are absent.
+
+Transforms (tensors, RGB): :class:`SegTrainTransform` is the official pipeline: keep-ratio resize of the image
+scale (2048, 512) by a random ratio in [0.5, 2.0], random crop (retried up to 10 times while one class covers
+>= 75 % of the crop), horizontal flip p=0.5, photometric distortion, ImageNet normalisation, padding to the crop
+(image 0, label 255). :class:`SegTestTransform` only normalises: test-time resizing, multi-scale and flip happen
+in :meth:`~internimage.models.segmentation.Segmentor.predict`, so predictions come back at the original size.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    "ADE20KDataset",
+    "CITYSCAPES_CLASSES",
+    "CityscapesDataset",
+    "SegTestTransform",
+    "SegTrainTransform",
+    "default_palette",
+    "photometric_distortion",
+    "seg_collate",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+# Cityscapes label id -> train id (the 19 evaluated classes); every other id is ignored.
+_CITYSCAPES_ID_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                           25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+
+
+def default_palette(num_classes: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """A fixed, well-spread RGB colour per class (golden-ratio hues, alternating brightness)."""
+    import colorsys
+
+    rng = random.Random(seed)
+    offset = rng.random()
+    colours = []
+    for i in range(num_classes):
+        h = (offset + i * 0.618033988749895) % 1.0
+        s, v = (0.65, 0.95) if i % 2 == 0 else (0.9, 0.7)
+        r, g, b = colorsys.hsv_to_rgb(h, s, v)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colours
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    """(3, H, W) uint8 RGB."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+
+
+def _read_label(path: Path) -> torch.Tensor:
+    """(H, W) int64 class ids from a single-channel (L or P) PNG."""
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"label map {path} has mode {img.mode}; expected a single-channel PNG of class ids")
+        return torch.from_numpy(np.asarray(img).astype(np.int64))
+
+
+class _SegDataset(Dataset):
+    """Pairs of (image, label path); subclasses fill ``self.samples`` and ``self.classes``."""
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, Path | None]],
+        classes: Sequence[str],
+        transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
+        ignore_index: int = 255,
+    ) -> None:
+        self.samples = samples
+        self.classes = tuple(classes)
+        self.palette = default_palette(len(self.classes))
+        self.transform = transform
+        self.ignore_index = ignore_index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_label(self, path: Path) -> torch.Tensor:
+        return _read_label(path)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Returns ``{'image': (3, H, W) float, 'label': (H, W) int64, 'path': str}`` after the transform."""
+        image_path, label_path = self.samples[index]
+        image = _read_image(image_path)
+        if label_path is not None:
+            label = self.load_label(label_path)
+            if label.shape != image.shape[1:]:
+                raise ValueError(
+                    f"label {label_path.name} is {tuple(label.shape)} but image {image_path.name} is "
+                    f"{tuple(image.shape[1:])}"
+                )
+        else:
+            label = torch.full(image.shape[1:], self.ignore_index, dtype=torch.int64)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return {"image": image, "label": label, "path": str(image_path)}
+
+
+def _read_classes(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+class ADE20KDataset(_SegDataset):
+    """ADE20K-style folder: ``images/<split>/*`` + ``annotations/<split>/<stem>.png``.
+
+    Args:
+        root: Dataset root (``ADEChallengeData2016`` for ADE20K).
+        split: Sub-folder (``training`` / ``validation``).
+        transform: ``(uint8 image, int64 label) -> (image, label)``.
+        reduce_zero_label: Map label 0 to ``ignore_index`` and k to k - 1 (ADE20K's convention).
+        num_classes: Number of classes; default: lines of ``root/classes.txt``, else 150 with
+            ``reduce_zero_label`` (ADE20K), else max label + 1 over the split.
+        classes: Class names (override ``classes.txt``).
+        ignore_index: Label value excluded from training and metrics.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "training",
+        transform: Callable | None = None,
+        reduce_zero_label: bool = True,
+        num_classes: int | None = None,
+        classes: Sequence[str] | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        root = Path(root)
+        image_dir, label_dir = root / "images" / split, root / "annotations" / split
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"ADE20K-style dataset: no image folder {image_dir}")
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not images:
+            raise FileNotFoundError(f"ADE20K-style dataset: no images in {image_dir}")
+        samples: list[tuple[Path, Path | None]] = []
+        for img in images:
+            label = label_dir / f"{img.stem}.png"
+            if label_dir.is_dir() and not label.is_file():
+                raise FileNotFoundError(f"ADE20K-style dataset: image {img.name} has no label map {label}")
+            samples.append((img, label if label_dir.is_dir() else None))
+        self.reduce_zero_label = reduce_zero_label
+        names = list(classes) if classes is not None else _read_classes(root / "classes.txt")
+        if num_classes is None:
+            num_classes = len(names) if names else 150 if reduce_zero_label else None
+        if num_classes is None:
+            num_classes = self._scan_num_classes(samples, ignore_index)
+        if names is None:
+            names = [f"class {i}" for i in range(num_classes)]
+        if len(names) != num_classes:
+            raise ValueError(f"{len(names)} class names for {num_classes} classes")
+        super().__init__(samples, names, transform, ignore_index)
+
+    def _scan_num_classes(self, samples: list[tuple[Path, Path | None]], ignore_index: int) -> int:
+        top = 0
+        for _, label_path in samples:
+            if label_path is not None:
+                label = self.load_label(label_path)
+                label = label[label != ignore_index]
+                top = max(top, int(label.max()) + 1 if label.numel() else 0)
+        if top == 0:
+            raise ValueError("cannot infer the number of classes: no labelled pixel; pass num_classes")
+        return top
+
+    def load_label(self, path: Path) -> torch.Tensor:
+        label = _read_label(path)
+        if self.reduce_zero_label:
+            label = torch.where(label == 0, 255, label - 1)
+            label[label == 254] = 255
+        return label
+
+
+class CityscapesDataset(_SegDataset):
+    """Cityscapes-style folder: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine`` train-id maps.
+
+    Args:
+        root: Dataset root.
+        split: ``train`` / ``val`` / ``test``.
+        transform: ``(uint8 image, int64 label) -> (image, label)``.
+        ignore_index: Label value excluded from training and metrics.
+    """
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transform: Callable | None = None, ignore_index: int = 255
+    ) -> None:
+        root = Path(root)
+        image_dir = root / "leftImg8bit" / split
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"Cityscapes-style dataset: no image folder {image_dir}")
+        images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
+        if not images:
+            raise FileNotFoundError(f"Cityscapes-style dataset: no *_leftImg8bit.png under {image_dir}")
+        samples: list[tuple[Path, Path | None]] = []
+        for img in images:
+            stem = img.name[: -len("_leftImg8bit.png")]
+            gt = root / "gtFine" / split / img.parent.name
+            train_ids, raw_ids = gt / f"{stem}_gtFine_labelTrainIds.png", gt / f"{stem}_gtFine_labelIds.png"
+            samples.append((img, train_ids if train_ids.is_file() else raw_ids if raw_ids.is_file() else None))
+        super().__init__(samples, CITYSCAPES_CLASSES, transform, ignore_index)
+        lut = torch.full((256,), ignore_index, dtype=torch.int64)
+        for raw, train in _CITYSCAPES_ID_TO_TRAIN.items():
+            lut[raw] = train
+        self._lut = lut
+
+    def load_label(self, path: Path) -> torch.Tensor:
+        label = _read_label(path)
+        if path.name.endswith("_labelIds.png"):
+            label = self._lut[label.clamp(0, 255)]
+        return label
+
+
+# --------------------------------------------------------------------------------------------- transforms
+def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) RGB in [0, 255] -> HSV with H in [0, 1), S in [0, 1], V in [0, 255]."""
+    r, g, b = img
+    v, _ = img.max(0)
+    c = v - img.min(0).values
+    s = torch.where(v > 0, c / v.clamp(min=1e-6), torch.zeros_like(v))
+    cz = c.clamp(min=1e-6)
+    h = torch.where(v == r, ((g - b) / cz) % 6, torch.where(v == g, (b - r) / cz + 2, (r - g) / cz + 4))
+    h = torch.where(c > 0, h / 6.0, torch.zeros_like(h))
+    return torch.stack([h % 1.0, s, v])
+
+
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    h, s, v = hsv
+    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6])
+    return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def photometric_distortion(img: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """mmseg ``PhotoMetricDistortion`` on a float (3, H, W) RGB image in [0, 255].
+
+    Each with probability 1/2: brightness +-32, contrast x[0.5, 1.5] (before or after the colour steps, at
+    random), saturation x[0.5, 1.5], hue +-18 of 180 units; values clipped to [0, 255] after every step.
+    """
+    if rng.random() < 0.5:
+        img = (img + rng.uniform(-32, 32)).clamp(0, 255)
+    contrast_first = rng.random() < 0.5
+
+    def contrast(x: torch.Tensor) -> torch.Tensor:
+        return (x * rng.uniform(0.5, 1.5)).clamp(0, 255) if rng.random() < 0.5 else x
+
+    if contrast_first:
+        img = contrast(img)
+    do_sat, do_hue = rng.random() < 0.5, rng.random() < 0.5
+    if do_sat or do_hue:
+        hsv = _rgb_to_hsv(img)
+        if do_sat:
+            hsv[1] = (hsv[1] * rng.uniform(0.5, 1.5)).clamp(0, 1)
+        if do_hue:
+            hsv[0] = (hsv[0] + rng.randint(-18, 18) / 180.0) % 1.0
+        img = _hsv_to_rgb(hsv).clamp(0, 255)
+    if not contrast_first:
+        img = contrast(img)
+    return img
+
+
+def _normalize(img: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=img.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=img.dtype).view(3, 1, 1)
+    return (img - m) / s
+
+
+class SegTrainTransform:
+    """The official training pipeline (mmseg 0.x ADE20K config), on tensors.
+
+    Args:
+        crop_size: (h, w) crop, 512/640/896 in the official configs.
+        scale: Base keep-ratio scale (long, short): (2048, 512), (2560, 640) or (3584, 896).
+        ratio_range: Random multiplier of ``scale``.
+        cat_max_ratio: Retry the crop (up to 10 times) while one class covers at least this fraction.
+        flip_prob: Horizontal flip probability.
+        photometric: Apply :func:`photometric_distortion`.
+        mean, std: Normalisation on the 0..255 scale.
+        ignore_index: Label of padded pixels.
+        seed: Seed of this transform's private RNG (None: from ``random``); workers reseed it per worker.
+    """
+
+    def __init__(
+        self,
+        crop_size: Sequence[int] = (512, 512),
+        scale: Sequence[int] = (2048, 512),
+        ratio_range: Sequence[float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        flip_prob: float = 0.5,
+        photometric: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN_255,
+        std: Sequence[float] = IMAGENET_STD_255,
+        ignore_index: int = 255,
+        seed: int | None = None,
+    ) -> None:
+        self.crop_size = tuple(crop_size)
+        self.scale = tuple(scale)
+        self.ratio_range = tuple(ratio_range)
+        self.cat_max_ratio = cat_max_ratio
+        self.flip_prob = flip_prob
+        self.photometric = photometric
+        self.mean, self.std = mean, std
+        self.ignore_index = ignore_index
+        self.rng = random.Random(seed)
+
+    def _resize(self, img: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ratio = self.rng.uniform(*self.ratio_range)
+        h, w = img.shape[1:]
+        long_max, short_max = max(self.scale) * ratio, min(self.scale) * ratio
+        factor = min(long_max / max(h, w), short_max / min(h, w))
+        size = (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))
+        img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        return img, label
+
+    def _crop_box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        ch, cw = self.crop_size
+        y = self.rng.randint(0, max(h - ch, 0))
+        x = self.rng.randint(0, max(w - cw, 0))
+        return y, min(y + ch, h), x, min(x + cw, w)
+
+    def _crop(self, img: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = label.shape
+        y1, y2, x1, x2 = self._crop_box(h, w)
+        if self.cat_max_ratio < 1.0:
+            for _ in range(10):
+                counts = torch.bincount(label[y1:y2, x1:x2].flatten(), minlength=self.ignore_index + 1)
+                counts = torch.cat([counts[: self.ignore_index], counts[self.ignore_index + 1 :]])
+                counts = counts[counts > 0]
+                if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                    break
+                y1, y2, x1, x2 = self._crop_box(h, w)
+        return img[:, y1:y2, x1:x2], label[y1:y2, x1:x2]
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: image: (3, H, W) uint8 RGB; label: (H, W) int64. Returns: (3, h, w) float, (h, w) int64."""
+        img, label = self._resize(image.float(), label)
+        img, label = self._crop(img, label)
+        if self.rng.random() < self.flip_prob:
+            img, label = img.flip(-1), label.flip(-1)
+        if self.photometric:
+            img = photometric_distortion(img, self.rng)
+        img = _normalize(img, self.mean, self.std)
+        ch, cw = self.crop_size
+        pad_h, pad_w = max(ch - img.shape[1], 0), max(cw - img.shape[2], 0)
+        if pad_h or pad_w:
+            img = F.pad(img, (0, pad_w, 0, pad_h), value=0.0)
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=self.ignore_index)
+        return img.contiguous(), label.contiguous()
+
+
+class SegTestTransform:
+    """Normalisation only; the segmentor resizes at test time (see module docstring)."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN_255, std: Sequence[float] = IMAGENET_STD_255) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _normalize(image.float(), self.mean, self.std), label
+
+
+def seg_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack equal-size samples: ``{'image': (N, 3, H, W), 'label': (N, H, W), 'path': [str]}``."""
+    sizes = {tuple(b["image"].shape) for b in batch}
+    if len(sizes) > 1:
+        raise ValueError(f"cannot batch images of different sizes {sorted(sizes)}; use batch size 1 for evaluation")
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "label": torch.stack([b["label"] for b in batch]),
+        "path": [b["path"] for b in batch],
+    }
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Give each DataLoader worker its own transform RNG stream (seeded from torch's per-worker seed)."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if isinstance(transform, SegTrainTransform):
+        transform.rng.seed(info.seed)

@@ -1,0 +1,97 @@
+"""Loading weights into a :class:`~internimage.models.segmentation.Segmentor`.
+
+Accepted sources (read with ``weights_only=True`` or safetensors, through :mod:`internimage.models.checkpoint`):
+
+* official mmseg UperNet checkpoints ``{'state_dict': {backbone.*, decode_head.*, auxiliary_head.*}}``: the head
+  modules carry mmseg's names (``psp_modules.i.1.conv``, ``bottleneck``, ``lateral_convs``, ``fpn_convs``,
+  ``fpn_bottleneck``, ``conv_seg``, ``convs.0``), so the mapping is the identity on heads; SyncBN buffers land in
+  BatchNorm;
+* our own segmentor files (same layout, safetensors);
+* classification checkpoints (official, HF, plain): backbone only, the classifier is dropped and the heads keep
+  their initialisation. Missing ``gamma1/2`` (T's classification weights under the seg configs' ``layer_scale=1.0``)
+  stay at their initial 1.0, which is what the official ``init_weights(strict=False)`` does too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, LoadResult, compare, detect_format, normalize_state_dict, read_checkpoint
+from .segmentor import Segmentor
+
+__all__ = ["load_segmentation_checkpoint", "map_mmseg_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+_HEAD_PREFIXES = ("decode_head.", "auxiliary_head.")
+# Classifier parts of a classification checkpoint: never part of a segmentation backbone.
+_CLS_PREFIXES = ("head.", "conv_head.", "dcnv3_head_x4.", "dcnv3_head_x3.", "clip_projector.", "fc_norm.")
+_CLASSIFIERS = ("decode_head.conv_seg.", "auxiliary_head.conv_seg.")
+
+
+def map_mmseg_state_dict(sd: Mapping[str, torch.Tensor], fmt: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Rename a segmentation (mmseg / ours) or classification state dict to the :class:`Segmentor` layout.
+
+    Args:
+        sd: The state dict as found in the file.
+        fmt: Its format from :func:`~internimage.models.checkpoint.detect_format`, detected if None.
+
+    Returns:
+        ``(state_dict, kind)``: keys ``backbone.*``/``decode_head.*``/``auxiliary_head.*``; ``kind`` is
+        ``'segmentor'`` when the source had heads, ``'backbone'`` for a classification checkpoint. Keys that
+        belong to neither (e.g. a detector's neck) keep their names and show up as unexpected.
+    """
+    backbone, rest = normalize_state_dict(sd, fmt)
+    backbone = {k: v for k, v in backbone.items() if not k.startswith(_CLS_PREFIXES)}
+    out = {f"backbone.{k}": v for k, v in backbone.items()}
+    kind = "segmentor" if any(k.startswith(_HEAD_PREFIXES) for k in rest) else "backbone"
+    out.update(rest)
+    return out, kind
+
+
+def load_segmentation_checkpoint(
+    model: Segmentor, path: str | os.PathLike, strict: bool = True, new_classes: bool = False
+) -> LoadResult:
+    """Load a segmentation or classification checkpoint into a segmentor.
+
+    Args:
+        model: The segmentor.
+        path: Checkpoint file (``.pth``/``.pt``/``.safetensors``).
+        strict: For segmentation checkpoints, raise on any missing/unexpected/mis-shaped key. Classification
+            checkpoints are always loaded into the backbone only (heads are expected to be missing).
+        new_classes: Skip the two ``conv_seg`` classifiers (fine-tuning to another label set).
+
+    Returns:
+        The :class:`~internimage.models.checkpoint.LoadResult` (``format`` is the source format).
+
+    Raises:
+        CheckpointError: unreadable file, or keys that do not fit (one line naming them).
+    """
+    fmt, raw = detect_format(read_checkpoint(path))
+    sd, kind = map_mmseg_state_dict(raw, fmt)
+    own = model.state_dict()
+    if new_classes:
+        sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIERS)}
+        own = {k: v for k, v in own.items() if not k.startswith(_CLASSIFIERS)}
+    if kind == "backbone":
+        own = {k: v for k, v in own.items() if k.startswith("backbone.")}
+    result = compare(own, sd, fmt)
+    if kind == "backbone":
+        # Layer-scale gammas absent from a classification checkpoint keep their init, like the original.
+        gammas = [k for k in result.missing if k.rsplit(".", 1)[-1] in ("gamma1", "gamma2")]
+        result.missing = [k for k in result.missing if k not in gammas]
+        if gammas:
+            logger.info("%d layer-scale parameters not in %s keep their initial value", len(gammas), Path(path).name)
+    if strict and not result.ok:
+        raise CheckpointError(f"checkpoint {Path(path).name} ({fmt}) does not fit the segmentor: {result.summary()}")
+    bad = {k for k, _, _ in result.mismatched} | set(result.unexpected)
+    model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False)
+    if not result.ok:
+        logger.warning("loaded %s (%s) partially: %s", Path(path).name, fmt, result.summary())
+    logger.info("loaded %s (%s, %s) into the segmentor", Path(path).name, fmt, kind)
+    return result
