@@ -243,7 +243,9 @@ def load_checkpoint(
     if strict and not result.ok:
         raise CheckpointError(f"checkpoint {Path(path).name} ({fmt}) does not fit the model: {result.summary()}")
     bad = {k for k, _, _ in result.mismatched} | set(result.unexpected)
-    model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False)
+    # A model built on the meta device (e.g. to verify a conversion) takes the tensors themselves.
+    assign = any(t.is_meta for t in model.state_dict().values())
+    model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False, assign=assign)
     if not result.ok:
         logger.warning("loaded %s (%s) partially: %s", Path(path).name, fmt, result.summary())
     return result

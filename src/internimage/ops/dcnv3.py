@@ -49,7 +49,8 @@ def _dcnv3_op(
     )
     if input.numel() == 0 or offset.numel() == 0:
         return input.new_zeros(_out_shape(input, offset))
-    return get_backend(backend).forward(input, offset, mask, args)
+    # Backends may return views; the fake kernel promises a contiguous NHWC tensor.
+    return get_backend(backend).forward(input, offset, mask, args).contiguous()
 
 
 @_dcnv3_op.register_fake
@@ -80,13 +81,14 @@ def _dcnv3_backward_op(
         kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, offset_scale, remove_center
     )
     if input.numel() == 0 or offset.numel() == 0:
-        return torch.zeros_like(input), torch.zeros_like(offset), torch.zeros_like(mask)
-    return get_backend(backend).backward(grad_output, input, offset, mask, args)
+        return input.new_zeros(input.shape), offset.new_zeros(offset.shape), mask.new_zeros(mask.shape)
+    grads = get_backend(backend).backward(grad_output, input, offset, mask, args)
+    return tuple(g.contiguous() for g in grads)
 
 
 @_dcnv3_backward_op.register_fake
 def _dcnv3_backward_fake(grad_output, input, offset, mask, *args):
-    return torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask)
+    return input.new_empty(input.shape), offset.new_empty(offset.shape), mask.new_empty(mask.shape)
 
 
 def _out_shape(input: torch.Tensor, offset: torch.Tensor) -> tuple[int, int, int, int]:
@@ -106,6 +108,12 @@ def _backward(ctx, grad_output):
 
 
 torch.library.register_autograd("internimage::dcnv3", _backward, setup_context=_setup_context)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend: str | None, device_type: str, dtype: torch.dtype) -> str:
+    # Evaluated eagerly while torch.compile traces (it imports backend modules and reads the environment).
+    return resolve_backend(backend, device_type, dtype)
 
 
 def _is_exporting() -> bool:
@@ -155,7 +163,7 @@ def dcnv3(
     mask = mask.to(input.dtype)
     if _is_exporting():
         return dcnv3_reference(input, offset, mask, args)
-    name = resolve_backend(backend, input.device.type, input.dtype)
+    name = _resolve(backend, input.device.type, input.dtype)
     return _dcnv3_op(input, offset, mask, *args, name)
 
 

@@ -1,0 +1,239 @@
+"""DCNv3 operator: hand-computable cases, reference backward, gradcheck, op registration, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from internimage.ops import DCNv3, dcnv3, dcnv3_reference, dcnv3_reference_backward, make_args
+
+D64 = torch.float64
+
+
+def _rand_case(n=2, h=6, w=5, group=2, d=3, k=3, stride=1, pad=1, dil=1, scale=1.0, rc=False, spread=2.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    args = make_args(k, stride, pad, dil, group, scale, rc)
+    ho, wo = args.output_size(h, w)
+    p = args.num_points
+    x = torch.randn(n, h, w, group * d, generator=gen, dtype=D64)
+    off = torch.randn(n, ho, wo, group * p * 2, generator=gen, dtype=D64) * spread
+    mask = torch.rand(n, ho, wo, group * p, generator=gen, dtype=D64)
+    return x, off, mask, args
+
+
+def _call(x, off, mask, args, backend="reference"):
+    return dcnv3(
+        x,
+        off,
+        mask,
+        (args.kernel_h, args.kernel_w),
+        (args.stride_h, args.stride_w),
+        (args.pad_h, args.pad_w),
+        (args.dilation_h, args.dilation_w),
+        args.group,
+        args.offset_scale,
+        args.remove_center,
+        backend=backend,
+    )
+
+
+def _nchw(x):
+    return x.permute(0, 3, 1, 2)
+
+
+def test_zero_offsets_all_ones_mask_is_a_box_filter():
+    x = torch.randn(2, 7, 6, 8, dtype=D64)
+    args = make_args(3, 1, 1, 1, group=2)
+    off = torch.zeros(2, 7, 6, 2 * 9 * 2, dtype=D64)
+    mask = torch.ones(2, 7, 6, 2 * 9, dtype=D64)
+    out = _call(x, off, mask, args)
+    expected = F.conv2d(_nchw(x), torch.ones(8, 1, 3, 3, dtype=D64), padding=1, groups=8)
+    torch.testing.assert_close(_nchw(out), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "point,shift", [(0, (-1, -1)), (1, (-1, 0)), (2, (-1, 1)), (3, (0, -1)), (4, (0, 0)), (8, (1, 1))]
+)
+def test_point_order_is_x_outer(point, shift):
+    """Point p = i*Kh + j with i over width: point 1 reads (x-1, y), point 3 reads (x, y-1)."""
+    x = torch.randn(1, 5, 6, 4, dtype=D64)
+    args = make_args(3, 1, 1, 1, group=1)
+    off = torch.zeros(1, 5, 6, 18, dtype=D64)
+    mask = torch.zeros(1, 5, 6, 9, dtype=D64)
+    mask[..., point] = 1
+    out = _call(x, off, mask, args)
+    dx, dy = shift
+    padded = F.pad(_nchw(x), (1, 1, 1, 1))
+    expected = padded[:, :, 1 + dy : 1 + dy + 5, 1 + dx : 1 + dx + 6]
+    torch.testing.assert_close(_nchw(out), expected, rtol=0, atol=1e-12)
+
+
+def test_one_pixel_offset_shifts_the_sample_and_x_comes_first():
+    x = torch.randn(1, 5, 6, 2, dtype=D64)
+    args = make_args(3, 1, 1, 1, group=1)
+    mask = torch.zeros(1, 5, 6, 9, dtype=D64)
+    mask[..., 4] = 1  # centre point only
+    off = torch.zeros(1, 5, 6, 9, 2, dtype=D64)
+    off[..., 4, 0] = 1.0  # +1 pixel in x
+    out_x = _call(x, off.reshape(1, 5, 6, 18), mask, args)
+    torch.testing.assert_close(out_x[:, :, :-1], x[:, :, 1:], rtol=0, atol=1e-12)
+    assert out_x[:, :, -1].abs().max() < 1e-12  # sampled at x = W: outside
+    off = torch.zeros(1, 5, 6, 9, 2, dtype=D64)
+    off[..., 4, 1] = -1.0  # -1 pixel in y
+    out_y = _call(x, off.reshape(1, 5, 6, 18), mask, args)
+    torch.testing.assert_close(out_y[:, 1:], x[:, :-1], rtol=0, atol=1e-12)
+    assert out_y[:, 0].abs().max() < 1e-12  # at y = -1: outside (grid_sample rounding leaves ~1e-16)
+
+
+def test_half_pixel_offset_averages_neighbours():
+    x = torch.randn(1, 4, 4, 3, dtype=D64)
+    args = make_args(3, 1, 1, 1, group=1)
+    mask = torch.zeros(1, 4, 4, 9, dtype=D64)
+    mask[..., 4] = 2.0
+    off = torch.zeros(1, 4, 4, 9, 2, dtype=D64)
+    off[..., 4, 0] = 0.5
+    out = _call(x, off.reshape(1, 4, 4, 18), mask, args)
+    torch.testing.assert_close(out[:, :, :3], x[:, :, :3] + x[:, :, 1:], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[:, :, 3], x[:, :, 3], rtol=0, atol=1e-12)  # right neighbour is padding
+
+
+def test_out_of_bounds_gives_zeros_and_zero_gradients():
+    x, off, mask, args = _rand_case()
+    x.requires_grad_()
+    off = (off.sign() * 1000).requires_grad_()
+    mask.requires_grad_()
+    out = _call(x, off, mask, args)
+    assert out.abs().max() == 0
+    out.sum().backward()
+    assert x.grad.abs().max() == 0 and off.grad.abs().max() == 0 and mask.grad.abs().max() == 0
+
+
+def test_offset_scale_scales_grid_and_offsets():
+    """offset_scale=2 with offsets o equals dilation 2 with offsets 2*o (the base grid is scaled too)."""
+    x, off, mask, _ = _rand_case(h=7, w=7)
+    a_scale = make_args(3, 1, 1, 1, 2, offset_scale=2.0)
+    a_dil = make_args(3, 1, 2, 2, 2, offset_scale=1.0)
+    torch.testing.assert_close(_call(x, off, mask, a_scale), _call(x, 2 * off, mask, a_dil), rtol=1e-12, atol=1e-12)
+
+
+def test_remove_center_skips_the_centre_point():
+    x, off, mask, args = _rand_case(rc=False)
+    keep = [p for p in range(9) if p != 4]
+    g = args.group
+    off_rc = off.reshape(*off.shape[:3], g, 9, 2)[:, :, :, :, keep].reshape(*off.shape[:3], -1)
+    mask_rc = mask.reshape(*mask.shape[:3], g, 9)[..., keep].reshape(*mask.shape[:3], -1)
+    mask_zero_centre = mask.reshape(*mask.shape[:3], g, 9).clone()
+    mask_zero_centre[..., 4] = 0
+    full = _call(x, off, mask_zero_centre.reshape(mask.shape), args)
+    rc = _call(x, off_rc, mask_rc, make_args(3, 1, 1, 1, g, 1.0, True))
+    torch.testing.assert_close(rc, full, rtol=1e-12, atol=1e-12)
+
+
+CASES = [
+    dict(),
+    dict(stride=2),
+    dict(dil=2, pad=2),
+    dict(k=5, pad=2),
+    dict(scale=2.0),
+    dict(scale=0.5, rc=True),
+    dict(d=5, group=3),
+    dict(n=1, spread=8.0),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_reference_backward_matches_autograd(case):
+    x, off, mask, args = _rand_case(**case)
+    inputs = [t.clone().requires_grad_() for t in (x, off, mask)]
+    out = dcnv3_reference(*inputs, args)
+    grad_out = torch.randn_like(out)
+    expected = torch.autograd.grad(out, inputs, grad_out)
+    got = dcnv3_reference_backward(grad_out, x, off, mask, args)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES[:6], ids=[str(c) for c in CASES[:6]])
+def test_gradcheck(case):
+    x, off, mask, args = _rand_case(n=1, h=4, w=5, d=2, **case)
+    inputs = tuple(t.requires_grad_() for t in (x, off, mask))
+    assert torch.autograd.gradcheck(lambda a, b, c: _call(a, b, c, args), inputs)
+
+
+def test_opcheck_and_compile():
+    x, off, mask, args = _rand_case(n=1, h=4, w=4, d=2)
+    static = (*args, "reference")
+    torch.library.opcheck(torch.ops.internimage.dcnv3.default, (x, off, mask, *static))
+    compiled = torch.compile(lambda a, b, c: _call(a, b, c, args), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, off, mask), _call(x, off, mask, args))
+
+
+def test_half_precision_reference_close_to_float64():
+    x, off, mask, args = _rand_case(d=8)
+    expected = _call(x, off, mask, args)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = _call(x.to(dtype), off.to(dtype), mask.to(dtype), args)
+        assert got.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 0.1
+        torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+
+
+def test_empty_batch_and_non_contiguous_inputs():
+    x, off, mask, args = _rand_case()
+    empty = _call(x[:0], off[:0], mask[:0], args)
+    assert empty.shape == (0, *x.shape[1:])
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # same values, non-contiguous strides
+    assert not xt.is_contiguous()
+    torch.testing.assert_close(_call(xt, off, mask, args), _call(x, off, mask, args))
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda x, o, m: (x[..., :-1], o, m), "not divisible by group"),
+        (lambda x, o, m: (x, o[..., :-2], m), "offset must have shape"),
+        (lambda x, o, m: (x, o, m[:, :-1]), "mask must have shape"),
+        (lambda x, o, m: (x[0], o, m), "4-D NHWC"),
+    ],
+)
+def test_bad_shapes_raise_one_line_errors(mutate, message):
+    x, off, mask, args = _rand_case()
+    with pytest.raises(ValueError, match=message) as info:
+        _call(*mutate(x, off, mask), args)
+    assert "\n" not in str(info.value)
+
+
+def test_backend_env_override_and_unknown_backend(monkeypatch):
+    from internimage.ops.backends import resolve_backend
+
+    monkeypatch.setenv("INTERNIMAGE_DCN_BACKEND", "reference")
+    assert resolve_backend(None, "cpu", torch.float32) == "reference"
+    monkeypatch.setenv("INTERNIMAGE_DCN_BACKEND", "nope")
+    with pytest.raises(ValueError, match="INTERNIMAGE_DCN_BACKEND"):
+        resolve_backend(None, "cpu", torch.float32)
+    with pytest.raises(ValueError, match="unknown DCN backend"):
+        resolve_backend("nope", "cpu", torch.float32)
+
+
+def test_module_at_init_is_projected_box_mean():
+    """Zero offset/mask weights at init: uniform 1/9 mask on the fixed 3x3 grid, i.e. a zero-padded mean."""
+    torch.manual_seed(0)
+    module = DCNv3(channels=8, group=2).double()
+    x = torch.randn(2, 5, 6, 8, dtype=D64)
+    with torch.no_grad():
+        proj = module.input_proj(x)
+        mean = F.avg_pool2d(_nchw(proj), 3, 1, 1, count_include_pad=True).permute(0, 2, 3, 1)
+        expected = module.output_proj(mean)
+        torch.testing.assert_close(module(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_module_center_feature_scale_blends_with_input_projection():
+    torch.manual_seed(0)
+    module = DCNv3(channels=8, group=2, center_feature_scale=True, dw_kernel_size=5).double()
+    with torch.no_grad():
+        module.center_feature_scale_proj_bias.fill_(100.0)  # gate saturates to 1: output = output_proj(x_proj)
+    x = torch.randn(1, 4, 4, 8, dtype=D64)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), module.output_proj(module.input_proj(x)), rtol=1e-10, atol=1e-10)
+    assert module.dw_conv[0].weight.shape == (8, 1, 5, 5)
