@@ -1,0 +1,217 @@
+"""Optimizer parameter groups (layer-wise lr decay, no-decay rules), optimizers and lr schedules.
+
+A *layer-decay rule* maps ``(model, decay, offset_lr_mul)`` to a function ``name -> lr scale``. Two rules ship:
+
+* ``classification`` (``ORIGINAL.md`` §3.1): blocks counted backwards from the last block get ``decay**k``;
+  ``patch_embed`` shares block 0's ratio, ``levels.i.downsample``/``levels.i.norm`` the ratio of the first block of
+  level i+1, heads and ``post_norms`` keep 1. ``offset_lr_mul`` multiplies the lr of parameters whose name contains
+  ``offset`` or ``center_feature_scale_proj`` (the official ``DCN_LR_MUL``, applied only with layer decay on).
+* ``detection`` (``ORIGINAL.md`` §3.2, also used by segmentation): ``patch_embed`` id 0, block j of level s id
+  ``1 + j + sum(depths[:s])``, ``downsample``/``norm`` of level s the id of that level's last block, everything
+  outside the backbone ``num_layers + 1``; scale ``decay ** (num_layers + 1 - id)``. It finds the backbone by
+  its ``depths`` attribute and works on any prefix (``backbone.``).
+
+Register more with :func:`register_layer_decay_rule`. The matching *no-weight-decay* rules are in
+:data:`NO_DECAY_RULES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LAYER_DECAY_RULES",
+    "NO_DECAY_RULES",
+    "build_optimizer",
+    "build_scheduler",
+    "param_groups",
+    "register_layer_decay_rule",
+]
+
+logger = logging.getLogger(__name__)
+
+LayerDecayRule = Callable[[nn.Module, float, float], Callable[[str], float]]
+NoDecayRule = Callable[[str, torch.Tensor], bool]
+
+
+def _find_backbone(model: nn.Module) -> tuple[str, nn.Module]:
+    """``(prefix, module)`` of the first submodule with ``depths`` (an InternImage)."""
+    for name, module in model.named_modules():
+        if hasattr(module, "depths") and hasattr(module, "levels"):
+            return (name + "." if name else ""), module
+    raise ValueError("layer decay needs an InternImage backbone (a module with `depths` and `levels`)")
+
+
+def _classification_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Callable[[str], float]:
+    prefix, backbone = _find_backbone(model)
+    matcher = backbone.group_matcher()
+    last = sum(backbone.depths)
+
+    def scale(name: str) -> float:
+        if not name.startswith(prefix):
+            return 1.0
+        local = name[len(prefix) :]
+        s = decay ** (last - matcher(local)[0])
+        if decay < 1.0 and ("offset" in local or "center_feature_scale_proj" in local):
+            s *= offset_lr_mul
+        return s
+
+    return scale
+
+
+def _detection_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Callable[[str], float]:
+    del offset_lr_mul  # the detection recipe's offset multiplier touches DINO's sampling offsets only
+    prefix, backbone = _find_backbone(model)
+    depths = list(backbone.depths)
+    num_layers = sum(depths)
+    block = re.compile(r"levels\.(\d+)\.blocks\.(\d+)\.")
+    level = re.compile(r"levels\.(\d+)\.")
+
+    def layer_id(local: str) -> int:
+        if local.startswith("patch_embed"):
+            return 0
+        m = block.match(local)
+        if m:
+            s, j = int(m.group(1)), int(m.group(2))
+            return 1 + j + sum(depths[:s])
+        m = level.match(local)
+        if m and not local.split(".")[2].startswith("post_norms"):
+            return sum(depths[: int(m.group(1)) + 1])
+        return num_layers + 1
+
+    def scale(name: str) -> float:
+        lid = layer_id(name[len(prefix) :]) if name.startswith(prefix) else num_layers + 1
+        return decay ** (num_layers + 1 - lid)
+
+    return scale
+
+
+LAYER_DECAY_RULES: dict[str, LayerDecayRule] = {
+    "classification": _classification_rule,
+    "detection": _detection_rule,
+}
+
+
+def register_layer_decay_rule(name: str, rule: LayerDecayRule) -> None:
+    """Add a rule ``(model, decay, offset_lr_mul) -> (param name -> lr scale)`` under ``name``."""
+    LAYER_DECAY_RULES[name] = rule
+
+
+def _no_decay_classification(name: str, param: torch.Tensor) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def _no_decay_detection(name: str, param: torch.Tensor) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias") or "norm" in name
+
+
+NO_DECAY_RULES: dict[str, NoDecayRule] = {
+    "classification": _no_decay_classification,
+    "detection": _no_decay_detection,
+}
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    rule: str = "classification",
+    offset_lr_mul: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups carrying ``lr_scale`` (read by the schedulers) and ``weight_decay``.
+
+    Parameters with the same (lr scale, weight decay) share a group; the update is the same as the official
+    one-group-per-parameter layout, with far fewer groups.
+
+    Args:
+        model: The bare model (not a DDP wrapper; FSDP2 modules are fine).
+        weight_decay: Decay of matrices / conv kernels.
+        layer_decay: Ratio per layer (1.0 = off).
+        rule: Key of :data:`LAYER_DECAY_RULES` / :data:`NO_DECAY_RULES`.
+        offset_lr_mul: DCN offset lr multiplier (classification rule, with layer decay).
+
+    Returns:
+        List of dicts with ``params``, ``lr_scale``, ``weight_decay`` and ``names`` (for logging).
+    """
+    if rule not in LAYER_DECAY_RULES:
+        raise ValueError(f"unknown layer decay rule {rule!r}; known: {sorted(LAYER_DECAY_RULES)}")
+    lr_scale = LAYER_DECAY_RULES[rule](model, layer_decay, offset_lr_mul) if layer_decay < 1.0 else None
+    if lr_scale is None and offset_lr_mul != 1.0:
+        logger.info("offset_lr_mul=%s ignored: it applies with layer decay only (as in the original)", offset_lr_mul)
+    no_decay = NO_DECAY_RULES.get(rule, _no_decay_classification)
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = lr_scale(name) if lr_scale is not None else 1.0
+        wd = 0.0 if no_decay(name, param) else weight_decay
+        group = groups.setdefault((scale, wd), {"params": [], "names": [], "lr_scale": scale, "weight_decay": wd})
+        group["params"].append(param)
+        group["names"].append(name)
+    return sorted(groups.values(), key=lambda g: (g["lr_scale"], g["weight_decay"]))
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+    """AdamW (or SGD) over ``groups`` from :func:`param_groups`; ``cfg`` is a :class:`TrainConfig`."""
+    clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(clean, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(clean, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int, steps_per_epoch: int, lr: float, lr_scale: float
+) -> Any:
+    """A timm scheduler stepped per optimizer step (``step_update(step)``), honouring each group's ``lr_scale``.
+
+    Args:
+        optimizer: From :func:`build_optimizer` (its groups' base lr is ``lr``).
+        cfg: :class:`TrainConfig` (``sched``, warm-up, ``min_lr``, ``poly_power``, milestones).
+        total_steps: Optimizer steps of the whole schedule.
+        steps_per_epoch: Optimizer steps per epoch (converts epoch-based settings).
+        lr: Effective peak lr (already batch-scaled).
+        lr_scale: The batch scaling factor applied to ``lr`` (applied to ``min_lr``/``warmup_lr`` too).
+    """
+    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler, StepLRScheduler
+
+    warmup = cfg.warmup_iters if cfg.warmup_iters > 0 else int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    warmup_lr = cfg.warmup_lr * lr_scale if cfg.warmup_lr is not None else lr * cfg.warmup_ratio
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    common = dict(warmup_t=warmup, warmup_lr_init=warmup_lr, t_in_epochs=False)
+    if cfg.sched == "cosine":
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=max(total_steps - warmup, 1),
+            lr_min=cfg.min_lr * lr_scale,
+            warmup_prefix=True,
+            **common,
+        )
+    if cfg.sched == "poly":
+        return PolyLRScheduler(
+            optimizer,
+            t_initial=max(total_steps, 1),
+            power=cfg.poly_power,
+            lr_min=cfg.min_lr * lr_scale,
+            warmup_prefix=False,
+            **common,
+        )
+    if cfg.sched == "step":
+        unit = 1 if cfg.iters > 0 else steps_per_epoch
+        milestones = [int(m * unit) for m in cfg.decay_milestones]
+        return MultiStepLRScheduler(
+            optimizer, decay_t=milestones, decay_rate=cfg.decay_rate, warmup_prefix=False, **common
+        )
+    if cfg.sched == "constant":
+        return StepLRScheduler(optimizer, decay_t=math.inf, decay_rate=1.0, **common)
+    raise ValueError(f"unknown schedule {cfg.sched!r}")

@@ -1,0 +1,98 @@
+"""The task protocol the :class:`~internimage.engine.Trainer` drives.
+
+A task owns everything specific to a problem (model, data, loss, metrics); the trainer owns the loop
+(distribution, AMP, accumulation, clipping, EMA, schedules, checkpoints, resume, logging). Subclass :class:`Task`
+and implement the four abstract methods; the rest have working defaults.
+
+Batches can be anything the collate function returns; :meth:`Task.batch_to_device` moves tensors found in
+tuples/lists/dicts. A dict batch may carry ``num_skipped`` (unreadable samples dropped by the collate function);
+the trainer sums it into the ``skipped`` metric and the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .config import TrainConfig
+from .distributed import DistInfo
+from .optim import param_groups
+
+__all__ = ["Task", "move_to_device"]
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Recursively move tensors in tuples, lists and dicts to ``device`` (other values unchanged)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+class Task:
+    """Base class of a trainable task.
+
+    Args:
+        cfg: The run's config (a :class:`TrainConfig` subclass carrying the task's own fields).
+    """
+
+    #: Metric (key of :meth:`evaluate`'s result) where higher is better; logged as the run's headline.
+    primary_metric: str = "loss"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ must implement
+    def build_model(self) -> nn.Module:
+        """The model to train, on CPU, in train mode."""
+        raise NotImplementedError
+
+    def build_datasets(self, info: DistInfo) -> tuple[Dataset, Dataset | None]:
+        """``(train, val)`` map-style datasets (``val`` may be None). Called on every rank."""
+        raise NotImplementedError
+
+    def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Forward + loss of one micro-batch (already on the device, inside autocast).
+
+        Returns:
+            Scalar tensors; ``'loss'`` is back-propagated, every entry is logged (averaged over steps and ranks).
+        """
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, info: DistInfo) -> dict[str, float]:
+        """Metrics over the whole ``loader`` (already sharded per rank), reduced over ranks.
+
+        The loader's sampler pads the last rank's shard under distribution; use
+        :func:`internimage.engine.sampler.real_sample_count` to count only real samples.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ defaults
+    def collate_fn(self, train: bool) -> Callable[[list[Any]], Any] | None:
+        """Collate function of the train / val loader (None: PyTorch's default)."""
+        return None
+
+    def batch_to_device(self, batch: Any, device: torch.device) -> Any:
+        return move_to_device(batch, device)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Optimizer groups (default: layer decay by ``cfg.layer_decay_rule``, no decay on 1-D params / biases)."""
+        c = self.cfg
+        return param_groups(model, c.weight_decay, c.layer_decay, c.layer_decay_rule, c.offset_lr_mul)
+
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
+        """Submodules sharded as separate FSDP2 units (default: every InternImage block)."""
+        from ..models.internimage import InternImageBlock
+
+        return [m for m in model.modules() if isinstance(m, InternImageBlock)]
+
+    def export_metadata(self) -> dict[str, str]:
+        """String metadata stored in the exported ``model.safetensors`` (e.g. model name, class names)."""
+        return {}
