@@ -1,0 +1,270 @@
+"""Triton kernel bodies of the DCNv3 operator (undecorated; see :mod:`internimage.ops.triton_dcnv3`).
+
+This module imports ``triton.language`` and is therefore only imported lazily, by the Triton backend. The
+functions are deliberately *not* decorated with ``@triton.jit``: Triton decides between compiling and
+interpreting (``TRITON_INTERPRET=1``) when the decorator runs, so the backend wraps them with ``triton.jit``
+itself, once per mode, at first use. That keeps the interpreter usable from a test that sets the variable after
+something else in the process already imported this module.
+
+Work decomposition (both kernels): the output is viewed as ``rows = N*Ho*Wo*G`` rows of ``D`` channels, row
+``r = ((n*Ho + y)*Wo + x)*G + g``. One program owns ``BLOCK_R`` consecutive rows and all ``D`` channels of each,
+held as a ``(BLOCK_R, BLOCK_D)`` register tile with ``BLOCK_D = next_pow2(D)`` and a channel mask, so any group
+width works. Consecutive rows are the groups of one pixel and then neighbouring pixels, so output, offset, mask
+and grad-output accesses of a program are one contiguous span, and each bilinear corner is a contiguous D-vector
+(the "all channels of a group per query" access pattern of DCNv4, ``ORIGINAL.md`` §4). The P points are unrolled
+at compile time; the sampling geometry (kernel, stride, pad, dilation, point order) is ``constexpr``.
+"""
+
+from __future__ import annotations
+
+import triton.language as tl
+
+__all__ = ["dcnv3_forward_kernel", "dcnv3_backward_kernel"]
+
+# Library helpers such as ``tl.zeros`` and ``tl.sum`` are themselves ``@triton.jit`` functions, frozen in compile
+# or interpret mode when triton is first imported, so the kernels use only builtins (``tl.full``, ``tl.reduce``)
+# and stay runnable in both modes whatever the import order. ``_sum_combine`` is the combine function behind
+# ``tl.sum``; the interpreter recognises it and reduces with numpy.
+_SUM_COMBINE = tl.standard._sum_combine
+
+
+def dcnv3_forward_kernel(
+    input_ptr,
+    offset_ptr,
+    mask_ptr,
+    output_ptr,
+    rows,
+    groups,
+    height,
+    width,
+    out_h,
+    out_w,
+    offset_scale,
+    GROUP_CHANNELS: tl.constexpr,
+    KERNEL_H: tl.constexpr,
+    KERNEL_W: tl.constexpr,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr,
+    PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr,
+    DIL_W: tl.constexpr,
+    NUM_POINTS: tl.constexpr,
+    SKIP_FROM: tl.constexpr,
+    ACC: tl.constexpr,
+    USE_INT64: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """``output[r, :] = sum_p mask[r, p] * bilinear(input, loc(r, p))`` for a block of rows.
+
+    Args:
+        input_ptr: (N, H, W, G*D) contiguous input.
+        offset_ptr: (N, Ho, Wo, G*P*2) contiguous offsets, [g][p][x, y].
+        mask_ptr: (N, Ho, Wo, G*P) contiguous point weights.
+        output_ptr: (N, Ho, Wo, G*D) contiguous output, written in its own dtype.
+        rows: N*Ho*Wo*G.
+        SKIP_FROM: Kernel points with index >= SKIP_FROM are shifted by one (``remove_center``); set past the
+            last point otherwise.
+        ACC: Accumulation and geometry dtype (fp32, or fp64 for fp64 tensors).
+        USE_INT64: Do index arithmetic in int64 (tensors with 2**30 elements or more).
+    """
+    pid = tl.program_id(0)
+    start = pid.to(tl.int64) * BLOCK_R if USE_INT64 else pid * BLOCK_R
+    r = start + tl.arange(0, BLOCK_R)
+    row_ok = r < rows
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < GROUP_CHANNELS
+
+    g = r % groups
+    q = r // groups
+    ox = q % out_w
+    t = q // out_w
+    oy = t % out_h
+    n = t // out_h
+    row_stride = width * (groups * GROUP_CHANNELS)  # elements per input image row
+    # Element index of (n, 0, 0, g, 0); corners add y*row_stride + x*C.
+    image_base = n * height * row_stride + g * GROUP_CHANNELS
+    pixel_stride = groups * GROUP_CHANNELS
+    base_x = (ox * STRIDE_W + ((DIL_W * (KERNEL_W - 1)) // 2 - PAD_W)).to(ACC)
+    base_y = (oy * STRIDE_H + ((DIL_H * (KERNEL_H - 1)) // 2 - PAD_H)).to(ACC)
+    d_cols = d[None, :]
+    d_mask = d_ok[None, :]
+
+    acc = tl.full((BLOCK_R, BLOCK_D), 0, ACC)
+    for p in tl.static_range(NUM_POINTS):
+        k = p + (p >= SKIP_FROM)
+        kx = (k // KERNEL_H) * DIL_W - (DIL_W * (KERNEL_W - 1)) // 2
+        ky = (k % KERNEL_H) * DIL_H - (DIL_H * (KERNEL_H - 1)) // 2
+        off_x = tl.load(offset_ptr + r * (2 * NUM_POINTS) + 2 * p, mask=row_ok, other=0.0).to(ACC)
+        off_y = tl.load(offset_ptr + r * (2 * NUM_POINTS) + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
+        m = tl.load(mask_ptr + r * NUM_POINTS + p, mask=row_ok, other=0.0).to(ACC)
+        x = (off_x + kx) * offset_scale + base_x
+        y = (off_y + ky) * offset_scale + base_y
+        inside = row_ok & (x > -1) & (x < width) & (y > -1) & (y < height)
+        # Clamp before floor/int conversion so wild or non-finite offsets never produce huge indices; samples
+        # outside (-1, size) are masked out entirely, so the clamp never changes a value that is used.
+        x = tl.minimum(tl.maximum(x, -2.0), width + 1)
+        y = tl.minimum(tl.maximum(y, -2.0), height + 1)
+        x0f = tl.floor(x)
+        y0f = tl.floor(y)
+        lx = x - x0f
+        ly = y - y0f
+        hx = 1 - lx
+        hy = 1 - ly
+        x0 = x0f.to(tl.int32)
+        y0 = y0f.to(tl.int32)
+        ok_x0 = x0 >= 0
+        ok_x1 = x0 + 1 < width
+        ok_y0 = inside & (y0 >= 0)
+        ok_y1 = inside & (y0 + 1 < height)
+        i00 = image_base + y0 * row_stride + x0 * pixel_stride
+        i01 = i00 + pixel_stride
+        i10 = i00 + row_stride
+        i11 = i10 + pixel_stride
+        v00 = tl.load(input_ptr + (i00[:, None] + d_cols), mask=(ok_y0 & ok_x0)[:, None] & d_mask, other=0.0)
+        v01 = tl.load(input_ptr + (i01[:, None] + d_cols), mask=(ok_y0 & ok_x1)[:, None] & d_mask, other=0.0)
+        v10 = tl.load(input_ptr + (i10[:, None] + d_cols), mask=(ok_y1 & ok_x0)[:, None] & d_mask, other=0.0)
+        v11 = tl.load(input_ptr + (i11[:, None] + d_cols), mask=(ok_y1 & ok_x1)[:, None] & d_mask, other=0.0)
+        # Fold the point weight into the four bilinear weights: 4 scalar products per row instead of a tile-wide
+        # multiply.
+        acc += (m * hy * hx)[:, None] * v00.to(ACC)
+        acc += (m * hy * lx)[:, None] * v01.to(ACC)
+        acc += (m * ly * hx)[:, None] * v10.to(ACC)
+        acc += (m * ly * lx)[:, None] * v11.to(ACC)
+
+    out_ptrs = output_ptr + (r * GROUP_CHANNELS)[:, None] + d_cols
+    tl.store(out_ptrs, acc.to(output_ptr.dtype.element_ty), mask=row_ok[:, None] & d_mask)
+
+
+def dcnv3_backward_kernel(
+    grad_output_ptr,
+    input_ptr,
+    offset_ptr,
+    mask_ptr,
+    grad_input_ptr,
+    grad_offset_ptr,
+    grad_mask_ptr,
+    rows,
+    groups,
+    height,
+    width,
+    out_h,
+    out_w,
+    offset_scale,
+    GROUP_CHANNELS: tl.constexpr,
+    KERNEL_H: tl.constexpr,
+    KERNEL_W: tl.constexpr,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr,
+    PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr,
+    DIL_W: tl.constexpr,
+    NUM_POINTS: tl.constexpr,
+    SKIP_FROM: tl.constexpr,
+    ACC: tl.constexpr,
+    USE_INT64: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Gradients of :func:`dcnv3_forward_kernel` for a block of rows.
+
+    ``grad_mask`` and ``grad_offset`` of each (row, point) are reduced over D in registers and written once;
+    ``grad_input`` is scattered with atomic adds into ``grad_input_ptr`` (an fp32/fp64 buffer, zero-initialised by
+    the caller), because arbitrary offsets let any output touch any input pixel.
+
+    Args:
+        grad_output_ptr: (N, Ho, Wo, G*D) contiguous gradient of the output.
+        input_ptr, offset_ptr, mask_ptr: As in :func:`dcnv3_forward_kernel`.
+        grad_input_ptr: (N, H, W, G*D) accumulation buffer in ``ACC``.
+        grad_offset_ptr: (N, Ho, Wo, G*P*2) output, written in its own dtype.
+        grad_mask_ptr: (N, Ho, Wo, G*P) output, written in its own dtype.
+    """
+    pid = tl.program_id(0)
+    start = pid.to(tl.int64) * BLOCK_R if USE_INT64 else pid * BLOCK_R
+    r = start + tl.arange(0, BLOCK_R)
+    row_ok = r < rows
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < GROUP_CHANNELS
+
+    g = r % groups
+    q = r // groups
+    ox = q % out_w
+    t = q // out_w
+    oy = t % out_h
+    n = t // out_h
+    row_stride = width * (groups * GROUP_CHANNELS)
+    image_base = n * height * row_stride + g * GROUP_CHANNELS
+    pixel_stride = groups * GROUP_CHANNELS
+    base_x = (ox * STRIDE_W + ((DIL_W * (KERNEL_W - 1)) // 2 - PAD_W)).to(ACC)
+    base_y = (oy * STRIDE_H + ((DIL_H * (KERNEL_H - 1)) // 2 - PAD_H)).to(ACC)
+    d_cols = d[None, :]
+    d_mask = d_ok[None, :]
+
+    go_ptrs = grad_output_ptr + (r * GROUP_CHANNELS)[:, None] + d_cols
+    go = tl.load(go_ptrs, mask=row_ok[:, None] & d_mask, other=0.0).to(ACC)
+
+    for p in tl.static_range(NUM_POINTS):
+        k = p + (p >= SKIP_FROM)
+        kx = (k // KERNEL_H) * DIL_W - (DIL_W * (KERNEL_W - 1)) // 2
+        ky = (k % KERNEL_H) * DIL_H - (DIL_H * (KERNEL_H - 1)) // 2
+        off_x = tl.load(offset_ptr + r * (2 * NUM_POINTS) + 2 * p, mask=row_ok, other=0.0).to(ACC)
+        off_y = tl.load(offset_ptr + r * (2 * NUM_POINTS) + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
+        m = tl.load(mask_ptr + r * NUM_POINTS + p, mask=row_ok, other=0.0).to(ACC)
+        x = (off_x + kx) * offset_scale + base_x
+        y = (off_y + ky) * offset_scale + base_y
+        inside = row_ok & (x > -1) & (x < width) & (y > -1) & (y < height)
+        x = tl.minimum(tl.maximum(x, -2.0), width + 1)
+        y = tl.minimum(tl.maximum(y, -2.0), height + 1)
+        x0f = tl.floor(x)
+        y0f = tl.floor(y)
+        lx = x - x0f
+        ly = y - y0f
+        hx = 1 - lx
+        hy = 1 - ly
+        x0 = x0f.to(tl.int32)
+        y0 = y0f.to(tl.int32)
+        ok_x0 = x0 >= 0
+        ok_x1 = x0 + 1 < width
+        ok_y0 = inside & (y0 >= 0)
+        ok_y1 = inside & (y0 + 1 < height)
+        ok00 = ok_y0 & ok_x0
+        ok01 = ok_y0 & ok_x1
+        ok10 = ok_y1 & ok_x0
+        ok11 = ok_y1 & ok_x1
+        i00 = image_base + y0 * row_stride + x0 * pixel_stride
+        i01 = i00 + pixel_stride
+        i10 = i00 + row_stride
+        i11 = i10 + pixel_stride
+        p00 = i00[:, None] + d_cols
+        p01 = i01[:, None] + d_cols
+        p10 = i10[:, None] + d_cols
+        p11 = i11[:, None] + d_cols
+        v00 = tl.load(input_ptr + p00, mask=ok00[:, None] & d_mask, other=0.0).to(ACC)
+        v01 = tl.load(input_ptr + p01, mask=ok01[:, None] & d_mask, other=0.0).to(ACC)
+        v10 = tl.load(input_ptr + p10, mask=ok10[:, None] & d_mask, other=0.0).to(ACC)
+        v11 = tl.load(input_ptr + p11, mask=ok11[:, None] & d_mask, other=0.0).to(ACC)
+        # <grad_out, corner value> per row: everything the offset and mask gradients need, reduced in registers.
+        dot00 = tl.reduce(go * v00, 1, _SUM_COMBINE)
+        dot01 = tl.reduce(go * v01, 1, _SUM_COMBINE)
+        dot10 = tl.reduce(go * v10, 1, _SUM_COMBINE)
+        dot11 = tl.reduce(go * v11, 1, _SUM_COMBINE)
+
+        w00 = hy * hx
+        w01 = hy * lx
+        w10 = ly * hx
+        w11 = ly * lx
+        grad_m = w00 * dot00 + w01 * dot01 + w10 * dot10 + w11 * dot11
+        # d(bilinear)/dx and /dy, times the point weight and the chain-rule factor offset_scale.
+        gx = (hy * (dot01 - dot00) + ly * (dot11 - dot10)) * (m * offset_scale)
+        gy = (hx * (dot10 - dot00) + lx * (dot11 - dot01)) * (m * offset_scale)
+        tl.store(grad_mask_ptr + r * NUM_POINTS + p, grad_m.to(grad_mask_ptr.dtype.element_ty), mask=row_ok)
+        goff = grad_offset_ptr + r * (2 * NUM_POINTS) + 2 * p
+        tl.store(goff, gx.to(grad_offset_ptr.dtype.element_ty), mask=row_ok)
+        tl.store(goff + 1, gy.to(grad_offset_ptr.dtype.element_ty), mask=row_ok)
+
+        tl.atomic_add(grad_input_ptr + p00, (m * w00)[:, None] * go, mask=ok00[:, None] & d_mask, sem="relaxed")
+        tl.atomic_add(grad_input_ptr + p01, (m * w01)[:, None] * go, mask=ok01[:, None] & d_mask, sem="relaxed")
+        tl.atomic_add(grad_input_ptr + p10, (m * w10)[:, None] * go, mask=ok10[:, None] & d_mask, sem="relaxed")
+        tl.atomic_add(grad_input_ptr + p11, (m * w11)[:, None] * go, mask=ok11[:, None] & d_mask, sem="relaxed")
