@@ -87,7 +87,14 @@ def _jit_kernels(interpret: bool) -> tuple[Any, Any]:
 
     from . import _triton_dcnv3_kernels as kernels
 
-    return triton.jit(kernels.dcnv3_forward_kernel), triton.jit(kernels.dcnv3_backward_kernel)
+    # Triton would specialise each int argument on "divisible by 16" and "== 1", compiling up to 2**6 variants as
+    # image sizes vary (detection). Alignment of the gathered D-vectors already follows from the constexpr
+    # GROUP_CHANNELS and 16-byte-aligned pointers, so the sizes stay plain runtime ints.
+    dynamic = ["rows", "groups", "height", "width", "out_h", "out_w"]
+    return (
+        triton.jit(kernels.dcnv3_forward_kernel, do_not_specialize=dynamic),
+        triton.jit(kernels.dcnv3_backward_kernel, do_not_specialize=dynamic),
+    )
 
 
 def _triton_interpreting() -> bool:
