@@ -116,6 +116,11 @@ def _resolve(backend: str | None, device_type: str, dtype: torch.dtype) -> str:
     return resolve_backend(backend, device_type, dtype)
 
 
+# Set only by ``internimage.export.export_as_custom_op()``: exported graphs then keep ``internimage::dcnv3`` (to be
+# written as the TensorRT plugin node) instead of tracing the grid_sample reference.
+_EXPORT_CUSTOM_OP = False
+
+
 def _is_exporting() -> bool:
     is_exporting = getattr(torch.compiler, "is_exporting", None)
     return bool(torch.onnx.is_in_onnx_export() or (is_exporting is not None and is_exporting()))
@@ -161,7 +166,7 @@ def dcnv3(
     check_inputs(input, offset, mask, args)
     offset = offset.to(input.dtype)
     mask = mask.to(input.dtype)
-    if _is_exporting():
+    if _is_exporting() and not _EXPORT_CUSTOM_OP:
         return dcnv3_reference(input, offset, mask, args)
     name = _resolve(backend, input.device.type, input.dtype)
     return _dcnv3_op(input, offset, mask, *args, name)
