@@ -198,6 +198,9 @@ class DCNv3(nn.Module):
         center_feature_scale: Add the centre-feature gate (InternImage-H/G).
         remove_center: Drop the centre sampling point.
         backend: Force a DCN backend for this module (default: automatic).
+        use_dcn_v4_op: Run the sampling through :func:`~internimage.ops.dcnv4.dcnv4` (InternImage PR #277): the
+            offsets and the already-softmaxed masks are packed per group into the fused DCNv4 tensor, so the output
+            and the weights are those of DCNv3.
     """
 
     def __init__(
@@ -213,6 +216,7 @@ class DCNv3(nn.Module):
         center_feature_scale: bool = False,
         remove_center: bool = False,
         backend: str | None = None,
+        use_dcn_v4_op: bool = False,
     ) -> None:
         super().__init__()
         if channels % group != 0:
@@ -232,6 +236,7 @@ class DCNv3(nn.Module):
         self.center_feature_scale = center_feature_scale
         self.remove_center = int(remove_center)
         self.backend = backend
+        self.use_dcn_v4_op = use_dcn_v4_op
         points = kernel_size * kernel_size - self.remove_center
 
         self.dw_conv = nn.Sequential(
@@ -270,19 +275,15 @@ class DCNv3(nn.Module):
         offset = self.offset(x1)
         mask = self.mask(x1).reshape(n, h, w, self.group, -1)
         mask = F.softmax(mask, -1).reshape(n, h, w, -1)
-        x = dcnv3(
-            x,
-            offset,
-            mask,
-            self.kernel_size,
-            self.stride,
-            self.pad,
-            self.dilation,
-            self.group,
-            self.offset_scale,
-            bool(self.remove_center),
-            backend=self.backend,
-        )
+        geometry = (self.kernel_size, self.stride, self.pad, self.dilation, self.group, self.offset_scale)
+        if self.use_dcn_v4_op:
+            # Imported here: dcnv4 builds on this module.
+            from .dcnv4 import dcnv4, pack_offset_mask
+
+            offset_mask = pack_offset_mask(offset, mask.to(offset.dtype), self.group)
+            x = dcnv4(x, offset_mask, *geometry, bool(self.remove_center), backend=self.backend)
+        else:
+            x = dcnv3(x, offset, mask, *geometry, bool(self.remove_center), backend=self.backend)
         if self.center_feature_scale:
             scale = self.center_feature_scale_module(
                 x1, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias
@@ -295,7 +296,7 @@ class DCNv3(nn.Module):
         return (
             f"channels={self.channels}, kernel_size={self.kernel_size}, group={self.group}, "
             f"offset_scale={self.offset_scale}, center_feature_scale={self.center_feature_scale}, "
-            f"remove_center={bool(self.remove_center)}"
+            f"remove_center={bool(self.remove_center)}, use_dcn_v4_op={self.use_dcn_v4_op}"
         )
 
 
