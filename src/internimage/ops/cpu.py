@@ -61,7 +61,14 @@ def extension_name() -> str:
 
 
 def _build() -> None:
-    from torch.utils import cpp_extension
+    # Importing cpp_extension logs a CUDA_HOME warning on CPU-only machines; it is irrelevant to this build.
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(level)
 
     cpp_extension.verify_ninja_availability()
     name = extension_name()
