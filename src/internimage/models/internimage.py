@@ -2,8 +2,10 @@
 
 Paper: https://arxiv.org/abs/2211.05778 (Wang et al., CVPR 2023). Original code: OpenGVLab/InternImage (MIT).
 
-One class covers every released variant (T/S/B/L/XL/H/G). Module and parameter names follow the official
-classification code exactly, so official state dicts load without renaming. Activations are NHWC inside the
+One class covers every released variant (T/S/B/L/XL/H/G) and, with ``core_op='DCNv4'``, FlashInternImage
+(T/S/B/L; Xiong et al., "Efficient Deformable ConvNets", arXiv 2401.06197; original code OpenGVLab/DCNv4, MIT).
+Module and parameter names follow the official classification code exactly, so official state dicts load without
+renaming. Activations are NHWC inside the
 network; every public feature output is NCHW.
 """
 
@@ -22,12 +24,14 @@ from timm.models._manipulate import checkpoint
 from torch import nn
 
 from ..ops.dcnv3 import DCNv3, ToChannelsFirst, ToChannelsLast
+from ..ops.dcnv4 import DCNv4
 from .checkpoint import checkpoint_filter_fn
 
 __all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_NAMES"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CORE_OPS = ("DCNv3", "DCNv4")
 
 
 def _ln(dim: int, channels_first_in: bool = False, channels_first_out: bool = False) -> nn.Sequential:
@@ -70,13 +74,13 @@ class DownsampleLayer(nn.Module):
 
 
 class MLPLayer(nn.Module):
-    """fc1 -> GELU -> fc2 on the last dimension."""
+    """fc1 -> GELU -> fc2 on the last dimension (FlashInternImage-T/S/B have no fc2 bias)."""
 
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, fc2_bias: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = nn.Linear(hidden_features, in_features, bias=fc2_bias)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +88,7 @@ class MLPLayer(nn.Module):
 
 
 class InternImageBlock(nn.Module):
-    """One block: DCNv3 token mixer and MLP, each residual (official ``InternImageLayer``).
+    """One block: DCN token mixer (DCNv3, or DCNv4 for FlashInternImage) and MLP, each residual (``InternImageLayer``).
 
     Three residual forms, as in the original: pre-norm ``x + dp(f(norm(x)))``; ``post_norm``
     ``x + dp(norm(f(x)))``; ``res_post_norm`` (H) ``x + dp(res_post_norm(f(norm(x))))``. With ``layer_scale`` the
@@ -106,28 +110,26 @@ class InternImageBlock(nn.Module):
         center_feature_scale: bool = False,
         remove_center: bool = False,
         dcn_backend: str | None = None,
+        core_op: str = "DCNv3",
+        dcn_output_bias: bool = True,
+        mlp_fc2_bias: bool = True,
+        use_dcn_v4_op: bool = False,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.post_norm = post_norm
         self.res_post_norm = res_post_norm
         self.norm1 = _ln(channels)
-        self.dcn = DCNv3(
-            channels=channels,
-            kernel_size=3,
-            dw_kernel_size=dw_kernel_size,
-            stride=1,
-            pad=1,
-            dilation=1,
-            group=groups,
-            offset_scale=offset_scale,
-            center_feature_scale=center_feature_scale,
-            remove_center=remove_center,
-            backend=dcn_backend,
-        )
+        common = dict(channels=channels, kernel_size=3, stride=1, pad=1, dilation=1, group=groups)
+        common.update(offset_scale=offset_scale, center_feature_scale=center_feature_scale)
+        common.update(remove_center=remove_center, dw_kernel_size=dw_kernel_size, backend=dcn_backend)
+        if core_op == "DCNv4":
+            self.dcn: DCNv3 | DCNv4 = DCNv4(output_bias=dcn_output_bias, **common)
+        else:
+            self.dcn = DCNv3(use_dcn_v4_op=use_dcn_v4_op, **common)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = _ln(channels)
-        self.mlp = MLPLayer(channels, int(channels * mlp_ratio), drop=drop)
+        self.mlp = MLPLayer(channels, int(channels * mlp_ratio), drop=drop, fc2_bias=mlp_fc2_bias)
         self.layer_scale = layer_scale is not None
         if self.layer_scale:
             self.gamma1 = nn.Parameter(layer_scale * torch.ones(channels))
@@ -257,7 +259,7 @@ class AttentionPoolingBlock(nn.Module):
 
 
 class InternImage(nn.Module):
-    """InternImage backbone and classifier.
+    """InternImage backbone and classifier (and FlashInternImage with ``core_op='DCNv4'``).
 
     Args:
         in_chans: Input image channels.
@@ -269,7 +271,8 @@ class InternImage(nn.Module):
         offset_scale: DCNv3 offset scale (2.0 for L/XL).
         layer_scale: Initial value of ``gamma1/gamma2`` (None for no layer scale).
         post_norm: Post-norm residuals (S/B/L/XL/G); also removes the level norms unless ``center_feature_scale``.
-        dw_kernel_size: Depthwise kernel of the offset branch (None = 3; 5 for H/G).
+        dw_kernel_size: Depthwise kernel of the offset branch. DCNv3: None = 3 (5 for H/G). DCNv4: None = no
+            depthwise conv (FlashInternImage-T), 3 for FlashInternImage-S/B/L.
         res_post_norm: Residual post norm (H).
         level2_post_norm_block_ids: Blocks of level 2 followed by an extra LN (H/G); None or empty for none.
         center_feature_scale: DCNv3 centre-feature gate (H/G).
@@ -284,6 +287,13 @@ class InternImage(nn.Module):
         clip_out_dim: Width of the H/G projector output (768).
         clip_num_heads: Heads of the H/G attention pooling (16).
         dcn_backend: Force a DCN backend (default: automatic, see :mod:`internimage.ops.backends`).
+        global_pool: ``'avg'`` (or ``''``, accepted for timm).
+        core_op: ``'DCNv3'`` (InternImage) or ``'DCNv4'`` (FlashInternImage: ``DCNv4`` token mixers, masks not
+            softmaxed, fused ``offset_mask`` projection).
+        mlp_fc2_bias: Bias of every ``mlp.fc2`` (False for FlashInternImage-T/S/B).
+        dcn_output_bias: Bias of every ``dcn.output_proj`` with ``core_op='DCNv4'`` (False for FlashInternImage-T/S/B).
+        use_dcn_v4_op: With ``core_op='DCNv3'``, run the DCNv3 modules through the DCNv4 op (same outputs and
+            weights; the original's detection/segmentation option).
     """
 
     def __init__(
@@ -313,9 +323,18 @@ class InternImage(nn.Module):
         clip_num_heads: int = 16,
         dcn_backend: str | None = None,
         global_pool: str = "avg",
+        core_op: str = "DCNv3",
+        mlp_fc2_bias: bool = True,
+        dcn_output_bias: bool = True,
+        use_dcn_v4_op: bool = False,
     ) -> None:
         super().__init__()
         _validate(channels, depths, groups, drop_path_type, global_pool)
+        if core_op not in CORE_OPS:
+            raise ValueError(f"InternImage: core_op must be one of {CORE_OPS}, got {core_op!r}")
+        if use_dcn_v4_op and core_op != "DCNv3":
+            raise ValueError("InternImage: use_dcn_v4_op applies to core_op='DCNv3' only")
+        self.core_op = core_op
         self.num_classes = num_classes
         self.num_levels = len(depths)
         self.depths = tuple(depths)
@@ -354,6 +373,10 @@ class InternImage(nn.Module):
                     res_post_norm=res_post_norm,
                     remove_center=remove_center,
                     dcn_backend=dcn_backend,
+                    core_op=core_op,
+                    dcn_output_bias=dcn_output_bias,
+                    mlp_fc2_bias=mlp_fc2_bias,
+                    use_dcn_v4_op=use_dcn_v4_op,
                 )
             )
             self.feature_info.append(dict(num_chs=channels * 2**i, reduction=4 * 2**i, module=f"levels.{i}"))
@@ -378,7 +401,7 @@ class InternImage(nn.Module):
 
         self.apply(_init_weights)
         for module in self.modules():
-            if isinstance(module, DCNv3):
+            if isinstance(module, (DCNv3, DCNv4)):
                 module.reset_parameters()
         if with_cp:
             self.set_grad_checkpointing(True)
@@ -548,7 +571,7 @@ def _init_weights(module: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------- variants
 @dataclass(frozen=True)
 class InternImageArch:
-    """Architecture of one size (``ORIGINAL.md`` §1.1); ``kwargs()`` feeds :class:`InternImage`."""
+    """Architecture of one size (``ORIGINAL.md`` §1.1, §4); ``kwargs()`` feeds :class:`InternImage`."""
 
     channels: int
     depths: tuple[int, ...]
@@ -561,6 +584,9 @@ class InternImageArch:
     level2_post_norm_block_ids: tuple[int, ...] | None = None
     center_feature_scale: bool = False
     use_clip_projector: bool = False
+    core_op: str = "DCNv3"
+    mlp_fc2_bias: bool = True
+    dcn_output_bias: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def kwargs(self) -> dict[str, Any]:
@@ -568,6 +594,8 @@ class InternImageArch:
         out.update(out.pop("extra"))
         return out
 
+
+_FLASH: dict[str, Any] = dict(core_op="DCNv4", mlp_fc2_bias=False, dcn_output_bias=False)
 
 ARCHS: dict[str, InternImageArch] = {
     "t": InternImageArch(64, (4, 4, 18, 4), (4, 8, 16, 32)),
@@ -594,6 +622,32 @@ ARCHS: dict[str, InternImageArch] = {
         level2_post_norm_block_ids=(5, 11, 17, 23, 29, 35, 41, 47),
         center_feature_scale=True,
         use_clip_projector=True,
+    ),
+    # FlashInternImage (DCNv4/classification/configs/flash_intern_image_*.yaml): InternImage sizes with DCNv4 mixers;
+    # T has no depthwise conv in the offset branch, B uses offset_scale 0.5; fc2/output_proj biases only for L.
+    "flash_t": InternImageArch(64, (4, 4, 18, 4), (4, 8, 16, 32), **_FLASH),
+    "flash_s": InternImageArch(
+        80, (4, 4, 21, 4), (5, 10, 20, 40), layer_scale=1e-5, post_norm=True, dw_kernel_size=3, **_FLASH
+    ),
+    "flash_b": InternImageArch(
+        112,
+        (4, 4, 21, 4),
+        (7, 14, 28, 56),
+        offset_scale=0.5,
+        layer_scale=1e-5,
+        post_norm=True,
+        dw_kernel_size=3,
+        **_FLASH,
+    ),
+    "flash_l": InternImageArch(
+        160,
+        (5, 5, 22, 5),
+        (10, 20, 40, 80),
+        offset_scale=2.0,
+        layer_scale=1e-5,
+        post_norm=True,
+        dw_kernel_size=3,
+        core_op="DCNv4",
     ),
     # Tiny variants for tests: every switch of the big ones at a few thousand parameters.
     "test": InternImageArch(16, (1, 1, 2, 1), (1, 2, 4, 8)),
@@ -647,6 +701,17 @@ def _official(filename: str, size: int, num_classes: int = 1000) -> dict[str, An
     return _cfg(size, num_classes, hf_hub_id="OpenGVLab/InternImage", hf_hub_filename=f"{filename}.pth")
 
 
+def _flash(filename: str, size: int) -> dict[str, Any]:
+    return _cfg(
+        size,
+        hf_hub_id="OpenGVLab/DCNv4",
+        hf_hub_filename=f"{filename}.pth",
+        paper_ids="arXiv:2401.06197",
+        paper_name="Efficient Deformable ConvNets: Rethinking Dynamic and Sparse Operator for Vision Applications",
+        origin_url="https://github.com/OpenGVLab/DCNv4",
+    )
+
+
 # name -> (arch, pretrained cfg); names follow the official model zoo.
 _MODEL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "internimage_t_1k_224": ("t", _official("internimage_t_1k_224", 224)),
@@ -661,6 +726,11 @@ _MODEL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "internimage_h_22kto1k_640": ("h", _official("internimage_h_22kto1k_640", 640)),
     "internimage_g_jointto22k_384": ("g", _official("internimage_g_jointto22k_384", 384, 21841)),
     "internimage_g_22kto1k_512": ("g", _official("internimage_g_22kto1k_512", 512)),
+    # Names of the official configs (DCNv4/classification/configs); the L weights file is spelled differently.
+    "flash_intern_image_t_1k_224": ("flash_t", _flash("flash_intern_image_t_1k_224", 224)),
+    "flash_intern_image_s_1k_224": ("flash_s", _flash("flash_intern_image_s_1k_224", 224)),
+    "flash_intern_image_b_1k_224": ("flash_b", _flash("flash_intern_image_b_1k_224", 224)),
+    "flash_intern_image_l_22kto1k_384": ("flash_l", _flash("flash_internimage_l_22kto1k_384", 384)),
     "internimage_test_32": ("test", _cfg(32, 10)),
     "internimage_test_post_32": ("test_post", _cfg(32, 10)),
     "internimage_test_h_32": ("test_h", _cfg(32, 10)),
@@ -692,7 +762,8 @@ def _register(name: str) -> Callable[..., InternImage]:
 
     factory.__name__ = factory.__qualname__ = name
     factory.__module__ = __name__
-    factory.__doc__ = f"InternImage ``{name}`` (arch {_MODEL_SPECS[name][0].upper()})."
+    family = "FlashInternImage" if name.startswith("flash") else "InternImage"
+    factory.__doc__ = f"{family} ``{name}`` (arch {_MODEL_SPECS[name][0].upper()})."
     return register_model(factory)
 
 
