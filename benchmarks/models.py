@@ -1,0 +1,121 @@
+"""InternImage-T vs timm ``convnext_tiny``: images/s for inference and a training step, and training peak memory.
+
+Both models run in one process in interleaved rounds (the order rotates every round); the table reports median
+times and the median of the per-round ratios, which are far steadier than absolute times on a shared VM.
+Training peak memory is measured in a fresh subprocess per model as the growth of peak RSS over the built model.
+
+Usage::
+
+    python benchmarks/models.py --rounds 7            # inference bs 1 and 8, training step bs 8, memory
+    INTERNIMAGE_DCN_BACKEND=reference python benchmarks/models.py   # the pure-PyTorch operator instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+import timm
+import torch
+
+import internimage  # noqa: F401  (registers the InternImage models with timm)
+
+MODELS = ("internimage_t_1k_224", "convnext_tiny")
+
+
+def _build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, num_classes=1000)
+
+
+def _infer(model: torch.nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model(x)
+    return time.perf_counter() - start
+
+
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    start = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - start
+
+
+def time_models(rounds: int, batch_sizes: tuple[int, ...], train_batch: int) -> dict[str, dict[str, list[float]]]:
+    """Interleaved timings: ``{mode: {model: [seconds per round]}}``."""
+    models = {name: _build(name) for name in MODELS}
+    opts = {name: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for name, m in models.items()}
+    inputs = {bs: torch.randn(bs, 3, 224, 224) for bs in (*batch_sizes, train_batch)}
+    target = torch.randint(0, 1000, (train_batch,))
+    modes = [f"infer bs{bs}" for bs in batch_sizes] + [f"train bs{train_batch}"]
+    times: dict[str, dict[str, list[float]]] = {mode: {name: [] for name in MODELS} for mode in modes}
+    for r in range(rounds + 1):  # round 0 warms up (kernel build, allocator) and is discarded
+        order = list(MODELS) if r % 2 == 0 else list(reversed(MODELS))
+        for name in order:
+            model = models[name]
+            model.eval()
+            for bs in batch_sizes:
+                t = _infer(model, inputs[bs])
+                if r:
+                    times[f"infer bs{bs}"][name].append(t)
+            model.train()
+            t = _train_step(model, opts[name], inputs[train_batch], target)
+            if r:
+                times[f"train bs{train_batch}"][name].append(t)
+        print(f"round {r}/{rounds} done", file=sys.stderr)
+    return times
+
+
+def peak_memory_mb(name: str, batch: int) -> float:
+    """Peak-RSS growth (MB) of 3 training steps over the built model, in a fresh process."""
+    code = (
+        "import resource, sys, torch, timm, internimage, json\n"
+        f"torch.set_num_threads(2); torch.manual_seed(0); m = timm.create_model({name!r}).train()\n"
+        "opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)\n"
+        f"x = torch.randn({batch}, 3, 224, 224); y = torch.randint(0, 1000, ({batch},))\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for _ in range(3):\n"
+        "    loss = torch.nn.functional.cross_entropy(m(x), y); opt.zero_grad(); loss.backward(); opt.step()\n"
+        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from internimage.ops.backends import resolve_backend
+
+    print(f"DCN backend: {resolve_backend(None, 'cpu', torch.float32)}, threads: {torch.get_num_threads()}")
+    times = time_models(args.rounds, tuple(args.batch_sizes), args.train_batch)
+    a, b = MODELS
+    print(f"\n| mode | {a} ms | {b} ms | {a} img/s | {b} img/s | ratio (img/s {a} / {b}) |")
+    print("|---|---|---|---|---|---|")
+    for mode, per_model in times.items():
+        bs = int(mode.split("bs")[-1])
+        ta, tb = statistics.median(per_model[a]), statistics.median(per_model[b])
+        ratio = statistics.median(tb_ / ta_ for ta_, tb_ in zip(per_model[a], per_model[b]))
+        print(f"| {mode} | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {bs / ta:.2f} | {bs / tb:.2f} | {ratio:.2f} |")
+    if not args.no_memory:
+        mem = {name: peak_memory_mb(name, args.train_batch) for name in MODELS}
+        print(f"\ntraining peak memory over the built model (bs {args.train_batch}, peak RSS growth):")
+        for name, mb in mem.items():
+            print(f"  {name}: {mb:.0f} MB")
+        print(f"  ratio {a} / {b}: {mem[a] / mem[b]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
