@@ -295,7 +295,6 @@ class CascadeRoIHeads(nn.Module):
         rois = proposals
         counts = [len(p) for p in proposals]
         logit_sum = None
-        boxes = torch.cat(rois)
         for stage in range(self.num_stages):
             logits, deltas = self.box_heads[stage](self.box_roi_pool(features, rois, image_shapes))
             logit_sum = logits if logit_sum is None else logit_sum + logits
@@ -303,7 +302,6 @@ class CascadeRoIHeads(nn.Module):
             rois = [clip_boxes_to_image(b, shape) for b, shape in zip(decoded, image_shapes)]
         scores = F.softmax(logit_sum / self.num_stages, -1).split(counts)
         results = [self._postprocess(b, s) for b, s in zip(rois, scores)]
-        del boxes
         det_boxes = [r["boxes"] for r in results]
         if sum(len(b) for b in det_boxes) == 0:
             for r in results:

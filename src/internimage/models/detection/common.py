@@ -112,7 +112,7 @@ def build_roi_pool(
 
 
 class PassThroughTransform(GeneralizedRCNNTransform):
-    """Normalise (ImageNet mean/std on [0, 1] images) and pad-batch to a multiple of 32; never resize."""
+    """Normalise (ImageNet mean/std; uint8 or [0, 1] float input) and pad-batch to a multiple of 32; never resize."""
 
     def __init__(
         self,
@@ -124,6 +124,12 @@ class PassThroughTransform(GeneralizedRCNNTransform):
             min_size=800, max_size=1333, image_mean=list(image_mean), image_std=list(image_std),
             size_divisible=size_divisible,
         )  # fmt: skip
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Args: image: (3, H, W) uint8 in [0, 255] or float in [0, 1]. Returns: the normalised float image."""
+        if not image.is_floating_point():
+            image = image.float().div_(255.0)
+        return super().normalize(image)
 
     def resize(
         self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
@@ -140,7 +146,7 @@ def detector_forward(
     """Two-stage forward over ``model.transform/backbone/rpn/roi_heads``.
 
     Args:
-        images: (3, H_i, W_i) float images in [0, 1], already resized by the data pipeline.
+        images: (3, H_i, W_i) uint8 images (or float in [0, 1]), already resized by the data pipeline.
         targets: Training targets per image: ``boxes`` (K, 4) xyxy float, ``labels`` (K,) int64 in 1..num_classes,
             ``masks`` (K, H_i, W_i) uint8.
         orig_sizes: (H, W) to map predictions back to (the size before the pipeline's resize); default: input size.

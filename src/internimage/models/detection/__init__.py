@@ -1,0 +1,48 @@
+"""Instance detection and segmentation with InternImage-FPN: Mask R-CNN and Cascade Mask R-CNN.
+
+Built on torchvision's detection components (mmdet/mmcv do not install with current torch): the one
+:class:`~internimage.models.internimage.InternImage` class is the backbone (read through ``forward_intermediates``),
+torchvision's FPN (with ``LastLevelMaxPool``), RPN and ``MaskRCNN``, and a Cascade head written on torchvision ops.
+Official mmdet 2.x checkpoints load through :func:`load_mmdet_detector`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .backbone import InternImageFPN, build_internimage_body
+from .cascade import CascadeRoIHeads, InternImageCascadeMaskRCNN, build_cascade_mask_rcnn
+from .common import LevelRoIAlign, PassThroughTransform
+from .mask_rcnn import InternImageMaskRCNN, build_mask_rcnn
+from .mmdet_keys import MappedState, load_mmdet_detector, map_mmdet_state_dict
+
+__all__ = [
+    "ARCHITECTURES",
+    "CascadeRoIHeads",
+    "InternImageCascadeMaskRCNN",
+    "InternImageFPN",
+    "InternImageMaskRCNN",
+    "LevelRoIAlign",
+    "MappedState",
+    "PassThroughTransform",
+    "build_cascade_mask_rcnn",
+    "build_detector",
+    "build_internimage_body",
+    "build_mask_rcnn",
+    "load_mmdet_detector",
+    "map_mmdet_state_dict",
+]
+
+ARCHITECTURES = {"mask_rcnn": build_mask_rcnn, "cascade_mask_rcnn": build_cascade_mask_rcnn}
+
+
+def build_detector(arch: str, backbone: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build ``'mask_rcnn'`` or ``'cascade_mask_rcnn'`` (keyword arguments of the matching builder)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown detector {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    try:
+        return ARCHITECTURES[arch](backbone, num_classes, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad argument for {arch}: {err}") from err

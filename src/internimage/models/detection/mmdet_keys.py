@@ -1,0 +1,187 @@
+"""Map official mmdet 2.x detection checkpoints (InternImage Mask R-CNN / Cascade Mask R-CNN) onto our detectors.
+
+Renames, and the layout changes between mmdet and torchvision:
+
+* ``backbone.*`` -> ``backbone.body.*`` (the official backbone layout is ours).
+* FPN: ``neck.lateral_convs.i.conv`` -> ``backbone.fpn.inner_blocks.i.0``; ``neck.fpn_convs.i.conv`` ->
+  ``backbone.fpn.layer_blocks.i.0``. Both use a stride-2 max pool of the last map as the fifth level.
+* RPN: ``rpn_head.rpn_conv`` -> ``rpn.head.conv.0.0``, ``rpn_cls`` -> ``cls_logits``, ``rpn_reg`` -> ``bbox_pred``.
+  Both score anchors with one sigmoid logit, anchors ordered ratio-major; a softmax RPN (two logits per anchor,
+  foreground first) is converted exactly to a sigmoid one (``w_fg - w_bg``).
+* Mask R-CNN box head: ``shared_fcs.0/1`` -> ``box_head.fc6/fc7``. ``fc_cls`` has background LAST in mmdet and
+  FIRST in torchvision: rows are rotated. ``fc_reg`` has 4 rows per foreground class (or 4 if class-agnostic);
+  torchvision's ``bbox_pred`` has 4 per class including background: the background rows are zero (never used).
+* Mask R-CNN mask head: ``convs.i.conv`` -> ``mask_head.i.0``, ``upsample`` -> ``mask_predictor.conv5_mask``,
+  ``conv_logits`` (one map per foreground class) -> ``mask_fcn_logits`` (background map first, zero, never used).
+* Cascade: ``roi_head.bbox_head.s.*`` -> ``roi_heads.box_heads.s.*`` and ``roi_head.mask_head.s.*`` ->
+  ``roi_heads.mask_heads.s.*`` (our module names follow mmdet's); only ``fc_cls`` rows are rotated.
+
+mmdet's ``target_stds`` (0.1, 0.1, 0.2, 0.2) equal torchvision's box-coder weights (10, 10, 5, 5), so regression
+weights need no rescaling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointError, detect_format, read_checkpoint
+
+__all__ = ["MappedState", "load_mmdet_detector", "map_mmdet_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+# (mmdet pattern, our template); applied in order, first match wins.
+_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^backbone\.(.+)$", r"backbone.body.\1"),
+    (r"^neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)$", r"backbone.fpn.inner_blocks.\1.0.\2"),
+    (r"^neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)$", r"backbone.fpn.layer_blocks.\1.0.\2"),
+    (r"^rpn_head\.rpn_conv\.(weight|bias)$", r"rpn.head.conv.0.0.\1"),
+    (r"^rpn_head\.rpn_cls\.(weight|bias)$", r"rpn.head.cls_logits.\1"),
+    (r"^rpn_head\.rpn_reg\.(weight|bias)$", r"rpn.head.bbox_pred.\1"),
+    # Cascade (per-stage lists; names mirror mmdet's).
+    (r"^roi_head\.bbox_head\.(\d+)\.(.+)$", r"roi_heads.box_heads.\1.\2"),
+    (r"^roi_head\.mask_head\.(\d+)\.(.+)$", r"roi_heads.mask_heads.\1.\2"),
+    # Mask R-CNN (torchvision modules).
+    (r"^roi_head\.bbox_head\.shared_fcs\.0\.(weight|bias)$", r"roi_heads.box_head.fc6.\1"),
+    (r"^roi_head\.bbox_head\.shared_fcs\.1\.(weight|bias)$", r"roi_heads.box_head.fc7.\1"),
+    (r"^roi_head\.bbox_head\.fc_cls\.(weight|bias)$", r"roi_heads.box_predictor.cls_score.\1"),
+    (r"^roi_head\.bbox_head\.fc_reg\.(weight|bias)$", r"roi_heads.box_predictor.bbox_pred.\1"),
+    (r"^roi_head\.mask_head\.convs\.(\d+)\.conv\.(weight|bias)$", r"roi_heads.mask_head.\1.0.\2"),
+    (r"^roi_head\.mask_head\.upsample\.(weight|bias)$", r"roi_heads.mask_predictor.conv5_mask.\1"),
+    (r"^roi_head\.mask_head\.conv_logits\.(weight|bias)$", r"roi_heads.mask_predictor.mask_fcn_logits.\1"),
+)
+
+
+@dataclass
+class MappedState:
+    """Result of :func:`map_mmdet_state_dict`.
+
+    Attributes:
+        state_dict: Tensors under our names, converted to our layouts.
+        source: Our name -> the mmdet name it came from.
+        unmapped: mmdet names no rule covers (e.g. heads of another architecture).
+        ignored: mmdet entries deliberately skipped (EMA shadow buffers).
+    """
+
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+    source: dict[str, str] = field(default_factory=dict)
+    unmapped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _strip_wrappers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DDP / ``torch.compile`` prefixes."""
+    return {re.sub(r"^((module|_orig_mod)\.)+", "", k): v for k, v in sd.items()}
+
+
+def _rename(key: str) -> str | None:
+    for pattern, template in _RENAMES:
+        if re.match(pattern, key):
+            return re.sub(pattern, template, key)
+    return None
+
+
+def _background_first(t: torch.Tensor) -> torch.Tensor:
+    """mmdet classifier rows [fg_1..fg_K, bg] -> torchvision [bg, fg_1..fg_K]."""
+    return torch.cat([t[-1:], t[:-1]])
+
+
+def _with_background_rows(t: torch.Tensor, per_class: int, num_classes: int) -> torch.Tensor:
+    """Prepend zero rows for the background class; a class-agnostic tensor is repeated per class first."""
+    if t.shape[0] == per_class:  # class-agnostic regression: every class uses the same deltas
+        t = t.repeat(num_classes, *([1] * (t.dim() - 1)))
+    if t.shape[0] != per_class * num_classes:
+        return t  # leave it; the shape check names the conflict
+    return torch.cat([t.new_zeros((per_class, *t.shape[1:])), t])
+
+
+def _convert(ours: str, t: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Layout changes for the few tensors whose meaning differs (see the module docstring)."""
+    if ours.endswith(("box_predictor.cls_score.weight", "box_predictor.cls_score.bias")) or re.search(
+        r"box_heads\.\d+\.fc_cls\.", ours
+    ):
+        return _background_first(t)
+    if ours.startswith("roi_heads.box_predictor.bbox_pred."):
+        num_fg = target.shape[0] // 4 - 1 if target is not None else t.shape[0] // 4
+        return _with_background_rows(t, 4, num_fg)
+    if ours.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
+        return _with_background_rows(t, 1, t.shape[0])
+    if ours.startswith("rpn.head.cls_logits.") and target is not None and t.shape[0] == 2 * target.shape[0]:
+        # softmax RPN, per anchor [fg, bg] logits: sigmoid(fg - bg) is the same probability.
+        return t[0::2] - t[1::2]
+    return t
+
+
+def map_mmdet_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> MappedState:
+    """Rename and convert an mmdet 2.x Mask R-CNN / Cascade Mask R-CNN state dict to our detectors' layout.
+
+    Args:
+        sd: The checkpoint's ``state_dict`` (``module.`` wrappers are stripped).
+        model: The target detector; used to pick between the Mask R-CNN and Cascade names and for shapes.
+
+    Returns:
+        The :class:`MappedState`.
+    """
+    own = model.state_dict() if model is not None else {}
+    out = MappedState()
+    for key, value in _strip_wrappers(sd).items():
+        if key.startswith("ema_"):
+            out.ignored.append(key)
+            continue
+        ours = _rename(key)
+        if ours is None:
+            out.unmapped.append(key)
+            continue
+        if ours in out.state_dict:
+            raise CheckpointError(f"two checkpoint tensors map to {ours}: {out.source[ours]} and {key}")
+        out.state_dict[ours] = _convert(ours, value, own.get(ours))
+        out.source[ours] = key
+    return out
+
+
+def load_mmdet_detector(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> MappedState:
+    """Load an official mmdet detection checkpoint into a detector built by this package.
+
+    Args:
+        model: A Mask R-CNN or Cascade Mask R-CNN from :mod:`internimage.models.detection`.
+        path: The ``.pth`` (``{'state_dict': ...}``) or a safetensors file with mmdet names.
+        strict: Raise unless every checkpoint tensor finds exactly one model tensor of the same shape and every
+            model tensor is covered.
+
+    Returns:
+        The :class:`MappedState` that was loaded.
+
+    Raises:
+        CheckpointError: in strict mode, a one-line list of the problems.
+    """
+    _, sd = detect_format(read_checkpoint(path))
+    mapped = map_mmdet_state_dict(sd, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped.state_dict]
+    unexpected = [k for k in mapped.state_dict if k not in own] + mapped.unmapped
+    mismatched = [
+        f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
+        for k, v in mapped.state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    problems = [
+        f"{len(items)} {label} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape conflicts", mismatched))
+        if items
+    ]
+    if problems and strict:
+        raise CheckpointError(f"mmdet checkpoint {os.fspath(path)} does not fit the detector: {'; '.join(problems)}")
+    if problems:
+        logger.warning("loaded %s partially: %s", os.fspath(path), "; ".join(problems))
+    bad = {k.split(":")[0] for k in mismatched}
+    model.load_state_dict({k: v for k, v in mapped.state_dict.items() if k in own and k not in bad}, strict=False)
+    if mapped.ignored:
+        logger.info("ignored %d EMA shadow buffers of %s", len(mapped.ignored), os.fspath(path))
+    return mapped
