@@ -497,7 +497,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
         A* buf_ptr = buffers.mutable_data_ptr<A>();
         const int64_t pixels = geo.n * image_pixels;
         at::parallel_for(0, pixels, 1, [&](int64_t begin, int64_t end) {
-          A* mine = buf_ptr + at::get_thread_num() * geo.n * image_size;
+          // Nested in another parallel region this runs inline on one buffer (threads == 1 there).
+          const int64_t tid = threads == 1 ? 0 : at::get_thread_num();
+          TORCH_CHECK(tid < threads, "dcnv3 cpu: thread id ", tid, " out of range ", threads);
+          A* mine = buf_ptr + tid * geo.n * image_size;
           for (int64_t pix = begin; pix < end;) {
             const int64_t n = pix / image_pixels;
             const int64_t stop = std::min(end, (n + 1) * image_pixels);
