@@ -16,6 +16,8 @@ Evaluation uses faster-coco-eval (pycocotools-compatible; ``pip install internim
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -400,25 +402,29 @@ def coco_evaluate(
         from pycocotools.cocoeval import COCOeval
     else:
         raise ValueError(f"backend must be 'faster_coco_eval' or 'pycocotools', got {backend!r}")
-    gt_source = ann_file if isinstance(ann_file, dict) else str(ann_file)
-    if isinstance(gt_source, dict) and backend == "pycocotools":
-        gt = COCO()
-        gt.dataset = json.loads(json.dumps(gt_source))
-        gt.createIndex()
-    else:
-        gt = COCO(gt_source)
+    # Both libraries report progress on stdout / INFO; library code logs at DEBUG instead.
+    quiet = {"print_function": logger.debug} if backend == "faster_coco_eval" else {}
     metrics: dict[str, float] = {}
-    for iou_type in iou_types:
-        entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
-        if not entries:
-            metrics.update({f"{iou_type}_{n}": 0.0 for n in _STAT_NAMES})
-            continue
-        dt = gt.loadRes(json.loads(json.dumps(entries)))
-        ev = COCOeval(gt, dt, iou_type)
-        if image_ids is not None:
-            ev.params.imgIds = list(image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-        metrics.update({f"{iou_type}_{n}": float(v) for n, v in zip(_STAT_NAMES, ev.stats[:6])})
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        gt_source = json.loads(json.dumps(ann_file)) if isinstance(ann_file, dict) else str(ann_file)
+        if isinstance(gt_source, dict) and backend == "pycocotools":
+            gt = COCO()
+            gt.dataset = gt_source
+            gt.createIndex()
+        else:
+            gt = COCO(gt_source, **quiet)
+        for iou_type in iou_types:
+            entries = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+            if not entries:
+                metrics.update({f"{iou_type}_{n}": 0.0 for n in _STAT_NAMES})
+                continue
+            dt = gt.loadRes(json.loads(json.dumps(entries)))
+            ev = COCOeval(gt, dt, iou_type, **quiet)
+            if image_ids is not None:
+                ev.params.imgIds = list(image_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            metrics.update({f"{iou_type}_{n}": float(v) for n, v in zip(_STAT_NAMES, ev.stats[:6])})
+    logger.debug("%s", captured.getvalue())
     return metrics

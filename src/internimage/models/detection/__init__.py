@@ -17,10 +17,12 @@ from .cascade import CascadeRoIHeads, InternImageCascadeMaskRCNN, build_cascade_
 from .common import LevelRoIAlign, PassThroughTransform
 from .mask_rcnn import InternImageMaskRCNN, build_mask_rcnn
 from .mmdet_keys import MappedState, load_mmdet_detector, map_mmdet_state_dict
+from .weights import DetectorLoadResult, load_detector_weights
 
 __all__ = [
     "ARCHITECTURES",
     "CascadeRoIHeads",
+    "DetectorLoadResult",
     "InternImageCascadeMaskRCNN",
     "InternImageFPN",
     "InternImageMaskRCNN",
@@ -31,6 +33,7 @@ __all__ = [
     "build_detector",
     "build_internimage_body",
     "build_mask_rcnn",
+    "load_detector_weights",
     "load_mmdet_detector",
     "map_mmdet_state_dict",
 ]
