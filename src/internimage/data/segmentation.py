@@ -308,7 +308,8 @@ class SegTrainTransform:
         photometric: Apply :func:`photometric_distortion`.
         mean, std: Normalisation on the 0..255 scale.
         ignore_index: Label of padded pixels.
-        seed: Seed of this transform's private RNG (None: from ``random``); workers reseed it per worker.
+        seed: Seed of a private RNG; None uses the global ``random`` module, which the trainer seeds per rank and
+            DataLoader seeds per worker, so runs are reproducible and workers draw different augmentations.
     """
 
     def __init__(
@@ -332,7 +333,7 @@ class SegTrainTransform:
         self.photometric = photometric
         self.mean, self.std = mean, std
         self.ignore_index = ignore_index
-        self.rng = random.Random(seed)
+        self.rng: Any = random.Random(seed) if seed is not None else random
 
     def _resize(self, img: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ratio = self.rng.uniform(*self.ratio_range)
@@ -400,11 +401,3 @@ def seg_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.stack([b["label"] for b in batch]),
         "path": [b["path"] for b in batch],
     }
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """Give each DataLoader worker its own transform RNG stream (seeded from torch's per-worker seed)."""
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if isinstance(transform, SegTrainTransform):
-        transform.rng.seed(info.seed)

@@ -81,17 +81,27 @@ class Segmentor(nn.Module):
         """Args: images: (N, 3, H, W). Returns: 4 NCHW maps at strides 4, 8, 16, 32."""
         return self.backbone.forward_intermediates(images, intermediates_only=True)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Whole-image logits at input resolution.
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Whole-image logits, or the training losses when ``labels`` are given (so DDP/FSDP wrap one call).
 
         Args:
             images: (N, 3, H, W) normalised images.
+            labels: Optional (N, H, W) int64 labels; see :meth:`forward_train`.
 
         Returns:
-            (N, K, H, W) logits.
+            (N, K, H, W) logits, or the loss dict of :meth:`forward_train`.
         """
+        if labels is not None:
+            return self.forward_train(images, labels)
         logits = self.decode_head(self.extract_feat(images))
         return self._upsample(logits, images.shape[-2:])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute backbone blocks in backward (the heads are cheap)."""
+        self.backbone.set_grad_checkpointing(enable)
 
     def _upsample(self, logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if tuple(logits.shape[-2:]) == tuple(size):
