@@ -18,7 +18,6 @@ Register more with :func:`register_layer_decay_rule`. The matching *no-weight-de
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,7 @@ from torch import nn
 
 __all__ = [
     "LAYER_DECAY_RULES",
+    "LambdaScheduler",
     "NO_DECAY_RULES",
     "build_optimizer",
     "build_scheduler",
@@ -168,50 +168,85 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optim
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
+class LambdaScheduler:
+    """Per-step schedule ``lr(step)`` with timm's ``step_update`` interface; groups get ``lr(step) * lr_scale``.
+
+    Used for the mmcv-style schedules (poly, step, constant) whose linear warm-up multiplies the regular lr:
+    ``lr = regular(t) * (1 - (1 - t / warmup) * (1 - ratio))`` for ``t < warmup``, as mmdet / mmseg do.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> None:
+        self.optimizer = optimizer
+        self.fn = fn
+        self.step_update(0)
+
+    def step_update(self, num_updates: int, metric: float | None = None) -> None:
+        value = self.fn(num_updates)
+        for group in self.optimizer.param_groups:
+            group["lr"] = value * group.get("lr_scale", 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Stateless: the lr is a function of the step, which the trainer restores."""
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int, steps_per_epoch: int, lr: float, lr_scale: float
 ) -> Any:
-    """A timm scheduler stepped per optimizer step (``step_update(step)``), honouring each group's ``lr_scale``.
+    """A per-optimizer-step scheduler (``step_update(step)``) honouring each group's ``lr_scale``.
+
+    * ``cosine``: timm ``CosineLRScheduler`` (warm-up prefix from ``warmup_lr`` to ``lr``, then cosine to ``min_lr``),
+      as the official classification recipe.
+    * ``poly``: ``(lr - min_lr) * (1 - t / total) ** poly_power + min_lr`` (mmseg), mmcv linear warm-up.
+    * ``step``: ``lr * decay_rate ** (milestones passed)`` (mmdet), mmcv linear warm-up.
+    * ``constant``: ``lr`` after the mmcv linear warm-up.
 
     Args:
-        optimizer: From :func:`build_optimizer` (its groups' base lr is ``lr``).
+        optimizer: From :func:`build_optimizer`.
         cfg: :class:`TrainConfig` (``sched``, warm-up, ``min_lr``, ``poly_power``, milestones).
         total_steps: Optimizer steps of the whole schedule.
         steps_per_epoch: Optimizer steps per epoch (converts epoch-based settings).
         lr: Effective peak lr (already batch-scaled).
         lr_scale: The batch scaling factor applied to ``lr`` (applied to ``min_lr``/``warmup_lr`` too).
     """
-    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler, StepLRScheduler
+    from timm.scheduler import CosineLRScheduler
 
     warmup = cfg.warmup_iters if cfg.warmup_iters > 0 else int(round(cfg.warmup_epochs * steps_per_epoch))
     warmup = min(warmup, max(total_steps - 1, 0))
     warmup_lr = cfg.warmup_lr * lr_scale if cfg.warmup_lr is not None else lr * cfg.warmup_ratio
+    min_lr = cfg.min_lr * lr_scale
+    # timm reads each group's base lr from ``lr`` here and multiplies by ``lr_scale`` when stepping.
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-    common = dict(warmup_t=warmup, warmup_lr_init=warmup_lr, t_in_epochs=False)
+        group["lr"] = lr
+        group.pop("initial_lr", None)
     if cfg.sched == "cosine":
         return CosineLRScheduler(
             optimizer,
             t_initial=max(total_steps - warmup, 1),
-            lr_min=cfg.min_lr * lr_scale,
+            lr_min=min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=warmup_lr,
             warmup_prefix=True,
-            **common,
+            t_in_epochs=False,
         )
-    if cfg.sched == "poly":
-        return PolyLRScheduler(
-            optimizer,
-            t_initial=max(total_steps, 1),
-            power=cfg.poly_power,
-            lr_min=cfg.min_lr * lr_scale,
-            warmup_prefix=False,
-            **common,
-        )
-    if cfg.sched == "step":
-        unit = 1 if cfg.iters > 0 else steps_per_epoch
-        milestones = [int(m * unit) for m in cfg.decay_milestones]
-        return MultiStepLRScheduler(
-            optimizer, decay_t=milestones, decay_rate=cfg.decay_rate, warmup_prefix=False, **common
-        )
-    if cfg.sched == "constant":
-        return StepLRScheduler(optimizer, decay_t=math.inf, decay_rate=1.0, **common)
-    raise ValueError(f"unknown schedule {cfg.sched!r}")
+    ratio = warmup_lr / lr if lr > 0 else 1.0
+    unit = 1 if cfg.iters > 0 else steps_per_epoch
+    milestones = sorted(int(m * unit) for m in cfg.decay_milestones)
+
+    def regular(t: int) -> float:
+        if cfg.sched == "poly":
+            return (lr - min_lr) * max(1.0 - t / max(total_steps, 1), 0.0) ** cfg.poly_power + min_lr
+        if cfg.sched == "step":
+            return lr * cfg.decay_rate ** sum(t >= m for m in milestones)
+        return lr
+
+    def fn(t: int) -> float:
+        if t < warmup:
+            return regular(t) * (1 - (1 - t / warmup) * (1 - ratio))
+        return regular(t)
+
+    if cfg.sched not in ("poly", "step", "constant"):
+        raise ValueError(f"unknown schedule {cfg.sched!r}")
+    return LambdaScheduler(optimizer, fn)

@@ -117,11 +117,13 @@ class Trainer:
         """Distributed init, seeding, model, data, optimizer, scheduler; restores a checkpoint if asked."""
         cfg = self.cfg
         self.info = info = init_distributed(cfg.device)
-        seed_everything(cfg.seed + info.rank, cfg.deterministic)
         if cfg.amp == "fp16" and info.device.type != "cuda":
             raise ValueError("amp=fp16 needs a GPU; use amp=bf16 on CPU")
-
+        # Same seed on every rank for the initial weights (FSDP shards them without a broadcast), then a
+        # per-rank seed for everything random during training (augmentation, drop path).
+        seed_everything(cfg.seed, cfg.deterministic)
         bare = self.task.build_model()
+        seed_everything(cfg.seed + info.rank, cfg.deterministic)
         if cfg.grad_checkpointing:
             if not hasattr(bare, "set_grad_checkpointing"):
                 raise ValueError(f"{type(bare).__name__} does not support gradient checkpointing")
@@ -219,6 +221,7 @@ class Trainer:
             "rng": rng_all,
             "world_size": self.info.world_size,
             "config": json.dumps(self.cfg.to_dict()),
+            "metadata": self.task.export_metadata(),
         }
         if self.ema is not None:
             state["model_ema"] = full_model_state(self.ema.module)

@@ -1,0 +1,165 @@
+"""Classification datasets over files: ``ImageFolder`` trees and ``path label`` lists.
+
+A corrupt or unreadable image must not stop a long run: ``__getitem__`` returns None for it, and
+:class:`SkipCollate` drops the Nones from the batch and reports how many it dropped (``num_skipped``), which the
+trainer sums into the log. Each failure is logged once at debug level with the file name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+__all__ = ["IMAGE_EXTENSIONS", "FileListDataset", "ImageFolderDataset", "SkipCollate", "build_image_dataset"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def _load_image(path: str, mode: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # decode now: truncated files fail here, inside the try of the caller
+        return img.convert(mode)
+
+
+class _FileDataset(Dataset):
+    """Shared ``(path, label)`` logic; subclasses fill ``samples`` and ``classes``."""
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+
+    def __init__(self, transform: Callable[[Any], torch.Tensor] | None = None, mode: str = "RGB") -> None:
+        self.transform = transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        path, label = self.samples[index]
+        try:
+            img = _load_image(path, self.mode)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            logger.debug("skipping unreadable image %s: %s", path, err)
+            return None
+        return (self.transform(img) if self.transform is not None else img), label
+
+
+class ImageFolderDataset(_FileDataset):
+    """``root/<class>/**/<image>`` tree; classes are the sorted sub-folder names.
+
+    Args:
+        root: Dataset folder.
+        transform: PIL image -> tensor.
+        mode: PIL mode to convert to (``RGB`` or ``L``).
+        classes: Use this class list (and order) instead of the folder names found (e.g. the train set's).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable[[Any], torch.Tensor] | None = None,
+        mode: str = "RGB",
+        classes: list[str] | None = None,
+    ) -> None:
+        super().__init__(transform, mode)
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root}")
+        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not found:
+            raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+        self.classes = list(classes) if classes is not None else found
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = [c for c in found if c not in index]
+        if unknown:
+            raise ValueError(f"{root} has classes not in the class list: {unknown[:5]}")
+        self.samples = []
+        for cls in found:
+            for dirpath, _, files in os.walk(root / cls, followlinks=True):
+                for name in sorted(files):
+                    if name.lower().endswith(IMAGE_EXTENSIONS):
+                        self.samples.append((os.path.join(dirpath, name), index[cls]))
+        if not self.samples:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+
+
+class FileListDataset(_FileDataset):
+    """A text file of ``relative/or/absolute/path label`` lines (the official ``meta_data/train.txt`` format).
+
+    Args:
+        list_file: The list.
+        root: Folder relative paths are resolved against (default: the list's folder).
+        transform: PIL image -> tensor.
+        mode: PIL mode.
+        classes: Class names (index = label); default ``['0', '1', ...]`` up to the largest label.
+    """
+
+    def __init__(
+        self,
+        list_file: str | os.PathLike,
+        root: str | os.PathLike | None = None,
+        transform: Callable[[Any], torch.Tensor] | None = None,
+        mode: str = "RGB",
+        classes: list[str] | None = None,
+    ) -> None:
+        super().__init__(transform, mode)
+        list_file = Path(list_file)
+        if not list_file.is_file():
+            raise FileNotFoundError(f"file list not found: {list_file}")
+        base = Path(root) if root is not None else list_file.parent
+        self.samples = []
+        with open(list_file) as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                path, _, label = line.rpartition(" ")
+                if not path or not label.lstrip("-").isdigit():
+                    raise ValueError(f"{list_file}:{lineno}: expected 'path label', got {line!r}")
+                self.samples.append((str(base / path.strip()), int(label)))
+        if not self.samples:
+            raise ValueError(f"file list {list_file} is empty")
+        top = max(label for _, label in self.samples)
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(top + 1)]
+        if top >= len(self.classes) or min(label for _, label in self.samples) < 0:
+            raise ValueError(f"{list_file}: labels must be in [0, {len(self.classes)})")
+
+
+def build_image_dataset(
+    path: str | os.PathLike,
+    transform: Callable[[Any], torch.Tensor] | None = None,
+    mode: str = "RGB",
+    root: str | os.PathLike | None = None,
+    classes: list[str] | None = None,
+) -> ImageFolderDataset | FileListDataset:
+    """A folder becomes an :class:`ImageFolderDataset`, a file a :class:`FileListDataset`."""
+    p = Path(path)
+    if p.is_dir():
+        return ImageFolderDataset(p, transform, mode, classes)
+    if p.is_file():
+        return FileListDataset(p, root, transform, mode, classes)
+    raise FileNotFoundError(f"dataset not found: {p} (expected an image folder or a 'path label' list file)")
+
+
+class SkipCollate:
+    """Collate ``(image, label)`` samples into ``{'image', 'target', 'num_skipped'}``, dropping None samples."""
+
+    def __call__(self, batch: list[Any]) -> dict[str, Any]:
+        good = [s for s in batch if s is not None]
+        skipped = len(batch) - len(good)
+        if skipped:
+            logger.debug("dropped %d unreadable image(s) from a batch", skipped)
+        if not good:
+            return {"image": torch.empty(0), "target": torch.empty(0, dtype=torch.long), "num_skipped": skipped}
+        images, targets = default_collate(good)
+        return {"image": images, "target": targets, "num_skipped": skipped}
