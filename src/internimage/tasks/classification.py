@@ -200,6 +200,9 @@ class ClassificationTask(Task):
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x, y = batch["image"], batch["target"]
+        if x.shape[0] < 2:
+            # Unreadable images left fewer than 2 (BatchNorm needs 2): a zero loss keeps ranks in step.
+            return {"loss": sum(p.sum() for p in model.parameters()) * 0.0}
         mixup = self._mixup_fn()
         if mixup is not None:
             if x.shape[0] % 2:  # timm's batch mixup pairs samples; a skipped image can leave an odd batch
@@ -220,14 +223,15 @@ class ClassificationTask(Task):
         counts = torch.zeros(5, dtype=torch.float64)  # top1, top5, loss sum, samples, skipped
         for batch in tqdm(loader, desc="eval", disable=not info.is_main, leave=False, dynamic_ncols=True):
             counts[4] += batch.get("num_skipped", 0)
+            if batch["image"].shape[0] == 0:  # every image of the batch was unreadable
+                continue
             x, y = batch["image"].to(info.device), batch["target"].to(info.device)
             if remaining is not None:  # drop the padding of the last shard
                 x, y = x[:remaining], y[:remaining]
                 remaining -= len(y)
             if len(y) == 0:
-                if remaining is None or remaining <= 0:
-                    # FSDP needs every rank to run the same forwards: run the padded batch, count nothing.
-                    model(batch["image"].to(info.device))
+                # Pure padding: FSDP needs every rank to run the same forwards, so run it and count nothing.
+                model(batch["image"].to(info.device))
                 continue
             logits = self._map_logits(model(x)).float()
             top1, top5 = topk_correct(logits, y)
@@ -314,7 +318,11 @@ def load_classifier(
         head = _head_size(path, use_ema)
         if head is not None:
             kwargs["num_classes"] = head
-    net = create_model(name, pretrained=pretrained, checkpoint_path=path, use_ema=use_ema, **kwargs)
+    net = create_model(name, pretrained=pretrained, **kwargs)
+    if path is not None:  # after creation: create_model would treat num_classes as "new head, skip it"
+        from ..models import load_checkpoint
+
+        load_checkpoint(net, path, strict=True, use_ema=use_ema)
     net.eval()
     from ..models.internimage import _MODEL_SPECS
 

@@ -1,0 +1,171 @@
+"""Classification: CLI train/eval/predict/extract/plot on a tiny folder with broken images, presets, metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import internimage
+from internimage.cli import main
+from internimage.configs import ClassificationConfig, list_presets, load_preset
+from internimage.engine import load_config, read_metrics, save_config
+from internimage.tasks.classification import imagenet_22k_to_1k_indices, topk_correct
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_data import make_folder  # noqa: E402
+
+TRAIN_SET = [
+    "model=internimage_test_32",
+    "img_size=32",
+    "epochs=2",
+    "batch_size=4",
+    "workers=0",
+    "warmup_epochs=0.5",
+    "log_every=1",
+    "auto_augment=rand-m9-mstd0.5-inc1",
+    "reprob=0.25",
+    "mixup=0.8",
+    "cutmix=1.0",
+    "ema=true",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 2-epoch run of the T preset (shrunk model) on a folder with 3 unreadable images."""
+    tmp = tmp_path_factory.mktemp("cls")
+    data = make_folder(tmp / "data", corrupt=2)
+    run = tmp / "run"
+    argv = ["train", "--preset", "internimage_t_1k_224", "--train-data", str(data), "--val-data", str(data)]
+    assert main([*argv, "--output", str(run), "--set", *TRAIN_SET]) == 0
+    return data, run
+
+
+def test_train_writes_run_and_counts_skipped_images(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    for name in ("config.yaml", "metrics.csv", "metrics.jsonl", "model.safetensors", "model_ema.safetensors"):
+        assert (run / name).is_file(), name
+    cfg = load_config(ClassificationConfig, run / "config.yaml")  # the effective config, reloadable
+    assert cfg.model == "internimage_test_32" and cfg.epochs == 2 and cfg.label_smoothing == 0.1
+    rows = read_metrics(run)
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(train) == 6 and all(np.isfinite(r["loss"]) for r in train)
+    assert train[-1]["skipped"] >= 1  # broken images met during training were dropped and counted
+    assert val[-1]["samples"] == 12 and val[-1]["skipped"] == 3 and "ema_top1" in val[-1]
+    result = json.loads((run / "result.json").read_text())
+    assert result["step"] == 6 and 0 <= result["top1"] <= 100
+
+
+def test_eval_predict_extract_plot(trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data, run = trained
+    assert main(["eval", "--checkpoint", str(run / "model.safetensors"), "--val-data", str(data), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["samples"] == 12 and metrics["skipped"] == 3
+    val = [r for r in read_metrics(run) if r["split"] == "val"][-1]
+    assert metrics["top1"] == pytest.approx(val["top1"])  # same weights, same metric as the training run's eval
+
+    # predict from our safetensors (architecture + class names from its metadata)
+    assert main(["predict", str(data / "class2"), "--checkpoint", str(run / "model.safetensors"), "--json"]) == 0
+    preds = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(preds) == 4 and len(preds[0]["top"]) == 3
+    assert {t["label"] for t in preds[0]["top"]} == {"class0", "class1", "class2"}
+    assert sum(t["score"] for t in preds[0]["top"]) == pytest.approx(1.0, abs=1e-4)
+
+    # predict from the training checkpoint (.pth, EMA) and from an official-layout .pth given --model
+    ckpt = sorted((run / "checkpoints").glob("epoch_*.pth"))[-1]
+    assert main(["predict", str(data / "class0" / "0.png"), "--checkpoint", str(ckpt), "--use-ema"]) == 0
+    assert "class" in capsys.readouterr().out
+    official = tmp_path / "official.pth"
+    model = internimage.create_model("internimage_test_32", num_classes=3)
+    torch.save({"model": model.state_dict()}, official)
+    argv = ["predict", str(data / "class0"), "--checkpoint", str(official), "--model", "internimage_test_32"]
+    assert main([*argv, "--img-size", "32", "--topk", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable image(s) skipped" in out and len(out.strip().splitlines()) == 5
+
+    # extract features of chosen stages
+    feats = tmp_path / "feats"
+    argv = ["extract", str(data / "class1"), "--checkpoint", str(run / "model.safetensors")]
+    assert main([*argv, "--stages", "0,3,pooled", "--output", str(feats)]) == 0
+    assert np.load(feats / "0_stage0.npy").shape == (16, 8, 8)
+    assert np.load(feats / "0_stage3.npy").shape == (128, 1, 1)
+    assert np.load(feats / "0_pooled.npy").shape == (192,)
+    assert main([*argv, "--stages", "1", "--output", str(tmp_path / "f.safetensors")]) == 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "f.safetensors")
+    assert len(tensors) == 4 and next(iter(tensors.values())).shape == (32, 4, 4)
+    assert main([*argv, "--stages", "7", "--output", str(feats)]) == 1
+
+    assert main(["plot", str(run)]) == 0
+    assert (run / "curves.png").stat().st_size > 1000
+
+
+def test_resume_continues_a_finished_run_without_retraining(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    argv = ["train", "--config", str(run / "config.yaml"), "--resume", "auto", "--set", "epochs=3"]
+    assert main(argv) == 0
+    rows = [r for r in read_metrics(run) if r["split"] == "train"]
+    assert rows[-1]["step"] == 9 and rows[-1]["epoch"] == 2
+
+
+def test_presets_reproduce_official_recipes_and_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    names = list_presets()
+    expected = {"internimage_t_1k_224", "internimage_s_1k_224", "internimage_b_1k_224", "internimage_g_22kto1k_512"}
+    assert expected <= set(names) and len(names) == 8
+    for name in names:
+        cfg = load_preset(name)
+        assert cfg.model == name and cfg.model in internimage.list_models()
+        save_config(cfg, tmp_path / f"{name}.yaml")
+        assert load_config(ClassificationConfig, tmp_path / f"{name}.yaml") == cfg
+    t = load_preset("internimage_t_1k_224")
+    assert (t.epochs, t.warmup_epochs, t.lr, t.lr_base_batch, t.min_lr, t.warmup_lr) == (300, 20, 5e-4, 512, 5e-6, 5e-7)
+    assert (t.weight_decay, t.clip_grad, t.label_smoothing, t.mixup, t.cutmix, t.reprob) == (
+        0.05,
+        5.0,
+        0.1,
+        0.8,
+        1.0,
+        0.25,
+    )
+    assert t.auto_augment == "rand-m9-mstd0.5-inc1" and t.ema_decay == 0.9999 and t.drop_path_rate == 0.1
+    assert load_preset("internimage_b_1k_224").drop_path_rate == 0.5
+    g = load_preset("internimage_g_22kto1k_512")
+    assert (g.epochs, g.warmup_epochs, g.lr, g.label_smoothing, g.layer_decay, g.offset_lr_mul) == (
+        20,
+        2,
+        2e-5,
+        0.3,
+        0.9,
+        0.1,
+    )
+    assert g.mixup == g.cutmix == g.reprob == 0 and g.grad_checkpointing and g.ema and g.img_size == 512
+    # CLI overrides on top of a preset
+    argv = ["train", "--preset", "internimage_s_1k_224", "--lr", "1e-3", "--set", "epochs=5", "amp=bf16"]
+    assert main([*argv, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["lr"] == 1e-3 and printed["epochs"] == 5 and printed["amp"] == "bf16"
+    assert printed["drop_path_rate"] == 0.4 and printed["model"] == "internimage_s_1k_224"
+    assert main(["train", "--preset", "internimage_x_1k_224", "--print-config"]) == 1
+    assert main(["train", "--preset", "internimage_t_1k_224", "--set", "lr=abc", "--print-config"]) == 1
+
+
+def test_topk_and_22k_to_1k_mapping() -> None:
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
+    assert topk_correct(logits, torch.tensor([1, 1, 0]), ks=(1, 2)) == [1, 2]
+    assert topk_correct(logits, torch.tensor([2, 2, 2]), ks=(1, 5)) == [1, 3]  # k capped at 3 classes
+    from timm.data import ImageNetInfo
+
+    index = imagenet_22k_to_1k_indices()
+    synsets22k, synsets1k = ImageNetInfo("imagenet-22k").label_names(), ImageNetInfo("imagenet-1k").label_names()
+    assert index.shape == (1000,) and (index >= 0).sum() == 999
+    for k in (0, 1, 500, 999):
+        if index[k] >= 0:
+            assert synsets22k[int(index[k])] == synsets1k[k]

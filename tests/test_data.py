@@ -1,0 +1,101 @@
+"""Data: image folders / file lists that skip unreadable images, Fashion-MNIST IDX reading and lookup."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from internimage.data import (
+    FileListDataset,
+    ImageFolderDataset,
+    SkipCollate,
+    build_eval_transform,
+    build_image_dataset,
+    find_fashion_mnist,
+    load_fashion_mnist,
+)
+from internimage.data import fashion_mnist as fm
+
+
+def make_folder(root: Path, classes: int = 3, per_class: int = 4, corrupt: int = 1, size: int = 20) -> Path:
+    """A tiny ImageFolder whose class is the dominant colour; ``corrupt`` broken files per class 0."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            img[..., c] += 150
+            Image.fromarray(img).save(root / f"class{c}" / f"{i}.png")
+    for i in range(corrupt):
+        (root / "class0" / f"broken{i}.jpg").write_bytes(b"not an image at all")
+    if corrupt:  # a truncated PNG: header fine, data cut
+        data = (root / "class1" / "0.png").read_bytes()
+        (root / "class1" / "truncated.png").write_bytes(data[: len(data) // 2])
+    return root
+
+
+def test_image_folder_skips_corrupt_images(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", corrupt=2)
+    ds = ImageFolderDataset(root, build_eval_transform(16, mean=(0.5,) * 3, std=(0.5,) * 3))
+    assert ds.classes == ["class0", "class1", "class2"]
+    assert len(ds) == 3 * 4 + 2 + 1
+    items = [ds[i] for i in range(len(ds))]
+    assert sum(item is None for item in items) == 3
+    batch = SkipCollate()(items)
+    assert batch["num_skipped"] == 3
+    assert batch["image"].shape == (12, 3, 16, 16) and batch["target"].tolist().count(0) == 4
+    empty = SkipCollate()([None, None])
+    assert empty["num_skipped"] == 2 and empty["image"].numel() == 0
+
+
+def test_file_list_dataset_and_errors(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data", corrupt=0)
+    lines = ["# comment", "class0/0.png 0", "class2/1.png 2", "", "class1/missing.png 1"]
+    (tmp_path / "train.txt").write_text("\n".join(lines))
+    ds = FileListDataset(tmp_path / "train.txt", root=root, mode="L")
+    assert len(ds) == 3 and ds.classes == ["0", "1", "2"]
+    img, label = ds[1]
+    assert label == 2 and img.mode == "L"
+    assert ds[2] is None  # missing file: skipped, not fatal
+    (tmp_path / "bad.txt").write_text("class0/0.png zero\n")
+    with pytest.raises(ValueError, match="bad.txt:1: expected 'path label'"):
+        FileListDataset(tmp_path / "bad.txt")
+    with pytest.raises(FileNotFoundError, match="dataset not found"):
+        build_image_dataset(tmp_path / "nope")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        ImageFolderDataset(tmp_path / "flat")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reader_and_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (7, 28, 28)), rng.integers(0, 10, (7,))
+    for img_name, lbl_name in fm._FILES.values():
+        _write_idx(tmp_path / f"{img_name}.gz", images)
+        _write_idx(tmp_path / f"{lbl_name}.gz", labels)
+    assert find_fashion_mnist(tmp_path, download=False) == tmp_path
+    x, y = load_fashion_mnist(tmp_path, "test")
+    assert (
+        x.dtype == torch.uint8 and x.shape == (7, 28, 28) and torch.equal(x, torch.from_numpy(images.astype(np.uint8)))
+    )
+    assert y.tolist() == labels.tolist()
+    # Truncated payload: a clear error, not a reshape traceback.
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels[:5])
+    with pytest.raises(ValueError, match="images but 5 labels"):
+        load_fashion_mnist(tmp_path, "test")
+    # Nothing anywhere and no download: one line telling how to install it.
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setattr(fm, "CACHE_DIR", tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        find_fashion_mnist(tmp_path / "empty", download=False)
