@@ -11,7 +11,7 @@ from internimage.models import ARCHS, MODEL_NAMES, create_model, list_models
 from internimage.models.internimage import _MODEL_SPECS
 
 TEST_MODELS = [n for n in MODEL_NAMES if "_test" in n]
-ZOO_MODELS = list_models()
+ZOO_MODELS = list_models("internimage_*")
 
 
 def _meta_model(name: str, **kw):

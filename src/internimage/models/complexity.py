@@ -1,7 +1,7 @@
 """Parameter and MAC counts on the meta device (no memory, no weights).
 
 MACs are what the InternImage paper calls FLOPs (``BASELINES.md`` §1). Dense layers are counted by
-``torch.utils.flop_counter`` (2 FLOPs per MAC, halved here); the DCNv3 sampling core is counted analytically as
+``torch.utils.flop_counter`` (2 FLOPs per MAC, halved here); the DCNv3/DCNv4 sampling core is counted analytically as
 5 MACs per output channel and point: 4 bilinear corners and the mask weight.
 """
 
@@ -29,10 +29,9 @@ class Complexity:
     resolution: int
 
 
-def dcnv3_macs(output_shape: tuple[int, ...], num_points: int) -> int:
-    """MACs of the sampling core: (N*Ho*Wo*C) outputs x P points x (4 corners + 1 mask weight)."""
-    n, ho, wo, c = output_shape
-    return n * ho * wo * c * num_points * 5
+def dcnv3_macs(num_outputs: int, num_points: int) -> int:
+    """MACs of the DCNv3/DCNv4 sampling core: N*Ho*Wo*C outputs x P points x (4 corners + 1 mask weight)."""
+    return num_outputs * num_points * 5
 
 
 def model_complexity(name: str, resolution: int | None = None, **overrides) -> Complexity:
@@ -53,11 +52,12 @@ def model_complexity(name: str, resolution: int | None = None, **overrides) -> C
 
     def count(module, inputs, output) -> None:
         nonlocal dcn
-        dcn += dcnv3_macs(tuple(output.shape), module.kernel_size**2 - module.remove_center)
+        dcn += dcnv3_macs(output.numel(), module.kernel_size**2 - module.remove_center)
 
     from ..ops.dcnv3 import DCNv3
+    from ..ops.dcnv4 import DCNv4
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, DCNv3)]
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (DCNv3, DCNv4))]
     # The DCN output_proj runs after the core; hooking the core call itself would need the op, so the hook
     # reads the module output shape, which equals the core's (N, H, W, C).
     try:
