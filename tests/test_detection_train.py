@@ -120,3 +120,27 @@ def test_cli_train_resume_eval_predict(coco4, tmp_path, capsys):
 
     assert main(["eval", "--task", "detection", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp2_two_processes(coco4, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ann, images = coco4
+    kwargs = {k: v for k, v in MASK_RCNN.items() if k != "backbone_overrides"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "internimage.cli", "train", "--task", "detection", "--data-root", str(ann.parent),
+        "--model", "internimage_test_32", "--num-classes", "2", "--device", "cpu", "--output", str(tmp_path / "run"),
+        "--epochs", "1", "--batch-size", "1", "train_ann=ann.json", "train_images=images", "val_ann=ann.json",
+        "val_images=images", "img_scale=[64,48]", f"model_kwargs={json.dumps(kwargs)}", "workers=0",
+        "warmup_iters=1", "strategy=fsdp",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done: step 2") == 1  # 4 images / (2 processes x 1): printed by rank 0 only
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert "bbox_mAP" in result and (tmp_path / "run" / "model.safetensors").is_file()

@@ -211,7 +211,13 @@ class DetTask(Task):
         self.cfg: DetTrainConfig = cfg
 
     def build_model(self) -> torch.nn.Module:
-        return build_detector_from_config(self.cfg)
+        model = build_detector_from_config(self.cfg)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and torch.cuda.is_available():
+            # The official Cascade heads use SyncBN; PyTorch's SyncBatchNorm runs on GPUs only.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
 
     def build_datasets(self, info: Any) -> tuple[Any, Any]:
         train = build_dataset(self.cfg, train=True)
@@ -333,6 +339,8 @@ def _train(args: argparse.Namespace) -> int:
         extra["device"] = args.device
     cfg = apply_overrides(cfg, {k: v for k, v in extra.items() if v is not None})
     result = Trainer(cfg, DetTask(cfg)).fit()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
     print(f"done: {shown}")
     print(f"weights: {Path(cfg.output) / 'model.safetensors'}")
