@@ -390,3 +390,46 @@ def test_detectors_predict_at_original_size(coco4):
             assert p["masks"].shape == (d, 1, 96, 128) and p["scores"].shape == (d,)
             assert ((p["labels"] >= 1) & (p["labels"] <= 2)).all()
             assert (p["boxes"][:, 2:] <= torch.tensor([128.0, 96.0]) + 1e-3).all()
+
+
+def test_autocast_keeps_heads_and_boxes_in_float32(coco4):
+    ann, images = coco4
+    ds = CocoDetection(ann, images, Compose([Resize([(64, 48)])]), train=True)
+    batch = collate_detection([ds[0]])
+    torch.manual_seed(0)
+    model = build_detector("mask_rcnn", "internimage_test_32", 2, **MASK_RCNN)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch["images"], batch["targets"])
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = model(batch["images"], orig_sizes=[(96, 128)])[0]
+    assert pred["boxes"].dtype == torch.float32 and pred["masks"].dtype == torch.float32
+
+
+def test_presets_follow_the_official_recipes():
+    from internimage.configs.detection import get_preset, list_presets
+    from internimage.engine.config import apply_overrides
+    from internimage.tasks.detection import DetTrainConfig
+
+    names = list_presets()
+    assert len(names) == 10 and "mask_rcnn_internimage_t_fpn_1x_coco" in names
+    for name in names:
+        cfg = apply_overrides(DetTrainConfig(), get_preset(name))
+        cfg.validate()
+        assert cfg.layer_scale == 1.0 and cfg.num_classes == 80 and cfg.weight_decay == 0.05
+        assert cfg.optimizer == "adamw" and cfg.sched == "step" and cfg.warmup_iters == 500
+        assert cfg.layer_decay_rule == "detection" and cfg.clip_grad is None
+        assert (cfg.epochs, cfg.decay_milestones, cfg.recipe) == (
+            (12, [8, 11], "1x") if "_1x_" in name else (36, [27, 33], "3x")
+        )
+    t = apply_overrides(DetTrainConfig(), get_preset("mask_rcnn_internimage_t_fpn_1x_coco"))
+    assert (t.arch, t.model, t.drop_path_rate, t.lr, t.layer_decay) == (
+        "mask_rcnn", "internimage_t_1k_224", 0.2, 1e-4, 1.0,
+    )  # fmt: skip
+    b = get_preset("mask_rcnn_internimage_b_fpn_3x_coco")
+    assert b["drop_path_rate"] == 0.4
+    xl = apply_overrides(DetTrainConfig(), get_preset("cascade_internimage_xl_fpn_3x_coco"))
+    assert (xl.arch, xl.lr, xl.layer_decay, xl.drop_path_rate, xl.ema) == ("cascade_mask_rcnn", 2e-4, 0.9, 0.6, True)
+    with pytest.raises(ValueError, match="unknown detection preset"):
+        get_preset("mask_rcnn_internimage_q_fpn_1x_coco")

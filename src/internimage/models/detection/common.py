@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -160,8 +162,15 @@ def detector_forward(
     sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     batch, targets = model.transform(images, targets)
     features = model.backbone(batch.tensors)
-    proposals, rpn_losses = model.rpn(batch, features, targets)
-    detections, roi_losses = model.roi_heads(features, proposals, batch.image_sizes, targets)
+    device_type = batch.tensors.device.type
+    amp = torch.is_autocast_enabled(device_type)
+    if amp:
+        # Box decoding, losses and NMS in bf16/fp16 lose whole pixels on large images (mmdet's force_fp32 does the
+        # same): under autocast only the backbone and FPN run in low precision.
+        features = OrderedDict((k, v.float()) for k, v in features.items())
+    with torch.autocast(device_type, enabled=False) if amp else contextlib.nullcontext():
+        proposals, rpn_losses = model.rpn(batch, features, targets)
+        detections, roi_losses = model.roi_heads(features, proposals, batch.image_sizes, targets)
     if model.training:
         return {**rpn_losses, **roi_losses}
     return model.transform.postprocess(detections, batch.image_sizes, orig_sizes or sizes)
