@@ -433,3 +433,21 @@ def test_presets_follow_the_official_recipes():
     assert (xl.arch, xl.lr, xl.layer_decay, xl.drop_path_rate, xl.ema) == ("cascade_mask_rcnn", 2e-4, 0.9, 0.6, True)
     with pytest.raises(ValueError, match="unknown detection preset"):
         get_preset("mask_rcnn_internimage_q_fpn_1x_coco")
+
+
+@pytest.mark.parametrize(
+    "arch,backbone,millions",
+    [
+        ("mask_rcnn", "internimage_t_1k_224", 49),
+        ("mask_rcnn", "internimage_s_1k_224", 69),
+        ("mask_rcnn", "internimage_b_1k_224", 115),
+        ("cascade_mask_rcnn", "internimage_l_22k_384", 277),
+        ("cascade_mask_rcnn", "internimage_xl_22k_384", 387),
+    ],
+)
+def test_full_size_detectors_match_the_official_parameter_counts(arch, backbone, millions):
+    # The official model zoo's #params column (COCO, 80 classes); built on the meta device, no memory used.
+    # Cascade L/XL come out 0.5-0.7M under the zoo's rounded figure (276.3M / 386.5M), hence the 1M tolerance.
+    with torch.device("meta"):
+        model = build_detector(arch, backbone, 80, backbone_overrides=dict(layer_scale=1.0))
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - millions) < 1.0
