@@ -119,7 +119,9 @@ def _torch_runner(model: ExportableModel, x: torch.Tensor, compiled: bool) -> Ca
     return call
 
 
-def _ort_runner(model: ExportableModel, x: torch.Tensor, onnx_path: str | None, workdir: str) -> Callable[[], object]:
+def _ort_runner(
+    model: ExportableModel, x: torch.Tensor, onnx_path: str | None, workdir: str, threads: int | None
+) -> Callable[[], object]:
     from .core import export, ort_session
 
     if onnx_path is None:
@@ -128,7 +130,7 @@ def _ort_runner(model: ExportableModel, x: torch.Tensor, onnx_path: str | None, 
     providers = ["CPUExecutionProvider"]
     if x.device.type == "cuda":
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort_session(onnx_path, "onnx", providers)
+    session = ort_session(onnx_path, "onnx", providers, threads)
     name = session.get_inputs()[0].name
     feed = {name: x.cpu().numpy()}
 
@@ -147,6 +149,7 @@ def benchmark(
     iters: int = 20,
     device: str = "cpu",
     onnx_path: str | None = None,
+    threads: int | None = None,
 ) -> list[BenchResult]:
     """Time ``model`` under each backend on random (batch, C, size, size) inputs.
 
@@ -159,6 +162,7 @@ def benchmark(
         iters: Timed calls.
         device: ``cpu`` or ``cuda`` (onnxruntime then uses its CUDA provider when installed).
         onnx_path: An exported ``.onnx`` of the same model for ``onnxruntime``; default: exported to a temp dir.
+        threads: Intra-op threads of onnxruntime (PyTorch's are set with ``torch.set_num_threads``).
 
     Returns:
         One :class:`BenchResult` per backend, in order.
@@ -179,7 +183,7 @@ def benchmark(
             with tracker.track():
                 start = time.perf_counter()
                 if backend == "onnxruntime":
-                    call = _ort_runner(model, x, onnx_path, workdir)
+                    call = _ort_runner(model, x, onnx_path, workdir, threads)
                 else:
                     call = _torch_runner(model, x, compiled=backend == "compiled")
                 for _ in range(warmup):

@@ -209,7 +209,9 @@ def default_verify_shapes(model: ExportableModel, size: int = 224) -> list[tuple
     return [(2, model.in_chans, s, s), (1, model.in_chans, s + m, s + 2 * m)]
 
 
-def ort_session(path: str | os.PathLike, format: str = "onnx", providers: list[str] | None = None):
+def ort_session(
+    path: str | os.PathLike, format: str = "onnx", providers: list[str] | None = None, threads: int | None = None
+):
     """An onnxruntime session for an exported file (``onnx-trt`` runs its plugin nodes through the reference)."""
     import onnxruntime as ort
 
@@ -217,6 +219,8 @@ def ort_session(path: str | os.PathLike, format: str = "onnx", providers: list[s
         return ort_session_with_trt_dcnv3(str(path), providers)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the dynamo graph's unused-initializer notes are not the user's concern
+    if threads is not None:
+        options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 

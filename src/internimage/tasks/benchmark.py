@@ -44,10 +44,17 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"ONNX file not found: {args.onnx}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by onnxruntime's default thread pool size
     model = build_exportable(args.task, args.model, args.checkpoint, args.num_classes, args.detector)
     results = benchmark(
-        model, backends, args.batch, args.size, args.warmup, args.iters, device=args.device, onnx_path=args.onnx
+        model,
+        backends,
+        args.batch,
+        args.size,
+        args.warmup,
+        args.iters,
+        device=args.device,
+        onnx_path=args.onnx,
+        threads=args.threads,
     )
     print(f"{args.model} ({args.task}), {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(format_table(results))
