@@ -1,8 +1,8 @@
 """Fashion-MNIST from local IDX files (Debian ``dataset-fashion-mnist``), a ``--data`` folder, or a download.
 
-Search order of :func:`find_fashion_mnist`: the given folder, ``/usr/share/datasets/fashion-mnist`` (the Debian
-package), the torchvision cache ``~/.cache/internimage/FashionMNIST/raw``; if none has the four files and
-``download`` is set, torchvision downloads them (needs network).
+:func:`find_fashion_mnist` uses the given folder if any (and nothing else); otherwise
+``/usr/share/datasets/fashion-mnist`` (the Debian package), then the cache ``~/.cache/internimage/FashionMNIST/raw``;
+if neither has the four files and ``download`` is set, torchvision downloads them (needs network).
 """
 
 from __future__ import annotations
@@ -58,21 +58,22 @@ def find_fashion_mnist(data: str | os.PathLike | None = None, download: bool = T
     """Folder holding the four Fashion-MNIST IDX files.
 
     Args:
-        data: A folder to look in first (also ``data/FashionMNIST/raw``).
+        data: The folder to use (also ``data/FashionMNIST/raw``); no other place is searched then.
         download: Fall back to torchvision's download into ``~/.cache/internimage``.
 
     Raises:
         FileNotFoundError: with installation instructions in one line.
     """
-    candidates = []
-    if data is not None:
-        candidates += [Path(data), Path(data) / "FashionMNIST" / "raw"]
-    candidates += [DEBIAN_DIR, CACHE_DIR / "FashionMNIST" / "raw"]
-    for directory in candidates:
+    if data is not None:  # an explicit folder is the only place looked at
+        for directory in (Path(data), Path(data) / "FashionMNIST" / "raw"):
+            if directory.is_dir() and _complete(directory):
+                return directory
+        raise FileNotFoundError(
+            f"--data {data} does not hold the four Fashion-MNIST *-ubyte(.gz) files. {INSTALL_HINT}"
+        )
+    for directory in (DEBIAN_DIR, CACHE_DIR / "FashionMNIST" / "raw"):
         if directory.is_dir() and _complete(directory):
             return directory
-    if data is not None and not Path(data).exists():
-        raise FileNotFoundError(f"--data {data} does not exist. {INSTALL_HINT}")
     if download:
         try:
             from torchvision.datasets import FashionMNIST

@@ -108,12 +108,13 @@ def augment(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
 class FashionMNISTTask(ClassificationTask):
     """The classification task on in-memory Fashion-MNIST with cheap batched augmentation."""
 
-    def __init__(self, cfg: ClassificationConfig, data_dir: Path, train_limit: int = 0) -> None:
+    def __init__(self, cfg: ClassificationConfig, data_dir: Path, train_limit: int = 0, test_limit: int = 0) -> None:
         from ..data import FASHION_MNIST_CLASSES
 
         super().__init__(cfg, classes=list(FASHION_MNIST_CLASSES))
         self.data_dir = data_dir
         self.train_limit = train_limit
+        self.test_limit = test_limit
 
     def build_datasets(self, info: DistInfo) -> tuple[Dataset, Dataset | None]:
         from ..data import load_fashion_mnist
@@ -122,6 +123,8 @@ class FashionMNISTTask(ClassificationTask):
         if self.train_limit:
             xs, ys = xs[: self.train_limit], ys[: self.train_limit]
         xt, yt = load_fashion_mnist(self.data_dir, "test")
+        if self.test_limit:
+            xt, yt = xt[: self.test_limit], yt[: self.test_limit]
         return TensorImages(xs, ys), TensorImages(xt, yt)
 
     def collate_fn(self, train: bool) -> Any:
@@ -140,6 +143,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="runs/demo", help="run folder (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
     parser.add_argument("--train-limit", type=int, default=0, help="use only the first N training images")
+    parser.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config field")
@@ -161,7 +165,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.resume:
         cfg.resume = "auto"
     cfg = apply_overrides(cfg, args.set)
-    task = FashionMNISTTask(cfg, data_dir, args.train_limit)
+    task = FashionMNISTTask(cfg, data_dir, args.train_limit, args.test_limit)
     trainer = Trainer(cfg, task)
     result = trainer.fit()
     if trainer.preempted:
