@@ -287,8 +287,8 @@ def _checkpoint_fields(path: str) -> dict[str, Any]:
     return {}
 
 
-def _resolve_config(args: argparse.Namespace, train: bool) -> SegTrainConfig:
-    """Defaults <- preset <- config file <- checkpoint metadata (eval/predict) <- command-line flags."""
+def _resolve_config(args: argparse.Namespace, train: bool, extra: dict[str, Any] | None = None) -> SegTrainConfig:
+    """Defaults <- preset <- config file <- checkpoint metadata (eval/predict) <- flags <- ``key=value`` items."""
     cfg = SegTrainConfig()
     if args.preset:
         from ..configs.segmentation import get_preset
@@ -307,6 +307,7 @@ def _resolve_config(args: argparse.Namespace, train: bool) -> SegTrainConfig:
     if getattr(args, "classes_file", None):
         flags["classes"] = _read_lines(args.classes_file)
         flags["num_classes"] = flags["num_classes"] or len(flags["classes"])
+    flags.update(extra or {})
     cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
     cfg = apply_overrides(cfg, list(getattr(args, "set", None) or []))
     cfg.validate()
@@ -364,17 +365,15 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ..engine import Trainer
 
-    cfg = _resolve_config(args, train=True)
     extra = {
         "pretrained": args.pretrained,
         "iters": args.iters,
         "batch_size": args.batch_size,
         "resume": args.resume,
-        "output": args.output or (None if args.config else f"runs/{args.preset or cfg.model}"),
+        "output": args.output or (None if args.config else f"runs/{args.preset or args.model or 'segmentation'}"),
+        "device": None if args.device == "auto" else args.device,
     }
-    if args.device != "auto":
-        extra["device"] = args.device
-    cfg = apply_overrides(cfg, {k: v for k, v in extra.items() if v is not None})
+    cfg = _resolve_config(args, train=True, extra=extra)
     result = Trainer(cfg, SegTask(cfg)).fit()
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
     print(f"done: {shown}")
