@@ -254,6 +254,25 @@ def test_official_layer_decay_ids_and_groups():
     assert sum(len(g["params"]) for g in groups) == len(params)
 
 
+def test_engine_uses_the_official_segmentation_rule():
+    from internimage.tasks.segmentation import SegTask, SegTrainConfig
+
+    cfg = SegTrainConfig(model="internimage_test_32", num_classes=K, decode_channels=CH, aux_channels=AUX)
+    cfg.layer_decay = 0.9
+    task = SegTask(cfg)
+    model = task.build_model()
+    scale = {n: g["lr_scale"] for g in task.param_groups(model) for n in g["names"]}
+    wd = {n: g["weight_decay"] for g in task.param_groups(model) for n in g["names"]}
+    ids, num_ids = model.layer_id_fn()
+    assert all(scale[n] == pytest.approx(0.9 ** (num_ids - 1 - ids(n))) for n in scale)
+    assert scale["backbone.patch_embed.conv1.weight"] == pytest.approx(0.9 ** (sum(model.backbone.depths) + 1))
+    assert scale["decode_head.conv_seg.weight"] == 1.0 and wd["decode_head.conv_seg.bias"] == 0.0
+    assert wd["backbone.levels.0.blocks.0.dcn.offset.weight"] == cfg.weight_decay
+    cfg.batch_size = 1
+    with pytest.raises(ValueError, match="batch_size 1 without multi-GPU SyncBatchNorm"):
+        SegTask(cfg).build_model()
+
+
 # ----------------------------------------------------------------------------------------------- metrics
 def test_confusion_matrix_metrics_match_torchmetrics():
     from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex

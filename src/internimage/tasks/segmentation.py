@@ -199,6 +199,7 @@ def evaluate_segmentor(
 
     bare = unwrap_model(model)
     device = next(bare.parameters()).device
+    _sync_buffers(bare)
     metric = SegMetric(cfg.num_classes, ignore_index=bare.ignore_index, class_names=class_names)
     limit = real_sample_count(loader)
     seen = 0
@@ -221,6 +222,22 @@ def evaluate_segmentor(
     return metric.compute()
 
 
+def _sync_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics (the exported ones) before evaluating.
+
+    Each DDP rank updates its running statistics from its own batches; inference here bypasses the DDP wrapper
+    (which would broadcast them), so without this every rank would evaluate a slightly different model.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for buf in model.buffers():
+        if not isinstance(buf, DTensor) and buf.is_floating_point():
+            dist.broadcast(buf.data, src=0)
+
+
 def _list_collate(batch: list[Any]) -> list[Any]:
     return batch
 
@@ -236,7 +253,19 @@ class SegTask(Task):
         self.class_names: list[str] = list(cfg.classes)
 
     def build_model(self) -> torch.nn.Module:
-        return build_segmentor(self.cfg)
+        import torch.distributed as dist
+
+        model = build_segmentor(self.cfg)
+        multi_gpu = dist.is_initialized() and dist.get_world_size() > 1 and self.cfg.device != "cpu"
+        if multi_gpu and torch.cuda.is_available():
+            # The official configs use SyncBN in the heads; it also makes 1 image per GPU (H) trainable.
+            return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.cfg.batch_size < 2:
+            raise ValueError(
+                "batch_size 1 without multi-GPU SyncBatchNorm cannot train: the BatchNorm of UperNet's 1x1 "
+                "pyramid-pooling branch needs more than one value per channel; use batch_size >= 2"
+            )
+        return model
 
     def build_datasets(self, info: Any) -> tuple[Any, Any]:
         train = build_dataset(self.cfg, self.cfg.train_split, train=True)
@@ -375,9 +404,10 @@ def _train(args: argparse.Namespace) -> int:
     }
     cfg = _resolve_config(args, train=True, extra=extra)
     result = Trainer(cfg, SegTask(cfg)).fit()
-    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
-    print(f"done: {shown}")
-    print(f"weights: {Path(cfg.output) / 'model.safetensors'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not per torchrun process
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+        print(f"done: {shown}")
+        print(f"weights: {Path(cfg.output) / 'model.safetensors'}")
     return 0
 
 
