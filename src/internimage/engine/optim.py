@@ -7,8 +7,9 @@ A *layer-decay rule* maps ``(model, decay, offset_lr_mul)`` to a function ``name
   level i+1, heads and ``post_norms`` keep 1. ``offset_lr_mul`` multiplies the lr of parameters whose name contains
   ``offset`` or ``center_feature_scale_proj`` (the official ``DCN_LR_MUL``, applied only with layer decay on).
 * ``detection`` (``ORIGINAL.md`` §3.2, also used by segmentation): ``patch_embed`` id 0, block j of level s id
-  ``1 + j + sum(depths[:s])``, ``downsample``/``norm`` of level s the id of that level's last block, everything
-  outside the backbone ``num_layers + 1``; scale ``decay ** (num_layers + 1 - id)``. It finds the backbone by
+  ``1 + j + sum(depths[:s])``, ``downsample``/``norm`` of level s the id of the first block of level s+1 (as the
+  original constructor counts them, and as the classification rule does), everything outside the backbone
+  ``num_layers + 1``; scale ``decay ** (num_layers + 1 - id)``. It finds the backbone by
   its ``depths`` attribute and works on any prefix (``backbone.``).
 
 Register more with :func:`register_layer_decay_rule`. The matching *no-weight-decay* rules are in
@@ -83,7 +84,7 @@ def _detection_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Cal
             return 1 + j + sum(depths[:s])
         m = level.match(local)
         if m and not local.split(".")[2].startswith("post_norms"):
-            return sum(depths[: int(m.group(1)) + 1])
+            return 1 + sum(depths[: int(m.group(1)) + 1])
         return num_layers + 1
 
     def scale(name: str) -> float:
