@@ -451,6 +451,19 @@ def test_presets_follow_the_official_recipes():
         get_preset("upernet_internimage_q_512_160k_ade20k")
 
 
+def test_full_size_upernet_parameter_counts_match_the_official_zoo():
+    from internimage.configs.segmentation import get_preset
+    from internimage.engine.config import apply_overrides
+    from internimage.tasks.segmentation import SegTrainConfig, build_segmentor
+
+    readme = {"t_512": 59e6, "s_512": 80e6, "b_512": 128e6, "l_640": 256e6, "xl_640": 368e6, "h_896": 1.12e9}
+    for key, official in readme.items():
+        cfg = apply_overrides(SegTrainConfig(), get_preset(f"upernet_internimage_{key}_160k_ade20k"))
+        with torch.device("meta"):  # shapes only: no memory, no init time
+            model = build_segmentor(cfg, load_pretrained=False)
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(official, rel=0.005), key
+
+
 # ----------------------------------------------------------------------------------------------- learning
 @pytest.mark.slow
 def test_overfitting_a_few_images_reaches_high_miou():
