@@ -100,7 +100,11 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def wrap_model(
-    model: nn.Module, info: DistInfo, strategy: str = "ddp", shard_modules: list[nn.Module] | None = None
+    model: nn.Module,
+    info: DistInfo,
+    strategy: str = "ddp",
+    shard_modules: list[nn.Module] | None = None,
+    param_dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Wrap for data parallelism.
 
@@ -109,6 +113,8 @@ def wrap_model(
         info: From :func:`init_distributed`.
         strategy: ``ddp`` (``DistributedDataParallel``) or ``fsdp`` (FSDP2 ``fully_shard``, ZeRO-3 style).
         shard_modules: FSDP units sharded separately before the root (e.g. every block); default: none.
+        param_dtype: FSDP2 ``MixedPrecisionPolicy`` compute dtype (gradients reduced in float32); the trainer uses
+            autocast instead and leaves this None.
 
     Returns:
         The wrapped model (``model`` itself for one process; FSDP2 shards ``model`` in place and returns it).
@@ -117,12 +123,13 @@ def wrap_model(
         return model
     if strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(info.device.type, (info.world_size,))
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
         for module in shard_modules or []:
-            fully_shard(module, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+            fully_shard(module, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
         return model
     if strategy != "ddp":
         raise ValueError(f"unknown strategy {strategy!r} (ddp | fsdp)")

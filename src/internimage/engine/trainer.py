@@ -111,6 +111,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.skipped = 0
         self.preempted = False
+        self.fsdp = False
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -119,6 +120,10 @@ class Trainer:
         self.info = info = init_distributed(cfg.device)
         if cfg.amp == "fp16" and info.device.type != "cuda":
             raise ValueError("amp=fp16 needs a GPU; use amp=bf16 on CPU")
+        if cfg.amp != "none" and cfg.strategy == "fsdp" and info.distributed and info.device.type == "cpu":
+            # Measured with torch 2.14 / gloo: FSDP2 + bf16 (autocast or MixedPrecisionPolicy) gives corrupt
+            # gradient norms (1e35, NaN) on CPU while amp=none matches DDP exactly.
+            raise ValueError("strategy=fsdp with amp on CPU gives corrupt gradients; use amp=none or strategy=ddp")
         # Same seed on every rank for the initial weights (FSDP shards them without a broadcast), then a
         # per-rank seed for everything random during training (augmentation, drop path).
         seed_everything(cfg.seed, cfg.deterministic)
@@ -133,8 +138,9 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(bare, decay=cfg.ema_decay)
+        self.fsdp = info.distributed and cfg.strategy == "fsdp"
         model = wrap_model(bare, info, cfg.strategy, self.task.fsdp_units(bare))
-        if self.ema is not None and info.distributed and cfg.strategy == "fsdp":
+        if self.ema is not None and self.fsdp:
             wrap_model(self.ema.module, info, "fsdp", self.task.fsdp_units(self.ema.module))
         if cfg.compile:
             model = torch.compile(model)
@@ -289,12 +295,32 @@ class Trainer:
         grad_norm = None
         if self.cfg.clip_grad:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            if self.fsdp:
+                grad_norm = self._clip_sharded(self.cfg.clip_grad)
+            else:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    @torch.no_grad()
+    def _clip_sharded(self, max_norm: float) -> float:
+        """Global-norm clipping over FSDP2 shards: sum of squared local shards, all-reduced.
+
+        ``clip_grad_norm_`` on the DTensor gradients returned NaN under FSDP2 mixed precision on CPU/gloo.
+        """
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        sq = torch.zeros((), dtype=torch.float64, device=local[0].device if local else None)
+        for g in local:
+            sq += g.double().pow(2).sum()
+        norm = float(all_reduce_sum(sq).sqrt())
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for g in local:
+                g.mul_(coef)
+        return norm
 
     def fit(self) -> dict[str, Any]:
         """Train to the end of the schedule (or ``max_steps``, or SIGTERM), evaluating as configured.
