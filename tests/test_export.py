@@ -40,7 +40,9 @@ def out_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cls32():
     torch.manual_seed(0)
-    return build_exportable("classification", "internimage_test_32")
+    model = build_exportable("classification", "internimage_test_32")
+    _randomize_dcn(model.module)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +151,7 @@ def test_export_adaptive_pool_matches_torch(scale):
 def test_segmentation_onnx_two_sizes(out_dir):
     torch.manual_seed(0)
     model = build_exportable("segmentation", "internimage_test_32", num_classes=5)
+    _randomize_dcn(model.module)
     report = export(model, out_dir / "seg.onnx", "onnx", verify_shapes=SHAPES)
     # 96x128 puts 3x4 maps into the 2/3/6 pyramid pooling: exactly where fixed-kernel pooling would go wrong.
     assert report.max_error < ATOL, report.errors
@@ -157,6 +160,7 @@ def test_segmentation_onnx_two_sizes(out_dir):
 def test_detection_pt2_and_postprocess(out_dir):
     torch.manual_seed(0)
     model = build_exportable("detection", "internimage_test_32", num_classes=3)
+    _randomize_dcn(model.module)
     shapes = [(2, 3, 128, 128), (1, 3, 96, 160)]
     report = export(model, out_dir / "det.pt2", "pt2", verify_shapes=shapes)
     assert report.max_error < ATOL, report.errors
