@@ -40,7 +40,7 @@ class SegTrainConfig(TrainConfig):
     Attributes:
         model: Backbone name from :func:`internimage.list_models` (architecture only; weights via ``pretrained``).
         pretrained: Checkpoint to start from: classification (backbone only) or segmentation (mmseg / ours).
-        head: Decode head (``upernet``).
+        head: Decode head (``upernet`` or ``mask2former``).
         num_classes: Output classes.
         classes: Class names (default: the dataset's).
         dataset: ``ade20k`` (ADE20K-style folder) or ``cityscapes``.
@@ -50,8 +50,10 @@ class SegTrainConfig(TrainConfig):
         crop_size, img_scale, ratio_range, cat_max_ratio: The official train pipeline (see
             :class:`internimage.data.segmentation.SegTrainTransform`).
         drop_path_rate, layer_scale: Backbone overrides (the official seg configs use ``layer_scale=1.0`` for T..XL).
-        decode_channels, aux_channels, aux_weight: UperNet width, FCN auxiliary width (0 = no auxiliary head)
-            and auxiliary loss weight.
+        decode_channels, aux_channels, aux_weight: UperNet width (Mask2Former: pixel decoder / query width), FCN
+            auxiliary width (0 = no auxiliary head) and auxiliary loss weight.
+        num_queries, attn_heads, ffn_channels, enc_layers, dec_layers, num_points: Mask2Former only (queries,
+            attention heads, FFN width, pixel-decoder and transformer-decoder layers, points per mask in the losses).
         avg_non_ignore: Cross entropy averaged over labelled pixels only (official: over all pixels).
         test_mode, test_crop, test_stride: ``whole`` or ``slide`` inference.
         test_ratios, test_flip: Multi-scale ratios of ``img_scale`` and flip for evaluation.
@@ -74,6 +76,12 @@ class SegTrainConfig(TrainConfig):
     drop_path_rate: float = 0.2
     layer_scale: float | None = 1.0
     decode_channels: int = 512
+    num_queries: int = 100
+    attn_heads: int = 8
+    ffn_channels: int = 1024
+    enc_layers: int = 6
+    dec_layers: int = 9
+    num_points: int = 12544
     aux_channels: int = 256
     aux_weight: float = 0.4
     avg_non_ignore: bool = False
@@ -100,8 +108,8 @@ class SegTrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.head != "upernet":
-            raise ValueError(f"head must be 'upernet', got {self.head!r}")
+        if self.head not in ("upernet", "mask2former"):
+            raise ValueError(f"head must be 'upernet' or 'mask2former', got {self.head!r}")
         if self.dataset not in ("ade20k", "cityscapes"):
             raise ValueError(f"dataset must be 'ade20k' or 'cityscapes', got {self.dataset!r}")
         if self.test_mode not in ("whole", "slide"):
@@ -115,7 +123,7 @@ class SegTrainConfig(TrainConfig):
         """What is needed to rebuild the model and its test-time behaviour (stored with exported weights)."""
         keys = ("model", "head", "num_classes", "classes", "dataset", "reduce_zero_label", "img_scale", "layer_scale")
         keys += ("decode_channels", "aux_channels", "test_mode", "test_crop", "test_stride", "test_ratios")
-        keys += ("test_flip", "crop_size")
+        keys += ("test_flip", "crop_size", "num_queries", "attn_heads", "ffn_channels", "enc_layers", "dec_layers")
         data = self.to_dict()
         return {k: data[k] for k in keys}
 
@@ -142,10 +150,26 @@ def build_segmentor(cfg: SegTrainConfig, load_pretrained: bool = True) -> Any:
     """The UperNet segmentor of ``cfg`` (with ``cfg.pretrained`` loaded if set and asked)."""
     from ..models import create_model
     from ..models.segmentation import build_upernet, load_segmentation_checkpoint
+    from ..models.segmentation.segmentor import build_mask2former
 
     overrides: dict[str, Any] = {"num_classes": 0, "drop_path_rate": cfg.drop_path_rate}
     overrides["layer_scale"] = cfg.layer_scale
     backbone = create_model(cfg.model, **overrides)
+    if cfg.head == "mask2former":
+        model = build_mask2former(
+            backbone,
+            cfg.num_classes,
+            dim=cfg.decode_channels,
+            num_queries=cfg.num_queries,
+            heads=cfg.attn_heads,
+            hidden=cfg.ffn_channels,
+            enc_layers=cfg.enc_layers,
+            dec_layers=cfg.dec_layers,
+            num_points=cfg.num_points,
+        )
+        if load_pretrained and cfg.pretrained:
+            load_segmentation_checkpoint(model, cfg.pretrained)
+        return model
     model = build_upernet(
         backbone,
         cfg.num_classes,
@@ -260,7 +284,8 @@ class SegTask(Task):
         if multi_gpu and torch.cuda.is_available():
             # The official configs use SyncBN in the heads; it also makes 1 image per GPU (H) trainable.
             return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if self.cfg.batch_size < 2:
+        has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        if has_bn and self.cfg.batch_size < 2:
             raise ValueError(
                 "batch_size 1 without multi-GPU SyncBatchNorm cannot train: the BatchNorm of UperNet's 1x1 "
                 "pyramid-pooling branch needs more than one value per channel; use batch_size >= 2"

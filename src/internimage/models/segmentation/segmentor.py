@@ -25,9 +25,11 @@ from torch import nn
 from ..internimage import InternImage
 from .heads import FCNHead, UPerHead
 
-__all__ = ["Segmentor", "mmseg_layer_id", "rescale_size", "seg_param_groups"]
+__all__ = ["Segmentor", "build_mask2former", "mmseg_layer_id", "rescale_size", "seg_param_groups"]
 
 logger = logging.getLogger(__name__)
+
+_M2F_LAYER0 = ("mask_embed", "cls_embed", "level_embed", "query_embed", "query_feat")
 
 
 def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
@@ -129,6 +131,10 @@ class Segmentor(nn.Module):
         if labels.dim() == 4:
             labels = labels.squeeze(1)
         feats = self.extract_feat(images)
+        if hasattr(self.decode_head, "loss"):  # set-prediction heads (Mask2Former) own their losses
+            out = self.decode_head.loss(feats, labels, self.ignore_index)
+            out["loss"] = out.pop("loss_decode")
+            return out
         logits = self.decode_head(feats)
         out = {"loss_decode": self._ce(logits, labels)}
         if self.auxiliary_head is not None:
@@ -250,6 +256,8 @@ def mmseg_layer_id(name: str, depths: Sequence[int], num_layers: int) -> int:
     The lr scale of id ``i`` is ``decay ** (num_layers + 1 - i)``.
     """
     parts = name.split(".")
+    if parts[0] == "decode_head" and parts[1] in _M2F_LAYER0:
+        return 0  # the original rule puts Mask2Former's query/class/mask embeddings with the stem (scale decay**(n+1))
     if parts[0] != "backbone":
         return num_layers + 1
     if parts[1] == "patch_embed":
@@ -313,3 +321,23 @@ def build_upernet(
     decode = UPerHead(in_channels, channels=channels, num_classes=num_classes)
     auxiliary = FCNHead(in_channels[2], channels=aux_channels, num_classes=num_classes, in_index=2) if aux else None
     return Segmentor(backbone, decode, auxiliary, **kwargs)
+
+
+def build_mask2former(
+    backbone: InternImage,
+    num_classes: int,
+    dim: int = 256,
+    num_queries: int = 100,
+    heads: int = 8,
+    hidden: int = 1024,
+    **kwargs: Any,
+) -> Segmentor:
+    """InternImage + Mask2Former (no auxiliary head), e.g. ``dim=1024, num_queries=200, heads=32, hidden=4096``
+    for the official InternImage-H model. ``kwargs`` go to :class:`Mask2FormerHead`."""
+    from .mask2former import Mask2FormerHead
+
+    in_channels = [backbone.channels * 2**i for i in range(len(backbone.levels))]
+    head = Mask2FormerHead(
+        in_channels, num_classes, dim=dim, num_queries=num_queries, heads=heads, hidden=hidden, **kwargs
+    )
+    return Segmentor(backbone, head)
