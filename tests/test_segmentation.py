@@ -612,13 +612,13 @@ def test_mask2former_shapes_gradients_and_loss_falls():
     y = torch.stack([torch.from_numpy(lab).long() for _, lab in scenes])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(16):
         loss = model(x, y)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    assert np.mean(losses[-3:]) < 0.75 * np.mean(losses[:3])
 
 
 def test_mask2former_layer_decay_puts_query_embeddings_with_the_stem():
@@ -632,3 +632,86 @@ def test_mask2former_layer_decay_puts_query_embeddings_with_the_stem():
     ):
         assert mmseg_layer_id(f"decode_head.{name}", depths, n) == 0
     assert mmseg_layer_id("decode_head.pixel_decoder.mask_feature.weight", depths, n) == n + 1
+
+
+def official_mask2former_shapes(
+    in_ch: list[int], dim: int, hidden: int, q: int, k: int, enc: int, dec: int, heads: int
+):
+    """mmseg/mmdet 2.x Mask2FormerHead names of the InternImage-H config, shapes written from the architecture."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    pd = "decode_head.pixel_decoder"
+    for i, c in enumerate(in_ch[1:][::-1]):
+        shapes.update({f"{pd}.input_convs.{i}.conv.weight": (dim, c, 1, 1), f"{pd}.input_convs.{i}.conv.bias": (dim,)})
+        shapes.update({f"{pd}.input_convs.{i}.gn.weight": (dim,), f"{pd}.input_convs.{i}.gn.bias": (dim,)})
+    shapes[f"{pd}.level_encoding.weight"] = (3, dim)
+
+    def ffn(prefix: str) -> None:
+        shapes.update(
+            {f"{prefix}.ffns.0.layers.0.0.weight": (hidden, dim), f"{prefix}.ffns.0.layers.0.0.bias": (hidden,)}
+        )
+        shapes.update({f"{prefix}.ffns.0.layers.1.weight": (dim, hidden), f"{prefix}.ffns.0.layers.1.bias": (dim,)})
+
+    def norms(prefix: str, n: int) -> None:
+        for j in range(n):
+            shapes.update({f"{prefix}.norms.{j}.weight": (dim,), f"{prefix}.norms.{j}.bias": (dim,)})
+
+    for i in range(enc):
+        a = f"{pd}.encoder.layers.{i}.attentions.0"
+        # heads x 3 levels x 4 points (x 2 coordinates for the offsets)
+        shapes.update({f"{a}.sampling_offsets.weight": (heads * 24, dim), f"{a}.sampling_offsets.bias": (heads * 24,)})
+        shapes.update(
+            {f"{a}.attention_weights.weight": (heads * 12, dim), f"{a}.attention_weights.bias": (heads * 12,)}
+        )
+        for proj in ("value_proj", "output_proj"):
+            shapes.update({f"{a}.{proj}.weight": (dim, dim), f"{a}.{proj}.bias": (dim,)})
+        ffn(f"{pd}.encoder.layers.{i}")
+        norms(f"{pd}.encoder.layers.{i}", 2)
+    shapes.update(
+        {
+            f"{pd}.lateral_convs.0.conv.weight": (dim, in_ch[0], 1, 1),
+            f"{pd}.output_convs.0.conv.weight": (dim, dim, 3, 3),
+        }
+    )
+    for name in ("lateral_convs", "output_convs"):
+        shapes.update({f"{pd}.{name}.0.gn.weight": (dim,), f"{pd}.{name}.0.gn.bias": (dim,)})
+    shapes.update({f"{pd}.mask_feature.weight": (dim, dim, 1, 1), f"{pd}.mask_feature.bias": (dim,)})
+    for i in range(dec):
+        layer = f"decode_head.transformer_decoder.layers.{i}"
+        for j in range(2):
+            shapes.update({f"{layer}.attentions.{j}.attn.in_proj_weight": (3 * dim, dim)})
+            shapes.update({f"{layer}.attentions.{j}.attn.in_proj_bias": (3 * dim,)})
+            shapes.update({f"{layer}.attentions.{j}.attn.out_proj.weight": (dim, dim)})
+            shapes.update({f"{layer}.attentions.{j}.attn.out_proj.bias": (dim,)})
+        ffn(layer)
+        norms(layer, 3)
+    shapes.update(
+        {
+            "decode_head.transformer_decoder.post_norm.weight": (dim,),
+            "decode_head.transformer_decoder.post_norm.bias": (dim,),
+        }
+    )
+    shapes.update({"decode_head.query_embed.weight": (q, dim), "decode_head.query_feat.weight": (q, dim)})
+    shapes.update(
+        {
+            "decode_head.level_embed.weight": (3, dim),
+            "decode_head.cls_embed.weight": (k + 1, dim),
+            "decode_head.cls_embed.bias": (k + 1,),
+        }
+    )
+    for j in (0, 2, 4):
+        shapes.update({f"decode_head.mask_embed.{j}.weight": (dim, dim), f"decode_head.mask_embed.{j}.bias": (dim,)})
+    return shapes
+
+
+def test_official_mask2former_names_map_one_to_one(tmp_path):
+    model = tiny_mask2former()
+    heads = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    expected = official_mask2former_shapes([16, 32, 64, 128], 32, 64, 8, K, enc=2, dec=3, heads=4)
+    assert heads == expected
+    g = torch.Generator().manual_seed(2)
+    sd = {f"backbone.{k}": torch.randn(v.shape, generator=g) for k, v in model.backbone.state_dict().items()}
+    sd.update({k: torch.randn(v, generator=g) for k, v in expected.items()})
+    torch.save({"state_dict": sd, "meta": {}}, tmp_path / "m2f.pth")
+    assert load_segmentation_checkpoint(model, tmp_path / "m2f.pth").ok
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in sd.items())

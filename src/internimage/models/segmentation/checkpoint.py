@@ -6,6 +6,9 @@ Accepted sources (read with ``weights_only=True`` or safetensors, through :mod:`
   modules carry mmseg's names (``psp_modules.i.1.conv``, ``bottleneck``, ``lateral_convs``, ``fpn_convs``,
   ``fpn_bottleneck``, ``conv_seg``, ``convs.0``), so the mapping is the identity on heads; SyncBN buffers land in
   BatchNorm;
+* official mmseg Mask2Former checkpoints (``decode_head.pixel_decoder.*``, ``decode_head.transformer_decoder.*``,
+  query/class/mask embeddings): :class:`~internimage.models.segmentation.mask2former.Mask2FormerHead` uses the
+  mmcv container names, so this is the identity too;
 * our own segmentor files (same layout, safetensors);
 * classification checkpoints (official, HF, plain): backbone only, the classifier is dropped and the heads keep
   their initialisation. Missing ``gamma1/2`` (T's classification weights under the seg configs' ``layer_scale=1.0``)

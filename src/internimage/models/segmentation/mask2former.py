@@ -10,7 +10,9 @@ algorithm on point-sampled costs (2 x class, 5 x mask BCE, 5 x dice) and uses th
 with 0.1 weight on the "no object" class. Semantic inference: ``softmax(class)[:K] x sigmoid(mask)`` summed over
 queries. Loss points are drawn uniformly (the original oversamples 3x and keeps the 75 % most uncertain points).
 
-Deformable attention runs in pure PyTorch (``grid_sample``), so it works on CPU and GPU without an extension.
+Module names are those of the original (mmcv ``ConvModule``/``BaseTransformerLayer``/``FFN``/``MultiheadAttention``
+containers), so an official ``decode_head.*`` state dict loads key for key. Deformable attention runs in pure
+PyTorch (``grid_sample``), so it works on CPU and GPU without an extension.
 """
 
 from __future__ import annotations
@@ -109,36 +111,56 @@ class MSDeformAttn(nn.Module):
 
 
 class FFN(nn.Module):
-    """Linear -> ReLU -> Linear with residual (mmcv ``FFN`` with ``add_identity``)."""
+    """Linear -> ReLU -> Linear with residual, named like mmcv's ``FFN`` (``layers.0.0``, ``layers.1``)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(0.0)),
+            nn.Linear(hidden, dim),
+            nn.Dropout(0.0),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layers(x)
 
 
 class EncoderLayer(nn.Module):
-    """Deformable self-attention -> LN -> FFN -> LN (post-norm, as in the original)."""
+    """Deformable self-attention -> LN -> FFN -> LN (mmcv ``BaseTransformerLayer`` names)."""
 
     def __init__(self, dim: int, heads: int, levels: int, points: int, hidden: int) -> None:
         super().__init__()
-        self.attn = MSDeformAttn(dim, heads, levels, points)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = FFN(dim, hidden)
-        self.norm2 = nn.LayerNorm(dim)
+        self.attentions = nn.ModuleList([MSDeformAttn(dim, heads, levels, points)])
+        self.ffns = nn.ModuleList([FFN(dim, hidden)])
+        self.norms = nn.ModuleList([nn.LayerNorm(dim), nn.LayerNorm(dim)])
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, ref: torch.Tensor, shapes: list[tuple[int, int]]):
-        x = self.norm1(x + self.attn(x + pos, ref, x, shapes))
-        return self.norm2(self.ffn(x))
+        x = self.norms[0](x + self.attentions[0](x + pos, ref, x, shapes))
+        return self.norms[1](self.ffns[0](x))
 
 
-def _conv_gn(cin: int, cout: int, k: int, relu: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.GroupNorm(32, cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+class _Layers(nn.Module):
+    """A ``layers`` list (+ optional ``post_norm``), the container mmcv's transformer sequences use."""
+
+    def __init__(self, layers: list[nn.Module], post_norm_dim: int | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        if post_norm_dim is not None:
+            self.post_norm = nn.LayerNorm(post_norm_dim)
+
+
+class ConvGN(nn.Module):
+    """Conv -> GroupNorm(32) (-> ReLU), named ``conv``/``gn`` like mmcv's ``ConvModule``."""
+
+    def __init__(self, cin: int, cout: int, k: int, bias: bool, relu: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+        self.gn = nn.GroupNorm(32, cout)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gn(self.conv(x))
+        return F.relu(x, inplace=True) if self.relu else x
 
 
 class PixelDecoder(nn.Module):
@@ -158,11 +180,11 @@ class PixelDecoder(nn.Module):
         super().__init__()
         self.dim = dim
         coarse = list(in_channels[1:])[::-1]  # strides 32, 16, 8
-        self.input_convs = nn.ModuleList(_conv_gn(c, dim, 1, relu=False) for c in coarse)
+        self.input_convs = nn.ModuleList(ConvGN(c, dim, 1, bias=True, relu=False) for c in coarse)
         self.level_encoding = nn.Embedding(len(coarse), dim)
-        self.encoder = nn.ModuleList(EncoderLayer(dim, heads, len(coarse), points, hidden) for _ in range(layers))
-        self.lateral_conv = _conv_gn(in_channels[0], dim, 1, relu=False)
-        self.output_conv = _conv_gn(dim, dim, 3, relu=True)
+        self.encoder = _Layers([EncoderLayer(dim, heads, len(coarse), points, hidden) for _ in range(layers)])
+        self.lateral_convs = nn.ModuleList([ConvGN(in_channels[0], dim, 1, bias=False, relu=False)])
+        self.output_convs = nn.ModuleList([ConvGN(dim, dim, 3, bias=False, relu=True)])
         self.mask_feature = nn.Conv2d(dim, dim, 1)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -183,33 +205,41 @@ class PixelDecoder(nn.Module):
             )
             refs.append(torch.stack((xs, ys), -1).view(1, -1, 2).expand(n, -1, -1))
         x, pos_all, ref = torch.cat(tokens, 1), torch.cat(pos, 1), torch.cat(refs, 1)
-        for layer in self.encoder:
+        for layer in self.encoder.layers:
             x = layer(x, pos_all, ref, shapes)
         outs, start = [], 0
         for h, w in shapes:
             outs.append(x[:, start : start + h * w].transpose(1, 2).reshape(n, self.dim, h, w))
             start += h * w
-        fine = self.lateral_conv(feats[0])
-        fine = self.output_conv(fine + F.interpolate(outs[-1], size=fine.shape[-2:], mode="bilinear"))
+        fine = self.lateral_convs[0](feats[0])
+        fine = self.output_convs[0](fine + F.interpolate(outs[-1], size=fine.shape[-2:], mode="bilinear"))
         return self.mask_feature(fine), outs
 
 
+class _MHA(nn.Module):
+    """``nn.MultiheadAttention`` under ``attn`` (mmcv's ``MultiheadAttention`` wrapper names)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, q, k, v, mask=None):
+        return self.attn(q, k, v, attn_mask=mask, need_weights=False)[0]
+
+
 class DecoderLayer(nn.Module):
-    """Masked cross-attention -> LN -> self-attention -> LN -> FFN -> LN."""
+    """Masked cross-attention -> LN -> self-attention -> LN -> FFN -> LN (mmcv names)."""
 
     def __init__(self, dim: int, heads: int, hidden: int) -> None:
         super().__init__()
-        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.ffn = FFN(dim, hidden)
-        self.norm3 = nn.LayerNorm(dim)
+        self.attentions = nn.ModuleList([_MHA(dim, heads), _MHA(dim, heads)])
+        self.ffns = nn.ModuleList([FFN(dim, hidden)])
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(3)])
 
     def forward(self, q: torch.Tensor, qpos: torch.Tensor, mem: torch.Tensor, mpos: torch.Tensor, mask: torch.Tensor):
-        q = self.norm1(q + self.cross_attn(q + qpos, mem + mpos, mem, attn_mask=mask, need_weights=False)[0])
-        q = self.norm2(q + self.self_attn(q + qpos, q + qpos, q, need_weights=False)[0])
-        return self.norm3(self.ffn(q))
+        q = self.norms[0](q + self.attentions[0](q + qpos, mem + mpos, mem, mask))
+        q = self.norms[1](q + self.attentions[1](q + qpos, q + qpos, q))
+        return self.norms[2](self.ffns[0](q))
 
 
 class Mask2FormerHead(nn.Module):
@@ -252,8 +282,8 @@ class Mask2FormerHead(nn.Module):
         self.query_feat = nn.Embedding(num_queries, dim)
         self.query_embed = nn.Embedding(num_queries, dim)
         self.level_embed = nn.Embedding(3, dim)
-        self.layers = nn.ModuleList(DecoderLayer(dim, heads, hidden) for _ in range(dec_layers))
-        self.post_norm = nn.LayerNorm(dim)
+        self.num_heads = heads
+        self.transformer_decoder = _Layers([DecoderLayer(dim, heads, hidden) for _ in range(dec_layers)], dim)
         self.cls_embed = nn.Linear(dim, num_classes + 1)
         self.mask_embed = nn.Sequential(
             nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)
@@ -261,13 +291,13 @@ class Mask2FormerHead(nn.Module):
         self.register_buffer("class_weights", torch.tensor([1.0] * num_classes + [no_object_weight]), persistent=False)
 
     def _predict(self, q: torch.Tensor, mask_feats: torch.Tensor, size: tuple[int, int]):
-        q = self.post_norm(q)
+        q = self.transformer_decoder.post_norm(q)
         cls = self.cls_embed(q)
         masks = torch.einsum("nqc,nchw->nqhw", self.mask_embed(q), mask_feats)
         # Attention mask for the next layer: a query only sees where its current mask is on (True = blocked).
         attn = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).flatten(2).sigmoid() < 0.5
         attn[attn.all(-1)] = False  # an empty mask would block everything; let that query see the whole map
-        return cls, masks, attn.repeat_interleave(self.layers[0].cross_attn.num_heads, 0).detach()
+        return cls, masks, attn.repeat_interleave(self.num_heads, 0).detach()
 
     def forward_predictions(self, feats: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Class logits (N, Q, K+1) and mask logits (N, Q, H/4, W/4) before the first and after every layer."""
@@ -283,7 +313,7 @@ class Mask2FormerHead(nn.Module):
         qpos = self.query_embed.weight[None].expand(n, -1, -1)
         cls, masks, attn = self._predict(q, mask_feats, sizes[0])
         outputs = [(cls, masks)]
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.transformer_decoder.layers):
             lvl = i % len(maps)
             q = layer(q, qpos, mems[lvl], mpos[lvl], attn)
             cls, masks, attn = self._predict(q, mask_feats, sizes[(i + 1) % len(maps)])
