@@ -169,3 +169,21 @@ def test_topk_and_22k_to_1k_mapping() -> None:
     for k in (0, 1, 500, 999):
         if index[k] >= 0:
             assert synsets22k[int(index[k])] == synsets1k[k]
+
+
+def test_torchrun_training_with_unreadable_images_does_not_hang(tmp_path: Path) -> None:
+    """Ranks whose batch lost images (even down to one) must still join DDP's all-reduce."""
+    import os
+    import subprocess
+
+    data = make_folder(tmp_path / "data", corrupt=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "internimage.cli"]
+    cmd += ["train", "--preset", "internimage_t_1k_224", "--train-data", str(data), "--val-data", str(data)]
+    cmd += ["--output", str(tmp_path / "run"), "--workers", "0", "--set", *TRAIN_SET, "batch_size=2", "ema=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["step"] == 8 and result["samples"] == 12 and result["skipped"] == 3  # 15 files, 8 per rank
+    train = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert train[-1]["skipped"] >= 1

@@ -64,20 +64,22 @@ class ResumableSampler(Sampler[int]):
 
 
 class EvalShardSampler(Sampler[int]):
-    """Ordered shard of an evaluation set, padded so every rank runs the same number of batches.
+    """Ordered shard ``rank::world_size`` of an evaluation set.
 
-    FSDP needs equal batch counts (its forward runs collectives). Padding repeats the last index; evaluation code
-    counts only the first :attr:`num_real` samples of this rank (see :func:`real_sample_count`).
+    With ``pad`` (needed by FSDP, whose forward runs collectives), every rank gets the same number of indices by
+    repeating the last index; evaluation code then counts only the first :attr:`num_real` samples of this rank
+    (see :func:`real_sample_count`). Without it (DDP evaluates its bare module) ranks may differ by one sample.
     """
 
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1, pad: bool = False) -> None:
         self.length = length
         self.rank = rank
         self.world_size = world_size
+        self.pad = pad
         self.real = list(range(rank, length, world_size))
         self.per_rank = math.ceil(length / world_size) if length else 0
-        pad = self.per_rank - len(self.real)
-        self.indices = self.real + [length - 1] * pad if length else []
+        extra = self.per_rank - len(self.real) if pad and length else 0
+        self.indices = self.real + [length - 1] * extra
 
     @property
     def num_real(self) -> int:
@@ -91,6 +93,8 @@ class EvalShardSampler(Sampler[int]):
 
 
 def real_sample_count(loader: object) -> int | None:
-    """Number of non-padding samples of a loader built on :class:`EvalShardSampler` (None otherwise)."""
+    """Number of non-padding samples of a loader on a padded :class:`EvalShardSampler` (None: no padding)."""
     sampler = getattr(loader, "sampler", None)
-    return sampler.num_real if isinstance(sampler, EvalShardSampler) else None
+    if isinstance(sampler, EvalShardSampler) and sampler.pad and len(sampler) > sampler.num_real:
+        return sampler.num_real
+    return None

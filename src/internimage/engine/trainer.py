@@ -163,7 +163,7 @@ class Trainer:
             self.val_loader = DataLoader(
                 val_set,
                 batch_size=cfg.batch_size,
-                sampler=EvalShardSampler(len(val_set), info.rank, info.world_size),
+                sampler=EvalShardSampler(len(val_set), info.rank, info.world_size, pad=self.fsdp),
                 num_workers=cfg.workers,
                 collate_fn=self.task.collate_fn(False),
                 pin_memory=info.device.type == "cuda",
@@ -359,7 +359,7 @@ class Trainer:
             "train_loss": self._last_train_loss,
             "preempted": self.preempted,
             "train_time_s": round(time.time() - t_start, 2),
-            "skipped": self.skipped,
+            "train_skipped_rank0": self.skipped,
             **{k: v for k, v in last_eval.items() if not k.startswith("_")},
         }
         if info.is_main:
@@ -465,7 +465,11 @@ class Trainer:
         if grad_norm is not None:
             row["grad_norm"] = grad_norm
         row["img_per_s"] = n * self.global_batch / max(seconds, 1e-9)
-        row["skipped"] = self.skipped
+        skipped = torch.tensor([float(self.skipped)], dtype=torch.float64)
+        if self.info.distributed:
+            skipped = skipped.to(self.info.device) if dist.get_backend() == "nccl" else skipped
+            skipped = all_reduce_sum(skipped).cpu()
+        row["skipped"] = int(skipped.item())  # unreadable training images so far, all ranks
         self._last_train_loss = row["loss"]
         self.metrics.log(row)
         return row
@@ -480,8 +484,11 @@ class Trainer:
         if self.val_loader is None:
             return {}
         self.model.eval()
+        # DDP's forward broadcasts buffers (a collective): evaluate the bare module, whose ranks may then run
+        # different numbers of batches. FSDP2 modules must run sharded, with equal forwards on every rank.
+        model = self.model if self.fsdp else unwrap_model(self.model)
         with self._autocast():
-            metrics = dict(self.task.evaluate(self.model, self.val_loader, self.info))
+            metrics = dict(self.task.evaluate(model, self.val_loader, self.info))
             if self.ema is not None:
                 self.ema.module.eval()
                 ema_metrics = self.task.evaluate(self.ema.module, self.val_loader, self.info)

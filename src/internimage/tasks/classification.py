@@ -201,8 +201,14 @@ class ClassificationTask(Task):
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x, y = batch["image"], batch["target"]
         if x.shape[0] < 2:
-            # Unreadable images left fewer than 2 (BatchNorm needs 2): a zero loss keeps ranks in step.
-            return {"loss": sum(p.sum() for p in model.parameters()) * 0.0}
+            # Unreadable images left fewer than 2 (BatchNorm needs 2). Still run a forward through the (DDP)
+            # model so every rank joins the gradient all-reduce, with a loss of exactly zero.
+            if x.shape[0] == 1:
+                dummy = x.expand(2, *x.shape[1:])
+            else:
+                chans = int(self.cfg.model_kwargs.get("in_chans", 3))
+                dummy = torch.zeros(2, chans, self.cfg.img_size, self.cfg.img_size, device=x.device)
+            return {"loss": model(dummy).float().sum() * 0.0}
         mixup = self._mixup_fn()
         if mixup is not None:
             if x.shape[0] % 2:  # timm's batch mixup pairs samples; a skipped image can leave an odd batch
@@ -226,9 +232,11 @@ class ClassificationTask(Task):
             if batch["image"].shape[0] == 0:  # every image of the batch was unreadable
                 continue
             x, y = batch["image"].to(info.device), batch["target"].to(info.device)
-            if remaining is not None:  # drop the padding of the last shard
-                x, y = x[:remaining], y[:remaining]
-                remaining -= len(y)
+            if remaining is not None:  # FSDP: drop the padding at the end of the last shard
+                positions = len(y) + int(batch.get("num_skipped", 0))
+                keep = max(min(positions, remaining) - int(batch.get("num_skipped", 0)), 0)
+                x, y = x[:keep], y[:keep]
+                remaining -= positions
             if len(y) == 0:
                 # Pure padding: FSDP needs every rank to run the same forwards, so run it and count nothing.
                 model(batch["image"].to(info.device))
@@ -518,8 +526,10 @@ def predict(
     model: nn.Module, loader: DataLoader, paths: list[Path], classes: list[str], topk: int, device: torch.device
 ) -> list[dict[str, Any]]:
     """Top-k ``[{'image', 'top': [{'label', 'index', 'score'}, ...]}]`` for every readable image."""
+    from tqdm.auto import tqdm
+
     out = []
-    for batch in loader:
+    for batch in tqdm(loader, desc="predict", leave=False, disable=len(loader) < 2):
         if batch["image"].numel() == 0:
             continue
         probs = model(batch["image"].to(device)).float().softmax(-1).cpu()
