@@ -62,7 +62,7 @@ def test_overfitting_four_images_reaches_box_ap_above_half(coco4):
     torch.manual_seed(0)
     kwargs = dict(MASK_RCNN, mask_channels=16, mask_convs=1)
     model = build_detector("mask_rcnn", "internimage_test_32", 2, **kwargs)
-    _fit(model, batch, 60, 2e-3)
+    _fit(model, batch, 100, 2e-3)  # 60 steps lands at AP ~0.5 on some machines: keep a margin
     model.eval()
     with torch.no_grad():
         preds = model(batch["images"], orig_sizes=[t["orig_size"] for t in batch["targets"]])
