@@ -73,16 +73,24 @@ def time_models(rounds: int, batch_sizes: tuple[int, ...], train_batch: int) -> 
 
 
 def peak_memory_mb(name: str, batch: int) -> float:
-    """Peak-RSS growth (MB) of 3 training steps over the built model, in a fresh process."""
+    """Peak-RSS growth (MB) of 3 training steps over the built model, in a fresh process.
+
+    ``ru_maxrss`` survives ``exec`` (a child would inherit this process's high-water mark), so the child resets
+    its own mark through ``/proc/self/clear_refs`` and reads ``VmHWM`` from ``/proc/self/status``.
+    """
     code = (
-        "import resource, sys, torch, timm, internimage, json\n"
+        "import torch, timm, internimage\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key): return int(line.split()[1]) / 1024\n"
         f"torch.set_num_threads(2); torch.manual_seed(0); m = timm.create_model({name!r}).train()\n"
         "opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)\n"
         f"x = torch.randn({batch}, 3, 224, 224); y = torch.randint(0, 1000, ({batch},))\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = status('VmRSS')\n"
         "for _ in range(3):\n"
         "    loss = torch.nn.functional.cross_entropy(m(x), y); opt.zero_grad(); loss.backward(); opt.step()\n"
-        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))\n"
+        "print(status('VmHWM') - base)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
