@@ -74,11 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     add_arguments(parser)
     args = parser.parse_args(rest)
+    # Our progress at INFO; third-party libraries (exporters, optimisers) only from WARNING unless --verbose.
+    verbose = getattr(args, "verbose", False)
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("internimage").setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
         return int(run(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
