@@ -70,7 +70,13 @@ class DownsampleLayer(nn.Module):
         self.norm = _ln(2 * channels, channels_first_in=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x.permute(0, 3, 1, 2)))
+        x = x.permute(0, 3, 1, 2)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # torch 2.14's CPU bf16 conv backward returns garbage weight gradients (inf / 1e11, varying run to
+            # run) for this 3x3 stride-2 conv on 1x1 maps; the conv is a tiny share of the FLOPs, so run it in fp32.
+            with torch.autocast("cpu", enabled=False):
+                return self.norm(self.conv(x.float()))
+        return self.norm(self.conv(x))
 
 
 class MLPLayer(nn.Module):
