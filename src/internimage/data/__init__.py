@@ -1,12 +1,20 @@
 """Datasets and transforms: image folders and file lists that skip unreadable images, Fashion-MNIST offline."""
 
-from .datasets import IMAGE_EXTENSIONS, FileListDataset, ImageFolderDataset, SkipCollate, build_image_dataset
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    FileListDataset,
+    ImageFolderDataset,
+    SkipCollate,
+    build_image_dataset,
+    collect_images,
+)
 from .fashion_mnist import FASHION_MNIST_CLASSES, find_fashion_mnist, load_fashion_mnist
 from .transforms import build_eval_transform, build_train_transform
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "IMAGE_EXTENSIONS",
+    "collect_images",
     "FileListDataset",
     "ImageFolderDataset",
     "SkipCollate",

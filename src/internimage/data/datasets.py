@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["IMAGE_EXTENSIONS", "FileListDataset", "ImageFolderDataset", "SkipCollate", "build_image_dataset"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FileListDataset",
+    "ImageFolderDataset",
+    "SkipCollate",
+    "build_image_dataset",
+    "collect_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -163,3 +170,24 @@ class SkipCollate:
             return {"image": torch.empty(0), "target": torch.empty(0, dtype=torch.long), "num_skipped": skipped}
         images, targets = default_collate(good)
         return {"image": images, "target": targets, "num_skipped": skipped}
+
+
+def collect_images(inputs: list[str], recursive: bool = False) -> list[Path]:
+    """Image files named by ``inputs``: files as given, folders expanded (sorted; recursively if asked).
+
+    Raises:
+        FileNotFoundError: an input that does not exist, or no image at all.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = p.rglob("*") if recursive else p.iterdir()
+            paths += sorted(q for q in found if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(inputs)}")
+    return paths

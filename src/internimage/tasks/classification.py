@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..configs import ClassificationConfig, list_presets, load_preset
+from ..data.datasets import collect_images
 from ..engine import (
     DistInfo,
     Task,
@@ -346,23 +347,6 @@ def load_classifier(
     return net, info
 
 
-def _collect_images(inputs: list[str]) -> list[Path]:
-    from ..data import IMAGE_EXTENSIONS
-
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-    if not paths:
-        raise ValueError(f"no images found in {inputs}")
-    return paths
-
-
 class _PathDataset(Dataset):
     def __init__(self, paths: list[Path], transform: Callable[[Any], torch.Tensor], mode: str) -> None:
         self.paths, self.transform, self.mode = paths, transform, mode
@@ -546,7 +530,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     info = init_distributed(args.device)
     model, meta = load_classifier(args.checkpoint, args.model, args.use_ema, args.pretrained)
     model.to(info.device)
-    paths = _collect_images(args.inputs)
+    paths = collect_images(args.inputs, recursive=True)
     loader = _image_loader(paths, meta, args.img_size, args.batch_size)
     results = predict(model, loader, paths, meta["classes"], args.topk, info.device)
     if args.json:
@@ -614,7 +598,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     info = init_distributed(args.device)
     model, meta = load_classifier(args.checkpoint, args.model, False, args.pretrained)
     model.to(info.device)
-    paths = _collect_images(args.inputs)
+    paths = collect_images(args.inputs, recursive=True)
     feats = extract_features(
         model, _image_loader(paths, meta, args.img_size, args.batch_size), paths, stages, info.device
     )

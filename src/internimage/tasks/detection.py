@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
+from ..data.datasets import collect_images
 from ..engine import Task, TrainConfig
 from ..engine.config import apply_overrides, load_config
 
 logger = logging.getLogger(__name__)
 
 _META_KEY = "detection_config"
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -389,21 +389,6 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-thresh", type=float, help="minimum score drawn (default: the config's, 0.3)")
 
 
-def _collect_images(inputs: list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in _IMAGE_SUFFIXES)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
-    return paths
-
-
 @torch.no_grad()
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
@@ -421,7 +406,7 @@ def _predict(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for path in tqdm(_collect_images(args.inputs), desc="predict"):
+    for path in tqdm(collect_images(args.inputs), desc="predict"):
         try:
             with Image.open(path) as im:
                 rgb = np.asarray(im.convert("RGB")).copy()

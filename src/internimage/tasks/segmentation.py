@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
+from ..data.datasets import collect_images
 from ..engine import Task, TrainConfig
 from ..engine.config import apply_overrides, load_config
 
 logger = logging.getLogger(__name__)
 
 _SEG_META_KEY = "segmentation_config"
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -525,21 +525,6 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours (default 0.5)")
 
 
-def _collect_images(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-    if not files:
-        raise FileNotFoundError(f"no images in {', '.join(inputs)}")
-    return files
-
-
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
@@ -557,7 +542,7 @@ def _predict(args: argparse.Namespace) -> int:
     palette = default_palette(cfg.num_classes)
     transform = SegTestTransform()
     out_dir = Path(args.output)
-    for path in tqdm(_collect_images(args.inputs), desc="predict", unit="img"):
+    for path in tqdm(collect_images(args.inputs), desc="predict", unit="img"):
         try:
             with Image.open(path) as im:
                 rgb = np.asarray(im.convert("RGB")).copy()
