@@ -34,14 +34,26 @@ def make_case(
     d: int,
     dtype: torch.dtype = torch.float64,
     offset_mult: float = 3.0,
-    contiguous: bool = True,
+    contiguous: bool | str = True,
     seed: int = 0,
 ):
-    """Random (input, offset, mask, grad_output); non-contiguous views if asked."""
+    """Random (input, offset, mask, grad_output); non-contiguous views if asked.
+
+    ``contiguous="packed"`` makes offset and mask the two halves of one (N, Ho, Wo, 3*G*P) tensor, the layout the
+    DCNv3 module passes (pixel-strided views the kernels read in place). With ``args.softmax`` the mask is logits.
+    """
     gen = torch.Generator().manual_seed(seed)
     ho, wo = args.output_size(h, w)
     c, gp = args.group * d, args.group * args.num_points
-    if contiguous:
+    if contiguous == "packed":
+        x = torch.randn(n, h, w, c, generator=gen, dtype=torch.float64)
+        packed = torch.randn(n, ho, wo, 3 * gp, generator=gen, dtype=torch.float64)
+        packed[..., : 2 * gp] *= offset_mult
+        grad = torch.randn(n, ho, wo, c, generator=gen, dtype=torch.float64)
+        x, packed, grad = (t.to(dtype) for t in (x, packed, grad))
+        offset, mask = packed.split((2 * gp, gp), -1)
+        return x, offset, mask, grad
+    elif contiguous:
         x = torch.randn(n, h, w, c, generator=gen, dtype=torch.float64)
         offset = torch.randn(n, ho, wo, 2 * gp, generator=gen, dtype=torch.float64) * offset_mult
         mask = torch.rand(n, ho, wo, gp, generator=gen, dtype=torch.float64)
@@ -87,6 +99,7 @@ def op_cases(draw):
         group=draw(st.integers(1, 3)),
         offset_scale=draw(st.sampled_from([0.5, 1.0, 2.0])),
         remove_center=remove_center,
+        softmax=draw(st.booleans()),
     )
     h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
     ho, wo = args.output_size(h, w)
@@ -94,7 +107,7 @@ def op_cases(draw):
     n = draw(st.integers(0, 2))
     d = draw(st.sampled_from([1, 2, 5, 16, 30, 33]))
     offset_mult = draw(st.sampled_from([0.0, 0.7, 3.0, 100.0]))  # x100 puts most samples far outside
-    contiguous = draw(st.booleans())
+    contiguous = draw(st.sampled_from([True, False, "packed"]))
     return n, h, w, args, d, offset_mult, contiguous, draw(st.integers(0, 2**16))
 
 
@@ -207,3 +220,30 @@ def test_build_failure_warns_once_and_reports_unavailable(monkeypatch):
         assert cpu_backend.available() is False
         assert cpu_backend.available() is False
     assert len(record) == 1
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("softmax", [False, True])
+def test_packed_views_and_fused_softmax_low_precision(dtype, tol, softmax):
+    """The module's layout (offset/mask halves of one tensor, mask logits) in fp32/bf16 vs the float64 reference."""
+    args = make_args(3, 1, 1, 1, 4, softmax=softmax)
+    x, offset, mask, grad = make_case(2, 9, 8, args, 16, dtype, offset_mult=2.0, contiguous="packed")
+    assert offset.stride(2) == mask.stride(2) == 3 * 4 * 9  # really read in place, not copied by the test
+    check_against_reference((x, offset, mask, grad), args, rtol=tol, atol=tol)
+
+
+def test_packed_views_are_read_in_place():
+    """Strided halves give bit-identical results to contiguous copies (same arithmetic, different addressing)."""
+    args = make_args(3, 1, 1, 1, 2, softmax=True)
+    x, offset, mask, grad = make_case(1, 6, 7, args, 8, torch.float32, contiguous="packed")
+    copies = (x, offset.contiguous(), mask.contiguous())
+    assert torch.equal(cpu_backend.forward(x, offset, mask, args), cpu_backend.forward(*copies, args))
+    for got, want in zip(cpu_backend.backward(grad, x, offset, mask, args), cpu_backend.backward(grad, *copies, args)):
+        assert torch.equal(got, want)
+
+
+def test_fused_softmax_extreme_logits_stay_finite():
+    args = make_args(3, 1, 1, 1, 2, softmax=True)
+    x, offset, mask, grad = make_case(1, 5, 6, args, 4, torch.float32)
+    mask = (mask - 0.5) * 1e4  # exp would overflow / underflow without the max shift
+    check_against_reference((x, offset, mask, grad), args, rtol=1e-5, atol=1e-5)

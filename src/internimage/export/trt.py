@@ -100,8 +100,11 @@ def trt_translation_table() -> dict[Any, Any]:
         group: int,
         offset_scale: float,
         remove_center: bool,
+        softmax: bool,
         backend: str,
     ):
+        if softmax:
+            raise RuntimeError("TRTDCNv3 export got softmax=True; dcnv3() normalises the mask before the plugin node")
         channels = input.shape[3] if input.shape is not None else None
         if not isinstance(channels, int):
             raise RuntimeError("TRTDCNv3 export needs a static channel count (input dim 3)")

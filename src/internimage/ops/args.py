@@ -22,6 +22,8 @@ class DCNv3Args(NamedTuple):
         group: Number of groups G; channels are split into G groups of D = C / G.
         offset_scale: Scales both the base grid and the learned offsets.
         remove_center: Drop the centre point, so P = Kh * Kw - 1.
+        softmax: ``mask`` holds logits; the op normalises them with a softmax over the P points of each
+            (pixel, group) before weighting (the DCNv3 module's softmax, fused into the kernels).
     """
 
     kernel_h: int
@@ -35,6 +37,7 @@ class DCNv3Args(NamedTuple):
     group: int
     offset_scale: float
     remove_center: bool
+    softmax: bool = False
 
     @property
     def num_points(self) -> int:
@@ -75,6 +78,7 @@ def make_args(
     group: int = 1,
     offset_scale: float = 1.0,
     remove_center: bool = False,
+    softmax: bool = False,
 ) -> DCNv3Args:
     """Build and validate :class:`DCNv3Args` from scalar-or-pair arguments (pairs are (h, w))."""
     kh, kw = _pair(kernel_size, "kernel_size")
@@ -90,7 +94,9 @@ def make_args(
         raise ValueError(f"dcnv3: group must be >= 1, got {group}")
     if remove_center and (kh % 2 == 0 or kw % 2 == 0 or kh != kw):
         raise ValueError(f"dcnv3: remove_center needs an odd square kernel, got kernel_size={(kh, kw)}")
-    return DCNv3Args(kh, kw, sh, sw, ph, pw, dh, dw, int(group), float(offset_scale), bool(remove_center))
+    return DCNv3Args(
+        kh, kw, sh, sw, ph, pw, dh, dw, int(group), float(offset_scale), bool(remove_center), bool(softmax)
+    )
 
 
 def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .args import DCNv3Args, check_inputs, make_args
 from .backends import get_backend, resolve_backend
-from .reference import dcnv3_reference
+from .reference import dcnv3_reference, point_weights
 
 __all__ = ["dcnv3", "DCNv3"]
 
@@ -42,10 +42,22 @@ def _dcnv3_op(
     group: int,
     offset_scale: float,
     remove_center: bool,
+    softmax: bool,
     backend: str,
 ) -> torch.Tensor:
     args = DCNv3Args(
-        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, offset_scale, remove_center
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
+        group,
+        offset_scale,
+        remove_center,
+        softmax,
     )
     if input.numel() == 0 or offset.numel() == 0:
         return input.new_zeros(_out_shape(input, offset))
@@ -75,10 +87,22 @@ def _dcnv3_backward_op(
     group: int,
     offset_scale: float,
     remove_center: bool,
+    softmax: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     args = DCNv3Args(
-        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, offset_scale, remove_center
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
+        group,
+        offset_scale,
+        remove_center,
+        softmax,
     )
     if input.numel() == 0 or offset.numel() == 0:
         return input.new_zeros(input.shape), offset.new_zeros(offset.shape), mask.new_zeros(mask.shape)
@@ -138,14 +162,17 @@ def dcnv3(
     offset_scale: float = 1.0,
     remove_center: bool = False,
     backend: str | None = None,
+    softmax: bool = False,
 ) -> torch.Tensor:
-    """Deformable convolution v3 sampling core (no projections, no softmax).
+    """Deformable convolution v3 sampling core (no projections; optionally the mask softmax).
 
     Args:
         input: (N, H, W, G*D) features.
         offset: (N, Ho, Wo, G*P*2) offsets in pixels, laid out [g][p][x, y], P = Kh*Kw (minus 1 with
             ``remove_center``), points in x-outer order.
-        mask: (N, Ho, Wo, G*P) weight of each sampled point (the module softmax-normalises it per group).
+        mask: (N, Ho, Wo, G*P) weight of each sampled point, or its logits with ``softmax``.
+            ``offset`` and ``mask`` may be slices of one wider tensor (one projection): the fused CPU and Triton
+            kernels read such pixel-strided views in place.
         kernel_size: K or (Kh, Kw).
         stride: Stride of the base grid, int or (h, w).
         pad: Zero padding, int or (h, w).
@@ -155,6 +182,9 @@ def dcnv3(
         remove_center: Skip the centre point of an odd square kernel.
         backend: ``None``/``'auto'``, ``'reference'``, ``'cpu'`` or ``'triton'``; default from
             ``INTERNIMAGE_DCN_BACKEND`` or the device.
+        softmax: Normalise ``mask`` with a softmax over the P points of each (pixel, group) inside the op (what
+            the DCNv3 module does; fused, it costs no extra pass over memory and the gradient is w.r.t. the
+            logits).
 
     Returns:
         (N, Ho, Wo, G*D) in ``input.dtype``.
@@ -162,12 +192,17 @@ def dcnv3(
     Raises:
         ValueError: on inconsistent shapes, dtypes or arguments (one line naming the problem).
     """
-    args = make_args(kernel_size, stride, pad, dilation, group, offset_scale, remove_center)
+    args = make_args(kernel_size, stride, pad, dilation, group, offset_scale, remove_center, softmax)
     check_inputs(input, offset, mask, args)
     offset = offset.to(input.dtype)
     mask = mask.to(input.dtype)
-    if _is_exporting() and not _EXPORT_CUSTOM_OP:
-        return dcnv3_reference(input, offset, mask, args)
+    if _is_exporting():
+        if not _EXPORT_CUSTOM_OP:
+            return dcnv3_reference(input, offset, mask, args)
+        if softmax:
+            # The TensorRT plugin takes normalised masks.
+            mask = point_weights(mask, args, mask.dtype)
+            args = args._replace(softmax=False)
     name = _resolve(backend, input.device.type, input.dtype)
     return _dcnv3_op(input, offset, mask, *args, name)
 
@@ -272,18 +307,21 @@ class DCNv3(nn.Module):
         x = self.input_proj(input)
         x_proj = x
         x1 = self.dw_conv(input.permute(0, 3, 1, 2))
-        offset = self.offset(x1)
-        mask = self.mask(x1).reshape(n, h, w, self.group, -1)
-        mask = F.softmax(mask, -1).reshape(n, h, w, -1)
+        # One GEMM for both projections (the weights stay separate parameters, as in official checkpoints); the
+        # op reads the two halves in place and applies the per-group mask softmax itself.
+        weight = torch.cat((self.offset.weight, self.mask.weight))
+        bias = torch.cat((self.offset.bias, self.mask.bias))
+        offset, mask = F.linear(x1, weight, bias).split((self.offset.out_features, self.mask.out_features), -1)
         geometry = (self.kernel_size, self.stride, self.pad, self.dilation, self.group, self.offset_scale)
         if self.use_dcn_v4_op:
             # Imported here: dcnv4 builds on this module.
             from .dcnv4 import dcnv4, pack_offset_mask
 
+            mask = F.softmax(mask.reshape(n, h, w, self.group, -1), -1).reshape(n, h, w, -1)
             offset_mask = pack_offset_mask(offset, mask.to(offset.dtype), self.group)
             x = dcnv4(x, offset_mask, *geometry, bool(self.remove_center), backend=self.backend)
         else:
-            x = dcnv3(x, offset, mask, *geometry, bool(self.remove_center), backend=self.backend)
+            x = dcnv3(x, offset, mask, *geometry, bool(self.remove_center), backend=self.backend, softmax=True)
         if self.center_feature_scale:
             scale = self.center_feature_scale_module(
                 x1, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias

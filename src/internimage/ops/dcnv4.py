@@ -237,7 +237,7 @@ def dcnv4(
         offset, mask = split_offset_mask(offset_mask, args.group, args.num_points)
         return dcnv3_reference(input, offset, mask, args)
     name = _resolve(backend, input.device.type, input.dtype)
-    return _dcnv4_op(input, offset_mask, *args, name)
+    return _dcnv4_op(input, offset_mask, *args[:-1], name)  # all but `softmax`: DCNv4 never normalises
 
 
 # --------------------------------------------------------------------------------------------------- module

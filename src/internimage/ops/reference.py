@@ -13,7 +13,25 @@ import torch.nn.functional as F
 
 from .args import DCNv3Args
 
-__all__ = ["dcnv3_reference", "dcnv3_reference_backward", "sampling_locations"]
+__all__ = ["dcnv3_reference", "dcnv3_reference_backward", "sampling_locations", "point_weights"]
+
+
+def point_weights(mask: torch.Tensor, args: DCNv3Args, dtype: torch.dtype) -> torch.Tensor:
+    """The weights the operator applies: ``mask`` itself, or its softmax over each group's P points.
+
+    Args:
+        mask: (N, Ho, Wo, G*P) weights, or logits when ``args.softmax``.
+        args: Operator arguments.
+        dtype: Compute dtype.
+
+    Returns:
+        (N, Ho, Wo, G*P) in ``dtype``.
+    """
+    mask = mask.to(dtype)
+    if not args.softmax:
+        return mask
+    n, ho, wo, _ = mask.shape
+    return torch.softmax(mask.reshape(n, ho, wo, args.group, args.num_points), -1).reshape(mask.shape)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -49,7 +67,7 @@ def dcnv3_reference(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tenso
     Args:
         input: (N, H, W, G*D) features.
         offset: (N, Ho, Wo, G*P*2) offsets [g][p][x, y].
-        mask: (N, Ho, Wo, G*P) point weights (already normalised by the caller).
+        mask: (N, Ho, Wo, G*P) point weights (logits if ``args.softmax``).
         args: Operator arguments.
 
     Returns:
@@ -67,7 +85,8 @@ def dcnv3_reference(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tenso
     grid = grid.permute(0, 3, 1, 2, 4, 5).reshape(n * g, ho * wo, p, 2)
     value = input.to(dtype).reshape(n, h, w, g, d).permute(0, 3, 4, 1, 2).reshape(n * g, d, h, w)
     sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    weights = mask.to(dtype).reshape(n, ho * wo, g, p).permute(0, 2, 1, 3).reshape(n * g, 1, ho * wo, p)
+    weights = point_weights(mask, args, dtype).reshape(n, ho * wo, g, p)
+    weights = weights.permute(0, 2, 1, 3).reshape(n * g, 1, ho * wo, p)
     out = (sampled * weights).sum(-1)  # (N*G, D, Ho*Wo)
     out = out.reshape(n, g, d, ho * wo).permute(0, 3, 1, 2).reshape(n, ho, wo, c)
     return out.to(input.dtype)
@@ -110,7 +129,7 @@ def dcnv3_reference_backward(
     dtype = _compute_dtype(input.dtype)
     rows = input.to(dtype).reshape(n * h * w * g, d)
     go = grad_output.to(dtype).reshape(n, ho, wo, g, 1, d)
-    m = mask.to(dtype).reshape(n, ho, wo, g, p)
+    m = point_weights(mask, args, dtype).reshape(n, ho, wo, g, p)
     loc_x, loc_y = sampling_locations(offset.to(dtype), args)
     batch = torch.arange(n, device=input.device).view(n, 1, 1, 1, 1)
     group = torch.arange(g, device=input.device).view(1, 1, 1, g, 1)
@@ -129,6 +148,9 @@ def dcnv3_reference_backward(
         contrib = (m * weight * valid.to(dtype)).unsqueeze(-1) * go
         grad_rows.index_add_(0, index.reshape(-1), contrib.reshape(-1, d))
     grad_mask = (go * sample).sum(-1)
+    if args.softmax:
+        # Jacobian of the softmax: d logit_p = m_p * (d m_p - sum_j m_j d m_j).
+        grad_mask = m * (grad_mask - (m * grad_mask).sum(-1, keepdim=True))
     grad_offset = torch.stack((m * grad_lx, m * grad_ly), dim=-1) * args.offset_scale
     return (
         grad_rows.reshape(n, h, w, c).to(input.dtype),

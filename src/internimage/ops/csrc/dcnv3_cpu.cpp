@@ -3,7 +3,11 @@
 // Semantics are those of internimage/ops/reference.py (ORIGINAL.md section 2):
 //   loc_x = (offset_x + i*dil_w - cx) * offset_scale + (w*stride_w - pad_w + cx), the same for y;
 //   a sample counts only if -1 < loc_x < W and -1 < loc_y < H; corners outside the image read zero;
-//   out[n, ho, wo, g, :] = sum_p mask[p] * bilinear(input[n, :, :, g, :], loc_p).
+//   out[n, ho, wo, g, :] = sum_p mask[p] * bilinear(input[n, :, :, g, :], loc_p),
+// where with `softmax` the mask holds logits and the weights are their softmax over the P points of (pixel, group)
+// (the DCNv3 module's softmax, fused so it costs no separate pass over memory).
+// offset and mask may be pixel-strided views (e.g. the two halves of one projection output): rows of each pixel
+// are contiguous, consecutive pixels `stride` elements apart.
 // Half-precision tensors are loaded, computed in fp32 and stored back (fp32 gradient buffers), so the kernel
 // is one pass over the data instead of the reference's grid_sample + multiply + sum chain.
 //
@@ -21,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -61,12 +66,14 @@ struct Geometry {
   int64_t stride_h, stride_w;
   int64_t origin_x, origin_y;  // kernel centre of output pixel (0, 0) in input coordinates
   double scale;
+  bool softmax;
+  int64_t offset_stride = 0, mask_stride = 0;  // elements between consecutive pixels of offset / mask
   std::vector<int64_t> point_x, point_y;  // base offsets of the P points, x-outer order
 
   Geometry(const at::Tensor& input, const at::Tensor& offset, int64_t kernel_h, int64_t kernel_w, int64_t stride_h_,
            int64_t stride_w_, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
-           double offset_scale, bool remove_center)
-      : stride_h(stride_h_), stride_w(stride_w_), scale(offset_scale) {
+           double offset_scale, bool remove_center, bool softmax_)
+      : stride_h(stride_h_), stride_w(stride_w_), scale(offset_scale), softmax(softmax_) {
     n = input.size(0);
     h = input.size(1);
     w = input.size(2);
@@ -179,6 +186,51 @@ inline void for_blocks(int64_t d, F&& f) {
   if (c0 + 1 <= d) f(std::integral_constant<int, 1>{}, c0), c0 += 1;
 }
 
+// exp(x) for the softmax's x <= 0 in float: Cephes-style range reduction and polynomial (relative error ~2e-7),
+// branch-free and without a libm call so the loop over a pixel's logits vectorises (glibc's expf does not).
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);  // below this exp underflows; the softmax terms are then negligible anyway
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const float y = poly * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// The weights of `groups` consecutive groups of P points (their masks are contiguous) in the accumulation type:
+// the mask itself, or its softmax over each group's P points.
+template <typename T, typename A>
+inline void point_weights(const T* msk, int64_t groups, int64_t p, bool softmax, A* out) {
+  const int64_t count = groups * p;
+  if (!softmax) {
+    for (int64_t k = 0; k < count; ++k) out[k] = to_acc(msk[k]);
+    return;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* logit = msk + g * p;
+    A top = to_acc(logit[0]);
+    for (int64_t k = 1; k < p; ++k) top = std::max(top, A(to_acc(logit[k])));
+    for (int64_t k = 0; k < p; ++k) out[g * p + k] = to_acc(logit[k]) - top;
+  }
+  for (int64_t k = 0; k < count; ++k) out[k] = exp_nonpositive(out[k]);  // the vectorised part
+  for (int64_t g = 0; g < groups; ++g) {
+    A total = A(0);
+    for (int64_t k = 0; k < p; ++k) total += out[g * p + k];
+    const A inv = A(1) / total;
+    for (int64_t k = 0; k < p; ++k) out[g * p + k] *= inv;
+  }
+}
+
 // ----------------------------------------------------------------------------------------------------------
 // The sampling plan of a tile of (pixel, group) pairs: for each sample (P per pair) and each of its 4 bilinear
 // corners (order (dy, dx) = (0,0), (0,1), (1,0), (1,1), as in the reference), the input row to read, its
@@ -197,7 +249,7 @@ struct Plan {
   std::vector<const T*> in;               // 4 per sample: input rows (already offset to the group's channels)
   std::vector<A*> grad;                   // 4 per sample: grad_input rows (backward only)
   std::vector<A> weight, grad_x, grad_y;  // 4 per sample
-  std::vector<A> m;                       // 1 per sample: mask value
+  std::vector<A> m;                       // 1 per sample: point weight (filled by the caller)
   std::vector<T> zero_row;                // D zeros
   std::vector<A> trash_row;               // D scratch values, written and never read back
 
@@ -208,8 +260,7 @@ struct Plan {
   // Fills samples [first, first + P) for one (pixel, group). image / grad_image: the batch element's input /
   // grad_input, offset to this group's first channel.
   template <bool kBackward>
-  void build(int64_t first, const Geometry& geo, const T* off, const T* msk, A base_x, A base_y, const T* image,
-             A* grad_image) {
+  void build(int64_t first, const Geometry& geo, const T* off, A base_x, A base_y, const T* image, A* grad_image) {
     const A scale = static_cast<A>(geo.scale);
     const A width = static_cast<A>(geo.w), height = static_cast<A>(geo.h);
     const int64_t row_stride = geo.w * geo.c;
@@ -218,7 +269,6 @@ struct Plan {
       const A loc_x = (to_acc(off[2 * pt]) + A(geo.point_x[pt])) * scale + base_x;
       const A loc_y = (to_acc(off[2 * pt + 1]) + A(geo.point_y[pt])) * scale + base_y;
       const int64_t s = first + pt;
-      m[s] = to_acc(msk[pt]);
       const bool inside = loc_x > A(-1) && loc_x < width && loc_y > A(-1) && loc_y < height;
       // Outside samples are moved to a harmless location and zeroed; this also keeps the int cast defined.
       const A px = inside ? loc_x : A(0), py = inside ? loc_y : A(0);
@@ -278,13 +328,15 @@ void forward_kernel(const Geometry& geo, const T* __restrict__ input, const T* _
   // Work per pixel is G*P*4*D FMAs; keep tiny calls on one thread where the fork would cost more.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, G * P * 4 * D));
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
+    std::vector<A> pixel_weights(G * P);
     for (int64_t pix = begin; pix < end; ++pix) {
       const PixelBase<A> base(geo, pix);
       const T* image = input + base.n * geo.h * geo.w * geo.c;
+      point_weights<T, A>(mask + pix * geo.mask_stride, G, P, geo.softmax, pixel_weights.data());
       for (int64_t g = 0; g < G; ++g) {
         const int64_t pg = pix * G + g;
-        const T* off = offset + pg * P * 2;
-        const T* msk = mask + pg * P;
+        const T* off = offset + pix * geo.offset_stride + g * P * 2;
+        const A* weights = pixel_weights.data() + g * P;
         const T* image_g = image + g * D;
         T* out = output + pg * D;
         // Blocks of D (one block for D = 16 or 32); geometry is recomputed per block, which is cheap.
@@ -296,7 +348,7 @@ void forward_kernel(const Geometry& geo, const T* __restrict__ input, const T* _
             const A loc_x = (to_acc(off[2 * pt]) + A(geo.point_x[pt])) * scale + base.x;
             const A loc_y = (to_acc(off[2 * pt + 1]) + A(geo.point_y[pt])) * scale + base.y;
             if (!(loc_x > A(-1) && loc_x < width && loc_y > A(-1) && loc_y < height)) continue;
-            const A m = to_acc(msk[pt]);
+            const A m = weights[pt];
             const A fx = std::floor(loc_x), fy = std::floor(loc_y);
             const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
             const A lx = loc_x - fx, ly = loc_y - fy;
@@ -347,10 +399,12 @@ struct BackwardPass {
       const int64_t tile_end = std::min(pix_end, tile + kTilePixels);
       for (int64_t pix = tile; pix < tile_end; ++pix) {
         const PixelBase<A> base(geo, pix);
+        point_weights<T, A>(mask + pix * geo.mask_stride + g_begin * P, groups, P, geo.softmax,
+                            plan.m.data() + (pix - tile) * groups * P);
         for (int64_t g = g_begin; g < g_end; ++g) {
-          const int64_t pg = pix * G + g;
-          plan.template build<true>(((pix - tile) * groups + g - g_begin) * P, geo, offset + pg * P * 2,
-                                    mask + pg * P, base.x, base.y, image + g * D, grad_image + g * D);
+          const int64_t first = ((pix - tile) * groups + g - g_begin) * P;
+          plan.template build<true>(first, geo, offset + pix * geo.offset_stride + g * P * 2, base.x, base.y,
+                                    image + g * D, grad_image + g * D);
         }
       }
       for (int64_t pix = tile; pix < tile_end; ++pix) {
@@ -388,8 +442,12 @@ struct BackwardPass {
           });
           T* goff = grad_offset + pg * P * 2;
           T* gmsk = grad_mask + pg * P;
+          A weighted = A(0);  // sum_j m_j * dL/dm_j, for the softmax Jacobian
+          if (geo.softmax) {
+            for (int64_t pt = 0; pt < P; ++pt) weighted += m[pt] * dot_m[pt];
+          }
           for (int64_t pt = 0; pt < P; ++pt) {
-            gmsk[pt] = from_acc<T>(dot_m[pt]);
+            gmsk[pt] = from_acc<T>(geo.softmax ? m[pt] * (dot_m[pt] - weighted) : dot_m[pt]);
             goff[2 * pt] = from_acc<T>(m[pt] * dot_x[pt] * scale);
             goff[2 * pt + 1] = from_acc<T>(m[pt] * dot_y[pt] * scale);
           }
@@ -408,18 +466,33 @@ void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 4, "dcnv3 cpu: ", name, " must be 4-D NHWC");
 }
 
+// `t` in `dtype` with contiguous pixel rows, read in place when it already is one (a slice of a wider tensor), and
+// the element distance between consecutive pixels.
+std::pair<at::Tensor, int64_t> pixel_rows(const at::Tensor& t, at::ScalarType dtype) {
+  at::Tensor rows = t.to(dtype);
+  const int64_t step = rows.stride(2);
+  const bool strided_rows = rows.stride(3) == 1 && step >= rows.size(3) && rows.stride(1) == rows.size(2) * step &&
+                            rows.stride(0) == rows.size(1) * rows.stride(1);
+  if (!strided_rows) rows = rows.contiguous();
+  return {rows, strided_rows ? step : rows.size(3)};
+}
+
 at::Tensor dcnv3_forward(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_, int64_t kernel_h,
                          int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                          int64_t dilation_h, int64_t dilation_w, int64_t group, double offset_scale,
-                         bool remove_center) {
+                         bool remove_center, bool softmax) {
   check_cpu(input_, "input");
   check_cpu(offset_, "offset");
   check_cpu(mask_, "mask");
   const at::Tensor input = input_.contiguous();
-  const at::Tensor offset = offset_.to(input.scalar_type()).contiguous();
-  const at::Tensor mask = mask_.to(input.scalar_type()).contiguous();
-  const Geometry geo(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                     group, offset_scale, remove_center);
+  const std::pair<at::Tensor, int64_t> offset_rows = pixel_rows(offset_, input.scalar_type());
+  const at::Tensor& offset = offset_rows.first;
+  const std::pair<at::Tensor, int64_t> mask_rows = pixel_rows(mask_, input.scalar_type());
+  const at::Tensor& mask = mask_rows.first;
+  Geometry geo(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+               offset_scale, remove_center, softmax);
+  geo.offset_stride = offset_rows.second;
+  geo.mask_stride = mask_rows.second;
   TORCH_CHECK(mask.size(3) == geo.g * geo.p, "dcnv3 cpu: mask has ", mask.size(3), " channels, expected ",
               geo.g * geo.p);
   at::Tensor output = at::empty({geo.n, geo.ho, geo.wo, geo.c}, input.options());
@@ -435,24 +508,29 @@ at::Tensor dcnv3_forward(const at::Tensor& input_, const at::Tensor& offset_, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
     const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_,
     int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
-    int64_t dilation_h, int64_t dilation_w, int64_t group, double offset_scale, bool remove_center, int64_t mode) {
+    int64_t dilation_h, int64_t dilation_w, int64_t group, double offset_scale, bool remove_center, bool softmax,
+    int64_t mode) {
   check_cpu(grad_output_, "grad_output");
   check_cpu(input_, "input");
   check_cpu(offset_, "offset");
   check_cpu(mask_, "mask");
   const at::Tensor input = input_.contiguous();
   const at::ScalarType dtype = input.scalar_type();
-  const at::Tensor offset = offset_.to(dtype).contiguous();
-  const at::Tensor mask = mask_.to(dtype).contiguous();
+  const std::pair<at::Tensor, int64_t> offset_rows = pixel_rows(offset_, dtype);
+  const at::Tensor& offset = offset_rows.first;
+  const std::pair<at::Tensor, int64_t> mask_rows = pixel_rows(mask_, dtype);
+  const at::Tensor& mask = mask_rows.first;
   const at::Tensor grad_output = grad_output_.to(dtype).contiguous();
-  const Geometry geo(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
-                     group, offset_scale, remove_center);
+  Geometry geo(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+               offset_scale, remove_center, softmax);
+  geo.offset_stride = offset_rows.second;
+  geo.mask_stride = mask_rows.second;
   TORCH_CHECK(mask.size(3) == geo.g * geo.p, "dcnv3 cpu: mask has ", mask.size(3), " channels, expected ",
               geo.g * geo.p);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({geo.n, geo.ho, geo.wo, geo.c}),
               "dcnv3 cpu: grad_output has the wrong shape");
-  at::Tensor grad_offset = at::empty_like(offset);
-  at::Tensor grad_mask = at::empty_like(mask);
+  at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());
+  at::Tensor grad_mask = at::empty(mask.sizes(), mask.options());
   const at::ScalarType acc_type = acc_scalar_type(dtype);
   if (input.numel() == 0 || grad_output.numel() == 0) {
     return {at::zeros_like(input), grad_offset.zero_(), grad_mask.zero_()};
@@ -522,11 +600,11 @@ TORCH_LIBRARY(internimage_cpu, m) {
   m.def(
       "dcnv3_forward(Tensor input, Tensor offset, Tensor mask, int kernel_h, int kernel_w, int stride_h, "
       "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, float offset_scale, "
-      "bool remove_center) -> Tensor");
+      "bool remove_center, bool softmax=False) -> Tensor");
   m.def(
       "dcnv3_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor mask, int kernel_h, int kernel_w, "
       "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, "
-      "float offset_scale, bool remove_center, int mode=0) -> (Tensor, Tensor, Tensor)");
+      "float offset_scale, bool remove_center, bool softmax=False, int mode=0) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(internimage_cpu, CPU, m) {
