@@ -192,6 +192,141 @@ def test_import_is_lazy_and_survives_missing_triton():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+# --- softmax over the points, and pixel-strided offset/mask views ------------------------------------------------
+
+
+def _softmax_reference(x, off, logits, grad, args):
+    """Float64 output and gradients (input, offset, logits) of softmax-then-DCNv3, composed in the test.
+
+    ``torch.softmax`` under autograd feeds the plain reference (``softmax=False``); the DCN gradients come from the
+    analytic reference backward (itself checked against autograd in ``test_ops.py``) and autograd carries the mask
+    gradient back through the softmax. So the fused kernels are checked against an independent formulation. (Autograd
+    through ``grid_sample`` is avoided: at offsets that round to integers, as fp16 offsets do, the one-sided derivative
+    it takes can differ from the operator's.)
+    """
+    n, ho, wo, _ = off.shape
+    g, p = args.group, args.num_points
+    plain = args._replace(softmax=False)
+    x, off, grad = (t.detach().double() for t in (x, off, grad))
+    logits = logits.detach().double().requires_grad_()
+    probs = torch.softmax(logits.reshape(n, ho, wo, g, p), dim=-1).reshape(n, ho, wo, g * p)
+    out = dcnv3_reference(x, off, probs.detach(), plain)
+    grad_x, grad_off, grad_probs = dcnv3_reference_backward(grad, x, off, probs.detach(), plain)
+    (grad_logits,) = torch.autograd.grad(probs, logits, grad_probs)
+    return out, grad_x, grad_off, grad_logits
+
+
+def _check_softmax(x, off, mask, grad, args, device, dtype, tol):
+    """Triton backend with ``softmax=True`` in ``dtype`` vs the float64 composed reference (logits from ``mask``)."""
+    from internimage.ops.triton_dcnv3 import BACKEND
+
+    args = args._replace(softmax=True)
+    logits = (mask - 0.5) * 6.0  # logits in [-3, 3]: probabilities from ~0.3% to ~90% of a row
+    x, off, logits, grad = (t.to(dtype) for t in (x, off, logits, grad))
+    expected = _softmax_reference(x, off, logits, grad, args)
+    dev = [t.to(device) for t in (x, off, logits, grad)]
+    out = BACKEND.forward(dev[0], dev[1], dev[2], args)
+    grads = BACKEND.backward(dev[3], dev[0], dev[1], dev[2], args)
+    assert out.dtype == dtype and all(got.dtype == dtype for got in grads)
+    assert [got.shape for got in grads] == [x.shape, off.shape, logits.shape]
+    names = ("output", "grad_input", "grad_offset", "grad_logits")
+    errors = {name: _rel_err(a, e) for name, a, e in zip(names, (out, *grads), expected)}
+    assert all(err <= tol for err in errors.values()), f"softmax {dtype} relative errors {errors} exceed {tol}"
+    # Logit gradients of a softmax sum to zero over each row's points: a check independent of the reference.
+    row_sums = grads[2].double().cpu().reshape(*logits.shape[:3], args.group, -1).sum(-1)
+    assert row_sums.abs().max().item() <= tol * expected[3].abs().max().item() * args.num_points
+
+
+@pytest.mark.parametrize("case", ["k3_d5_g3", "stride2_dil2_k5_rc_scale2", "d30_rc"])
+def test_softmax_fp32_matches_float64_reference(case, device):
+    _check_softmax(*_case(**CASES[case]), device, torch.float32, tol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["k3_d5_g3", "stride2_dil2_k5_rc_scale2"])
+def test_softmax_fp64_matches_reference_tightly(case, device):
+    _check_softmax(*_case(**CASES[case]), device, torch.float64, tol=1e-10)
+
+
+@pytest.mark.parametrize("cancelling", [False, True], ids=["random", "cancelling"])
+def test_softmax_fp16_keeps_logit_gradient_accurate(device, cancelling):
+    """grad_prob stays in fp32 between the two backward passes, so the cancelling logit gradient is not fp16 noise."""
+    if not cancelling:
+        _check_softmax(*_case(**CASES["k3_d5_g3"]), device, torch.float16, tol=5e-3)
+        return
+    # Nearly constant features sampled at in-image pixels (pad 0, zero offsets): every grad_prob_p is about
+    # 20 * sum(grad_out) and prob_p * (grad_prob_p - sum_j prob_j * grad_prob_j) keeps only their small differences,
+    # which rounding grad_prob to fp16 (relative 5e-4) would swamp.
+    x, off, mask, grad, args = _case(n=1, h=7, w=8, group=3, d=5, pad=0, seed=7)
+    _check_softmax(20.0 + 0.05 * x, torch.zeros_like(off), mask, grad, args, device, torch.float16, tol=5e-3)
+
+
+def test_softmax_extreme_logits_stay_finite(device):
+    """Max-subtraction keeps exp() finite for logits of +-1e4 (a naive exp overflows fp32 to inf and gives NaN)."""
+    x, off, mask, grad, args = _case(n=1, h=4, w=4, group=2, d=3, seed=5)
+    _check_softmax(x, off, (mask - 0.5) * (1e4 / 3.0) + 0.5, grad, args, device, torch.float32, tol=1e-4)
+
+
+def _fused_views(off: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``off`` and ``mask`` as slices of one (N, Ho, Wo, 3GP) tensor, like the DCNv3 module's fused projection."""
+    fused = torch.cat((off, mask), dim=-1)
+    views = fused[..., : off.shape[-1]], fused[..., off.shape[-1] :]
+    assert not any(v.is_contiguous() for v in views)
+    return views
+
+
+@pytest.mark.parametrize("softmax", [False, True], ids=["weights", "softmax"])
+def test_pixel_strided_views_match_contiguous_copies(device, triton_mod, softmax):
+    x, off, mask, grad, args = _case(n=2, h=5, w=4, group=2, d=3, rc=True, seed=6)
+    args = args._replace(softmax=softmax)
+    x, off, mask, grad = (t.float().to(device) for t in (x, off, mask, grad))
+    off_view, mask_view = _fused_views(off, mask)
+    assert triton_mod._pixel_strided(off_view)[1] == triton_mod._pixel_strided(mask_view)[1] == off.shape[-1] * 3 // 2
+    contiguous = [
+        triton_mod.BACKEND.forward(x, off, mask, args),
+        *triton_mod.BACKEND.backward(grad, x, off, mask, args),
+    ]
+    strided = [
+        triton_mod.BACKEND.forward(x, off_view, mask_view, args),
+        *triton_mod.BACKEND.backward(grad, x, off_view, mask_view, args),
+    ]
+    for name, got, expected in zip(("output", "grad_input", "grad_offset", "grad_mask"), strided, contiguous):
+        assert got.is_contiguous() and got.shape == expected.shape, name
+        if name == "grad_input" and device == "cuda":  # atomics: summation order differs between launches
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(got, expected), name
+
+
+def test_pixel_strided_int64_path(device, monkeypatch, triton_mod):
+    """The int64 index path with strided views and softmax, against the float64 reference."""
+    monkeypatch.setattr(triton_mod, "_INT32_LIMIT", 0)
+    x, off, mask, grad, args = _case(**CASES["stride2_dil2_k5_rc_scale2"])
+    logits = (mask - 0.5) * 6.0
+    off_view, logits_view = _fused_views(off.float(), logits.float())
+    args = args._replace(softmax=True)
+    expected = _softmax_reference(x.float(), off_view, logits_view, grad.float(), args)
+    dev = [t.to(device) for t in (x.float(), off_view, logits_view, grad.float())]
+    got = [triton_mod.BACKEND.forward(*dev[:3], args), *triton_mod.BACKEND.backward(dev[3], *dev[:3], args)]
+    for a, e in zip(got, expected):
+        assert _rel_err(a, e) <= 1e-4
+
+
+def test_pixel_stride_rule(triton_mod):
+    """Equally spaced pixels with a contiguous last dim are read in place; anything else is copied contiguous."""
+    fused = torch.zeros(2, 3, 4, 15)
+    view, stride = triton_mod._pixel_strided(fused[..., 5:])
+    assert view.data_ptr() == fused[..., 5:].data_ptr() and stride == 15
+    plain = torch.zeros(2, 3, 4, 10)
+    assert triton_mod._pixel_strided(plain) == (plain, 10)
+    # Channel-strided (stride(3) != 1) and row-padded (pixels not equally spaced) layouts are copied.
+    for layout in (torch.zeros(2, 3, 4, 10, 2)[..., 0], torch.zeros(2, 3, 5, 10)[:, :, :4]):
+        copy, stride = triton_mod._pixel_strided(layout)
+        assert copy.is_contiguous() and copy.data_ptr() != layout.data_ptr() and stride == 10
+    # A contiguous tensor may carry any stride on a size-1 dim: its pixel stride is still the width.
+    odd = torch.empty_strided((2, 3, 1, 4), (12, 4, 7, 1))
+    assert odd.is_contiguous() and triton_mod._pixel_strided(odd)[1] == 4
+
+
 # --- GPU code generation, checked without a GPU ------------------------------------------------------------------
 
 _TYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
@@ -230,17 +365,20 @@ def _compile_for_sm90(triton_mod, backward: bool, dtype: torch.dtype, args: DCNv
     return compiled.asm["ptx"]
 
 
+@pytest.mark.parametrize("softmax", [False, True], ids=["weights", "softmax"])
 @pytest.mark.parametrize(
     "backward,dtype", [(False, torch.bfloat16), (True, torch.float32)], ids=["forward-bf16", "backward-fp32"]
 )
-def test_kernels_compile_for_sm90(monkeypatch, triton_mod, backward, dtype):
+def test_kernels_compile_for_sm90(monkeypatch, triton_mod, backward, dtype, softmax):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    args = make_args(3, 1, 1, 1, group=4, remove_center=True)
+    args = make_args(3, 1, 1, 1, group=4, remove_center=True, softmax=softmax)
     ptx = _compile_for_sm90(triton_mod, backward, dtype, args)
     # D=16 groups must gather whole 16-byte vectors per thread (the DCNv4 access pattern), not scalars.
     assert re.search(r"ld\.global[\w.:]*\.v4\.b32", ptx)
     if backward:
         assert re.search(r"(atom|red)\.global[\w.:]*add[\w.:]*f32", ptx)
+    if softmax and backward:
+        assert "bar.sync" in ptx  # the barrier between the grad_prob stores and their reloads
 
 
 @pytest.mark.slow
@@ -248,6 +386,6 @@ def test_kernels_compile_for_sm90(monkeypatch, triton_mod, backward, dtype):
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 def test_kernels_compile_for_sm90_other_dtypes(monkeypatch, triton_mod, backward, dtype):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    args = make_args((3, 5), 2, (1, 2), (1, 2), group=1, offset_scale=2.0)
+    args = make_args((3, 5), 2, (1, 2), (1, 2), group=1, offset_scale=2.0, softmax=True)
     monkeypatch.setattr(triton_mod, "_INT32_LIMIT", 0)
     assert _compile_for_sm90(triton_mod, backward, dtype, args, d=30)

@@ -9,10 +9,22 @@ something else in the process already imported this module.
 Work decomposition (both kernels): the output is viewed as ``rows = N*Ho*Wo*G`` rows of ``D`` channels, row
 ``r = ((n*Ho + y)*Wo + x)*G + g``. One program owns ``BLOCK_R`` consecutive rows and all ``D`` channels of each,
 held as a ``(BLOCK_R, BLOCK_D)`` register tile with ``BLOCK_D = next_pow2(D)`` and a channel mask, so any group
-width works. Consecutive rows are the groups of one pixel and then neighbouring pixels, so output, offset, mask
-and grad-output accesses of a program are one contiguous span, and each bilinear corner is a contiguous D-vector
-(the "all channels of a group per query" access pattern of DCNv4, ``ORIGINAL.md`` §4). The P points are unrolled
-at compile time; the sampling geometry (kernel, stride, pad, dilation, point order) is ``constexpr``.
+width works. Consecutive rows are the groups of one pixel and then neighbouring pixels, so output and grad-output
+accesses of a program are one contiguous span, and each bilinear corner is a contiguous D-vector (the "all channels
+of a group per query" access pattern of DCNv4, ``ORIGINAL.md`` §4). The P points are unrolled at compile time; the
+sampling geometry (kernel, stride, pad, dilation, point order) is ``constexpr``.
+
+Offset and mask are addressed per output pixel ``q = r // G`` with a runtime pixel stride (elements between
+consecutive pixels): ``offset[q*offset_stride + g*2P + 2p (+1)]`` and ``mask[q*mask_stride + g*P + p]``. A
+contiguous tensor has stride ``2GP`` (``GP``); the DCNv3 module's fused offset/mask projection yields both as slices
+of one (N, Ho, Wo, 3GP) tensor with stride ``3GP``, which the kernels read in place.
+
+With ``SOFTMAX`` the mask holds logits and the point weights are their softmax over the P points of a row. The
+forward first runs two unrolled passes over the logits (row max, then sum of exponentials), so the main loop gets
+each probability from one more load and exp. The backward returns the gradient with respect to the logits,
+``prob_p * (grad_prob_p - sum_j prob_j * grad_prob_j)``: the main loop stores ``grad_prob_p`` and accumulates the
+sum, a second pass (after a block barrier, so the stores are visible to whichever thread reloads them) rewrites
+them in place.
 """
 
 from __future__ import annotations
@@ -40,6 +52,8 @@ def dcnv3_forward_kernel(
     out_h,
     out_w,
     offset_scale,
+    offset_stride,
+    mask_stride,
     GROUP_CHANNELS: tl.constexpr,
     KERNEL_H: tl.constexpr,
     KERNEL_W: tl.constexpr,
@@ -51,6 +65,7 @@ def dcnv3_forward_kernel(
     DIL_W: tl.constexpr,
     NUM_POINTS: tl.constexpr,
     SKIP_FROM: tl.constexpr,
+    SOFTMAX: tl.constexpr,
     ACC: tl.constexpr,
     USE_INT64: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -60,12 +75,17 @@ def dcnv3_forward_kernel(
 
     Args:
         input_ptr: (N, H, W, G*D) contiguous input.
-        offset_ptr: (N, Ho, Wo, G*P*2) contiguous offsets, [g][p][x, y].
-        mask_ptr: (N, Ho, Wo, G*P) contiguous point weights.
+        offset_ptr: (N, Ho, Wo, G*P*2) offsets, [g][p][x, y], last dim contiguous, ``offset_stride`` elements
+            between pixels.
+        mask_ptr: (N, Ho, Wo, G*P) point weights (logits with ``SOFTMAX``), last dim contiguous,
+            ``mask_stride`` elements between pixels.
         output_ptr: (N, Ho, Wo, G*D) contiguous output, written in its own dtype.
         rows: N*Ho*Wo*G.
+        offset_stride: Pixel stride of the offsets (2GP when contiguous).
+        mask_stride: Pixel stride of the mask (GP when contiguous).
         SKIP_FROM: Kernel points with index >= SKIP_FROM are shifted by one (``remove_center``); set past the
             last point otherwise.
+        SOFTMAX: The mask holds logits; weight each point by their softmax over the P points of the row.
         ACC: Accumulation and geometry dtype (fp32, or fp64 for fp64 tensors).
         USE_INT64: Do index arithmetic in int64 (tensors with 2**30 elements or more).
     """
@@ -90,15 +110,29 @@ def dcnv3_forward_kernel(
     base_y = (oy * STRIDE_H + ((DIL_H * (KERNEL_H - 1)) // 2 - PAD_H)).to(ACC)
     d_cols = d[None, :]
     d_mask = d_ok[None, :]
+    off_base = q * offset_stride + g * (2 * NUM_POINTS)
+    mask_base = q * mask_stride + g * NUM_POINTS
+    if SOFTMAX:
+        # Row max then sum of exponentials; masked-off rows see logits of 0 and stay finite.
+        logit_max = tl.full((BLOCK_R,), float("-inf"), ACC)
+        for p in tl.static_range(NUM_POINTS):
+            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+            logit_max = tl.maximum(logit_max, logit)
+        exp_sum = tl.full((BLOCK_R,), 0, ACC)
+        for p in tl.static_range(NUM_POINTS):
+            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+            exp_sum += tl.exp(logit - logit_max)
 
     acc = tl.full((BLOCK_R, BLOCK_D), 0, ACC)
     for p in tl.static_range(NUM_POINTS):
         k = p + (p >= SKIP_FROM)
         kx = (k // KERNEL_H) * DIL_W - (DIL_W * (KERNEL_W - 1)) // 2
         ky = (k % KERNEL_H) * DIL_H - (DIL_H * (KERNEL_H - 1)) // 2
-        off_x = tl.load(offset_ptr + r * (2 * NUM_POINTS) + 2 * p, mask=row_ok, other=0.0).to(ACC)
-        off_y = tl.load(offset_ptr + r * (2 * NUM_POINTS) + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
-        m = tl.load(mask_ptr + r * NUM_POINTS + p, mask=row_ok, other=0.0).to(ACC)
+        off_x = tl.load(offset_ptr + off_base + 2 * p, mask=row_ok, other=0.0).to(ACC)
+        off_y = tl.load(offset_ptr + off_base + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
+        m = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+        if SOFTMAX:
+            m = tl.exp(m - logit_max) / exp_sum
         x = (off_x + kx) * offset_scale + base_x
         y = (off_y + ky) * offset_scale + base_y
         inside = row_ok & (x > -1) & (x < width) & (y > -1) & (y < height)
@@ -152,6 +186,8 @@ def dcnv3_backward_kernel(
     out_h,
     out_w,
     offset_scale,
+    offset_stride,
+    mask_stride,
     GROUP_CHANNELS: tl.constexpr,
     KERNEL_H: tl.constexpr,
     KERNEL_W: tl.constexpr,
@@ -163,6 +199,7 @@ def dcnv3_backward_kernel(
     DIL_W: tl.constexpr,
     NUM_POINTS: tl.constexpr,
     SKIP_FROM: tl.constexpr,
+    SOFTMAX: tl.constexpr,
     ACC: tl.constexpr,
     USE_INT64: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -179,7 +216,9 @@ def dcnv3_backward_kernel(
         input_ptr, offset_ptr, mask_ptr: As in :func:`dcnv3_forward_kernel`.
         grad_input_ptr: (N, H, W, G*D) accumulation buffer in ``ACC``.
         grad_offset_ptr: (N, Ho, Wo, G*P*2) output, written in its own dtype.
-        grad_mask_ptr: (N, Ho, Wo, G*P) output, written in its own dtype.
+        grad_mask_ptr: (N, Ho, Wo, G*P) contiguous output, written in its own dtype; the gradient with respect to
+            the logits with ``SOFTMAX`` (then it also holds the intermediate ``grad_prob``, so the caller passes an
+            fp32/fp64 buffer for half-precision masks).
     """
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * BLOCK_R if USE_INT64 else pid * BLOCK_R
@@ -201,17 +240,32 @@ def dcnv3_backward_kernel(
     base_y = (oy * STRIDE_H + ((DIL_H * (KERNEL_H - 1)) // 2 - PAD_H)).to(ACC)
     d_cols = d[None, :]
     d_mask = d_ok[None, :]
+    off_base = q * offset_stride + g * (2 * NUM_POINTS)
+    mask_base = q * mask_stride + g * NUM_POINTS
+    if SOFTMAX:
+        # Row max then sum of exponentials; masked-off rows see logits of 0 and stay finite.
+        logit_max = tl.full((BLOCK_R,), float("-inf"), ACC)
+        for p in tl.static_range(NUM_POINTS):
+            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+            logit_max = tl.maximum(logit_max, logit)
+        exp_sum = tl.full((BLOCK_R,), 0, ACC)
+        for p in tl.static_range(NUM_POINTS):
+            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+            exp_sum += tl.exp(logit - logit_max)
 
     go_ptrs = grad_output_ptr + (r * GROUP_CHANNELS)[:, None] + d_cols
     go = tl.load(go_ptrs, mask=row_ok[:, None] & d_mask, other=0.0).to(ACC)
+    prob_dot_grad = tl.full((BLOCK_R,), 0, ACC)  # sum_p prob_p * grad_prob_p (SOFTMAX only)
 
     for p in tl.static_range(NUM_POINTS):
         k = p + (p >= SKIP_FROM)
         kx = (k // KERNEL_H) * DIL_W - (DIL_W * (KERNEL_W - 1)) // 2
         ky = (k % KERNEL_H) * DIL_H - (DIL_H * (KERNEL_H - 1)) // 2
-        off_x = tl.load(offset_ptr + r * (2 * NUM_POINTS) + 2 * p, mask=row_ok, other=0.0).to(ACC)
-        off_y = tl.load(offset_ptr + r * (2 * NUM_POINTS) + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
-        m = tl.load(mask_ptr + r * NUM_POINTS + p, mask=row_ok, other=0.0).to(ACC)
+        off_x = tl.load(offset_ptr + off_base + 2 * p, mask=row_ok, other=0.0).to(ACC)
+        off_y = tl.load(offset_ptr + off_base + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
+        m = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+        if SOFTMAX:
+            m = tl.exp(m - logit_max) / exp_sum
         x = (off_x + kx) * offset_scale + base_x
         y = (off_y + ky) * offset_scale + base_y
         inside = row_ok & (x > -1) & (x < width) & (y > -1) & (y < height)
@@ -256,6 +310,8 @@ def dcnv3_backward_kernel(
         w10 = ly * hx
         w11 = ly * lx
         grad_m = w00 * dot00 + w01 * dot01 + w10 * dot10 + w11 * dot11
+        if SOFTMAX:
+            prob_dot_grad += m * grad_m
         # d(bilinear)/dx and /dy, times the point weight and the chain-rule factor offset_scale.
         gx = (hy * (dot01 - dot00) + ly * (dot11 - dot10)) * (m * offset_scale)
         gy = (hx * (dot10 - dot00) + lx * (dot11 - dot01)) * (m * offset_scale)
@@ -268,3 +324,14 @@ def dcnv3_backward_kernel(
         tl.atomic_add(grad_input_ptr + p01, (m * w01)[:, None] * go, mask=ok01[:, None] & d_mask, sem="relaxed")
         tl.atomic_add(grad_input_ptr + p10, (m * w10)[:, None] * go, mask=ok10[:, None] & d_mask, sem="relaxed")
         tl.atomic_add(grad_input_ptr + p11, (m * w11)[:, None] * go, mask=ok11[:, None] & d_mask, sem="relaxed")
+
+    if SOFTMAX:
+        # grad_logit_p = prob_p * (grad_prob_p - sum_j prob_j * grad_prob_j). The barrier orders the grad_prob
+        # stores above before the reloads: a row's values may be stored and reloaded by different threads.
+        tl.debug_barrier()
+        for p in tl.static_range(NUM_POINTS):
+            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+            prob = tl.exp(logit - logit_max) / exp_sum
+            grad_prob = tl.load(grad_mask_ptr + r * NUM_POINTS + p, mask=row_ok, other=0.0).to(ACC)
+            grad_logit = prob * (grad_prob - prob_dot_grad)
+            tl.store(grad_mask_ptr + r * NUM_POINTS + p, grad_logit.to(grad_mask_ptr.dtype.element_ty), mask=row_ok)

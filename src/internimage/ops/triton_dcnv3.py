@@ -90,7 +90,8 @@ def _jit_kernels(interpret: bool) -> tuple[Any, Any]:
     # Triton would specialise each int argument on "divisible by 16" and "== 1", compiling up to 2**6 variants as
     # image sizes vary (detection). Alignment of the gathered D-vectors already follows from the constexpr
     # GROUP_CHANNELS and 16-byte-aligned pointers, so the sizes stay plain runtime ints.
-    dynamic = ["rows", "groups", "height", "width", "out_h", "out_w"]
+    # The pixel strides of offset and mask vary with how the caller sliced them, so they stay dynamic too.
+    dynamic = ["rows", "groups", "height", "width", "out_h", "out_w", "offset_stride", "mask_stride"]
     return (
         triton.jit(kernels.dcnv3_forward_kernel, do_not_specialize=dynamic),
         triton.jit(kernels.dcnv3_backward_kernel, do_not_specialize=dynamic),
@@ -121,10 +122,41 @@ def _launch_config(rows: int, group_channels: int, backward: bool, interpret: bo
     return {"BLOCK_R": block_r, "BLOCK_D": block_d, "num_warps": num_warps}
 
 
+def _pixel_strided(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``tensor`` (N, Ho, Wo, K) as the kernels read it, with its pixel stride (elements between pixels).
+
+    A view whose last dim is contiguous and whose pixels are equally spaced (e.g. ``om[..., :2GP]`` of a fused
+    (N, Ho, Wo, 3GP) projection) is used in place; anything else is copied contiguous (pixel stride K).
+    """
+    if (
+        tensor.stride(3) == 1
+        and tensor.stride(1) == tensor.size(2) * tensor.stride(2)
+        and tensor.stride(0) == tensor.size(1) * tensor.stride(1)
+    ):
+        return tensor, tensor.stride(2)
+    # The stride of a size-1 dim of a contiguous tensor is arbitrary, so the copy's stride is K, not stride(2).
+    return tensor.contiguous(), tensor.size(3)
+
+
 def _launch_args(
-    input: torch.Tensor, offset: torch.Tensor, args: DCNv3Args, backward: bool, interpret: bool
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    args: DCNv3Args,
+    backward: bool,
+    interpret: bool,
+    offset_stride: int | None = None,
+    mask_stride: int | None = None,
 ) -> tuple[tuple[int], list[Any], dict[str, Any]]:
     """Grid, runtime scalars and compile-time parameters shared by both kernels (tensors excluded).
+
+    Args:
+        input: (N, H, W, G*D) contiguous input.
+        offset: (N, Ho, Wo, G*P*2) offsets (only the shape is used).
+        args: Operator arguments.
+        backward: Configure the backward kernel.
+        interpret: Configure for Triton's interpreter.
+        offset_stride: Pixel stride of the offsets; ``None`` means contiguous (2GP).
+        mask_stride: Pixel stride of the mask; ``None`` means contiguous (GP).
 
     Returns:
         ``(grid, scalars, meta)``: scalars follow the tensor pointers in the kernel signature; meta holds the
@@ -138,8 +170,12 @@ def _launch_args(
     d = c // group
     rows = n * ho * wo * group
     config = _launch_config(rows, d, backward, interpret)
-    largest = max(input.numel(), offset.numel(), n * ho * wo * c)
     num_points = args.num_points
+    offset_stride = 2 * group * num_points if offset_stride is None else int(offset_stride)
+    mask_stride = group * num_points if mask_stride is None else int(mask_stride)
+    # Index spans, not element counts: a strided view reaches up to N*Ho*Wo*stride elements past its pointer.
+    pixels = n * ho * wo
+    largest = max(input.numel(), pixels * max(offset_stride, 2 * group * num_points), pixels * mask_stride, pixels * c)
     meta = {
         "GROUP_CHANNELS": d,
         "KERNEL_H": args.kernel_h,
@@ -153,12 +189,13 @@ def _launch_args(
         "NUM_POINTS": num_points,
         # Points from the centre on are shifted by one when the centre is removed; otherwise never.
         "SKIP_FROM": (args.kernel_h * args.kernel_w) // 2 if args.remove_center else num_points + 1,
+        "SOFTMAX": bool(args.softmax),
         "ACC": tl.float64 if input.dtype == torch.float64 else tl.float32,
         "USE_INT64": largest >= _INT32_LIMIT,
         **config,
     }
     grid = (-(-rows // config["BLOCK_R"]),)  # ceil(rows / BLOCK_R)
-    scalars = [rows, group, h, w, ho, wo, float(args.offset_scale)]
+    scalars = [rows, group, h, w, ho, wo, float(args.offset_scale), offset_stride, mask_stride]
     return grid, scalars, meta
 
 
@@ -174,14 +211,17 @@ def dcnv3_triton(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, 
 
     Args:
         input: (N, H, W, G*D) features (any strides; made contiguous).
-        offset: (N, Ho, Wo, G*P*2) offsets [g][p][x, y].
-        mask: (N, Ho, Wo, G*P) point weights.
+        offset: (N, Ho, Wo, G*P*2) offsets [g][p][x, y]; pixel-strided views (last dim contiguous, e.g. a slice of
+            a fused offset/mask projection) are read in place, other layouts are copied.
+        mask: (N, Ho, Wo, G*P) point weights, or their logits with ``args.softmax``; strides as for ``offset``.
         args: Operator arguments.
 
     Returns:
         (N, Ho, Wo, G*D) in ``input.dtype``.
     """
-    input, offset, mask = input.contiguous(), offset.contiguous(), mask.contiguous()
+    input = input.contiguous()
+    offset, offset_stride = _pixel_strided(offset)
+    mask, mask_stride = _pixel_strided(mask)
     n, _, _, c = input.shape
     _, ho, wo, _ = offset.shape
     output = input.new_empty((n, ho, wo, c))
@@ -189,7 +229,7 @@ def dcnv3_triton(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, 
         return output.zero_()
     interpret = _triton_interpreting()
     forward_kernel, _ = _jit_kernels(interpret)
-    grid, scalars, meta = _launch_args(input, offset, args, backward=False, interpret=interpret)
+    grid, scalars, meta = _launch_args(input, offset, args, False, interpret, offset_stride, mask_stride)
     with _device_guard(input):
         forward_kernel[grid](input, offset, mask, output, *scalars, **meta)
     return output
@@ -203,28 +243,34 @@ def dcnv3_triton_backward(
     Args:
         grad_output: (N, Ho, Wo, G*D) gradient of the output.
         input: (N, H, W, G*D) features.
-        offset: (N, Ho, Wo, G*P*2) offsets [g][p][x, y].
-        mask: (N, Ho, Wo, G*P) point weights.
+        offset: (N, Ho, Wo, G*P*2) offsets [g][p][x, y] (strides as in :func:`dcnv3_triton`).
+        mask: (N, Ho, Wo, G*P) point weights, or their logits with ``args.softmax``.
         args: Operator arguments.
 
     Returns:
-        ``(grad_input, grad_offset, grad_mask)`` shaped and typed like ``input``, ``offset`` and ``mask``.
+        ``(grad_input, grad_offset, grad_mask)`` shaped and typed like ``input``, ``offset`` and ``mask``, freshly
+        allocated and contiguous; with ``args.softmax`` ``grad_mask`` is the gradient with respect to the logits.
     """
     grad_output = grad_output.contiguous()
-    input, offset, mask = input.contiguous(), offset.contiguous(), mask.contiguous()
+    input = input.contiguous()
+    offset, offset_stride = _pixel_strided(offset)
+    mask, mask_stride = _pixel_strided(mask)
     accumulate = torch.float64 if input.dtype == torch.float64 else torch.float32
     # Atomics accumulate in fp32 (fp64) whatever the input dtype; fp32/fp64 inputs use the buffer as the result.
     grad_input = torch.zeros(input.shape, dtype=accumulate, device=input.device)
-    grad_offset = torch.empty_like(offset)
-    grad_mask = torch.empty_like(mask)
+    grad_offset = torch.empty(offset.shape, dtype=offset.dtype, device=offset.device)
+    # With softmax the kernel stores grad_prob here and reloads it for the logit gradient, whose sum cancels: keep
+    # that intermediate in the accumulation dtype rather than rounding it to a half-precision mask dtype.
+    grad_mask_dtype = accumulate if args.softmax and mask.dtype in (torch.float16, torch.bfloat16) else mask.dtype
+    grad_mask = torch.empty(mask.shape, dtype=grad_mask_dtype, device=mask.device)
     if grad_output.numel() == 0:
-        return grad_input.to(input.dtype), grad_offset.zero_(), grad_mask.zero_()
+        return grad_input.to(input.dtype), grad_offset.zero_(), grad_mask.zero_().to(mask.dtype)
     interpret = _triton_interpreting()
     _, backward_kernel = _jit_kernels(interpret)
-    grid, scalars, meta = _launch_args(input, offset, args, backward=True, interpret=interpret)
+    grid, scalars, meta = _launch_args(input, offset, args, True, interpret, offset_stride, mask_stride)
     with _device_guard(input):
         backward_kernel[grid](grad_output, input, offset, mask, grad_input, grad_offset, grad_mask, *scalars, **meta)
-    return grad_input.to(input.dtype), grad_offset, grad_mask
+    return grad_input.to(input.dtype), grad_offset, grad_mask.to(mask.dtype)
 
 
 BACKEND = Backend(
