@@ -25,6 +25,7 @@ from torch import nn
 
 from ..ops.dcnv3 import DCNv3, ToChannelsFirst, ToChannelsLast
 from ..ops.dcnv4 import DCNv4
+from ..ops.fused_linear import fused_linear, fusion_enabled
 from .checkpoint import checkpoint_filter_fn
 
 __all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_NAMES"]
@@ -89,8 +90,14 @@ class MLPLayer(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features, bias=fc2_bias)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: x: (..., C); residual: optional (..., C) added to the output. Returns: (..., C)."""
+        if (not self.training or self.drop.p == 0) and fusion_enabled(x, self.fc1.weight):
+            # CPU inference: GELU fused into fc1 and the residual add into fc2 (one oneDNN call each).
+            hidden = fused_linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
+            return fused_linear(hidden, self.fc2.weight, self.fc2.bias, residual=residual)
+        out = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return out if residual is None else out + residual
 
 
 class InternImageBlock(nn.Module):
@@ -158,6 +165,10 @@ class InternImageBlock(nn.Module):
         if self.res_post_norm:
             x = x + self.drop_path(self.res_post_norm1(self.dcn(self.norm1(x))))
             return x + self.drop_path(self.res_post_norm2(self.mlp(self.norm2(x))))
+        if isinstance(self.dcn, DCNv3) and (not self.training or isinstance(self.drop_path, nn.Identity)):
+            # The residual add happens inside the branch's last projection (fused on CPU inference).
+            x = self.dcn(self.norm1(x), residual=x)
+            return self.mlp(self.norm2(x), residual=x)
         x = x + self.drop_path(self.dcn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from .args import DCNv3Args, check_inputs, make_args
 from .backends import get_backend, resolve_backend
+from .fused_linear import fused_linear, fusion_enabled
 from .reference import dcnv3_reference, point_weights
 
 __all__ = ["dcnv3", "DCNv3"]
@@ -301,17 +302,29 @@ class DCNv3(nn.Module):
             nn.init.zeros_(self.center_feature_scale_proj_weight)
             nn.init.zeros_(self.center_feature_scale_proj_bias)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Args: input: (N, H, W, C). Returns: (N, Ho, Wo, C)."""
-        n, h, w, _ = input.shape
-        x = self.input_proj(input)
-        x_proj = x
-        x1 = self.dw_conv(input.permute(0, 3, 1, 2))
+    def _offset_mask_projection(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One GEMM for both projections (the weights stay separate parameters, as in official checkpoints); the
         # op reads the two halves in place and applies the per-group mask softmax itself.
-        weight = torch.cat((self.offset.weight, self.mask.weight))
-        bias = torch.cat((self.offset.bias, self.mask.bias))
-        offset, mask = F.linear(x1, weight, bias).split((self.offset.out_features, self.mask.out_features), -1)
+        params = (self.offset.weight, self.mask.weight, self.offset.bias, self.mask.bias)
+        if fusion_enabled(x1, self.offset.weight):
+            # Inference: concatenate once per weight update, not per call.
+            key = tuple((p.data_ptr(), p._version) for p in params)
+            if getattr(self, "_projection_cache", (None,))[0] != key:
+                self._projection_cache = (key, torch.cat(params[:2]), torch.cat(params[2:]))
+            weight, bias = self._projection_cache[1:]
+        else:
+            weight, bias = torch.cat(params[:2]), torch.cat(params[2:])
+        out = fused_linear(x1, weight, bias)
+        return out.split((self.offset.out_features, self.mask.out_features), -1)
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: input: (N, H, W, C); residual: optional (N, Ho, Wo, C) added to the output (fused on CPU
+        inference). Returns: (N, Ho, Wo, C)."""
+        n, h, w, _ = input.shape
+        x = fused_linear(input, self.input_proj.weight, self.input_proj.bias)
+        x_proj = x
+        x1 = self.dw_conv(input.permute(0, 3, 1, 2))
+        offset, mask = self._offset_mask_projection(x1)
         geometry = (self.kernel_size, self.stride, self.pad, self.dilation, self.group, self.offset_scale)
         if self.use_dcn_v4_op:
             # Imported here: dcnv4 builds on this module.
@@ -328,7 +341,7 @@ class DCNv3(nn.Module):
             )
             scale = scale.to(x.dtype).repeat_interleave(self.group_channels, dim=-1)
             x = x * (1 - scale) + x_proj * scale
-        return self.output_proj(x)
+        return fused_linear(x, self.output_proj.weight, self.output_proj.bias, residual=residual)
 
     def extra_repr(self) -> str:
         return (

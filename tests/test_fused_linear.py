@@ -1,0 +1,59 @@
+"""The oneDNN-fused linear layers of CPU inference: same results as the plain layers, used only where safe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import internimage
+from internimage.ops.fused_linear import fused_linear, fusion_enabled
+
+
+@pytest.mark.parametrize(
+    "gelu,with_residual,with_bias",
+    [(False, False, True), (True, False, True), (False, True, True), (False, True, False)],
+)
+def test_fused_linear_matches_plain_layers(gelu, with_residual, with_bias):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 5, 24, generator=gen)
+    weight = torch.randn(40, 24, generator=gen) * 0.2
+    bias = torch.randn(40, generator=gen) if with_bias else None
+    residual = torch.randn(2, 7, 5, 40, generator=gen) if with_residual else None
+    expected = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    expected = F.gelu(expected) if gelu else expected
+    expected = expected if residual is None else expected + residual.double()
+    with torch.inference_mode():
+        assert fusion_enabled(x, weight)
+        got = fused_linear(x, weight, bias, gelu=gelu, residual=residual)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fusion_only_where_it_cannot_change_semantics(monkeypatch):
+    x, weight = torch.randn(3, 8), torch.randn(4, 8)
+    assert not fusion_enabled(x, weight)  # autograd is recording
+    with torch.no_grad():
+        assert fusion_enabled(x, weight)
+        assert not fusion_enabled(x.double(), weight.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fusion_enabled(x, weight)
+        monkeypatch.setenv("INTERNIMAGE_FUSED_LINEAR", "0")
+        assert not fusion_enabled(x, weight)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        fused_linear(x, weight, None, gelu=True, residual=torch.zeros(3, 4))
+
+
+def test_model_inference_with_fusion_equals_plain_path(monkeypatch):
+    torch.manual_seed(0)
+    model = internimage.create_model("internimage_test_32").eval()
+    for param in model.parameters():  # offsets/masks start at zero: give them something to do
+        torch.nn.init.normal_(param, std=0.1)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        fused = model(x)
+        monkeypatch.setenv("INTERNIMAGE_FUSED_LINEAR", "0")
+        plain = model(x)
+        reference = model.double()(x.double())
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.double(), reference, rtol=1e-4, atol=1e-4)
