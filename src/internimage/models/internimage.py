@@ -27,6 +27,7 @@ from ..ops.dcnv3 import DCNv3, ToChannelsFirst, ToChannelsLast
 from ..ops.dcnv4 import DCNv4
 from ..ops.fused_linear import fused_linear, fusion_enabled
 from .checkpoint import checkpoint_filter_fn
+from .recompute import gelu_mlp
 
 __all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_NAMES"]
 
@@ -83,15 +84,32 @@ class DownsampleLayer(nn.Module):
 class MLPLayer(nn.Module):
     """fc1 -> GELU -> fc2 on the last dimension (FlashInternImage-T/S/B have no fc2 bias)."""
 
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, fc2_bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        drop: float = 0.0,
+        fc2_bias: bool = True,
+        recompute_activations: bool = False,
+    ) -> None:
         super().__init__()
+        self.recompute_activations = recompute_activations
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, in_features, bias=fc2_bias)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Args: x: (..., C); residual: optional (..., C) added to the output. Returns: (..., C)."""
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, norm: nn.Module | None = None
+    ) -> torch.Tensor:
+        """Args: x: (..., C); residual: optional (..., C) added to the output; norm: optional LayerNorm applied to
+        ``x`` first (recomputed rather than stored in training). Returns: (..., C)."""
+        if self.recompute_activations and self.drop.p == 0 and torch.is_grad_enabled():
+            # Training: the GELU output (4C per pixel) and the norm's output are recomputed in backward.
+            out = gelu_mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, norm)
+            return out if residual is None else out + residual
+        if norm is not None:
+            x = norm(x)
         if (not self.training or self.drop.p == 0) and fusion_enabled(x, self.fc1.weight):
             # CPU inference: GELU fused into fc1 and the residual add into fc2 (one oneDNN call each).
             hidden = fused_linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
@@ -127,6 +145,7 @@ class InternImageBlock(nn.Module):
         dcn_output_bias: bool = True,
         mlp_fc2_bias: bool = True,
         use_dcn_v4_op: bool = False,
+        recompute_activations: bool = False,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -139,10 +158,16 @@ class InternImageBlock(nn.Module):
         if core_op == "DCNv4":
             self.dcn: DCNv3 | DCNv4 = DCNv4(output_bias=dcn_output_bias, **common)
         else:
-            self.dcn = DCNv3(use_dcn_v4_op=use_dcn_v4_op, **common)
+            self.dcn = DCNv3(use_dcn_v4_op=use_dcn_v4_op, recompute_activations=recompute_activations, **common)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = _ln(channels)
-        self.mlp = MLPLayer(channels, int(channels * mlp_ratio), drop=drop, fc2_bias=mlp_fc2_bias)
+        self.mlp = MLPLayer(
+            channels,
+            int(channels * mlp_ratio),
+            drop=drop,
+            fc2_bias=mlp_fc2_bias,
+            recompute_activations=recompute_activations,
+        )
         self.layer_scale = layer_scale is not None
         if self.layer_scale:
             self.gamma1 = nn.Parameter(layer_scale * torch.ones(channels))
@@ -168,7 +193,7 @@ class InternImageBlock(nn.Module):
         if isinstance(self.dcn, DCNv3) and (not self.training or isinstance(self.drop_path, nn.Identity)):
             # The residual add happens inside the branch's last projection (fused on CPU inference).
             x = self.dcn(self.norm1(x), residual=x)
-            return self.mlp(self.norm2(x), residual=x)
+            return self.mlp(x, residual=x, norm=self.norm2[0])
         x = x + self.drop_path(self.dcn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -311,6 +336,9 @@ class InternImage(nn.Module):
         dcn_output_bias: Bias of every ``dcn.output_proj`` with ``core_op='DCNv4'`` (False for FlashInternImage-T/S/B).
         use_dcn_v4_op: With ``core_op='DCNv3'``, run the DCNv3 modules through the DCNv4 op (same outputs and
             weights; the original's detection/segmentation option).
+        recompute_activations: In training, recompute the cheap elementwise activations in backward instead of
+            storing them (each MLP's GELU output, each DCNv3 depthwise-conv branch): about a third less activation
+            memory for a few percent more time; no GEMM is recomputed (:mod:`internimage.models.recompute`).
     """
 
     def __init__(
@@ -344,6 +372,7 @@ class InternImage(nn.Module):
         mlp_fc2_bias: bool = True,
         dcn_output_bias: bool = True,
         use_dcn_v4_op: bool = False,
+        recompute_activations: bool = True,
     ) -> None:
         super().__init__()
         _validate(channels, depths, groups, drop_path_type, global_pool)
@@ -394,6 +423,7 @@ class InternImage(nn.Module):
                     dcn_output_bias=dcn_output_bias,
                     mlp_fc2_bias=mlp_fc2_bias,
                     use_dcn_v4_op=use_dcn_v4_op,
+                    recompute_activations=recompute_activations,
                 )
             )
             self.feature_info.append(dict(num_chs=channels * 2**i, reduction=4 * 2**i, module=f"levels.{i}"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .args import DCNv3Args, check_inputs, make_args
 from .backends import get_backend, resolve_backend
@@ -237,6 +238,8 @@ class DCNv3(nn.Module):
         use_dcn_v4_op: Run the sampling through :func:`~internimage.ops.dcnv4.dcnv4` (InternImage PR #277): the
             offsets and the already-softmaxed masks are packed per group into the fused DCNv4 tensor, so the output
             and the weights are those of DCNv3.
+        recompute_activations: In training, recompute the depthwise-conv branch (conv, LayerNorm, GELU) in
+            backward instead of storing its intermediates.
     """
 
     def __init__(
@@ -253,6 +256,7 @@ class DCNv3(nn.Module):
         remove_center: bool = False,
         backend: str | None = None,
         use_dcn_v4_op: bool = False,
+        recompute_activations: bool = False,
     ) -> None:
         super().__init__()
         if channels % group != 0:
@@ -273,6 +277,7 @@ class DCNv3(nn.Module):
         self.remove_center = int(remove_center)
         self.backend = backend
         self.use_dcn_v4_op = use_dcn_v4_op
+        self.recompute_activations = recompute_activations
         points = kernel_size * kernel_size - self.remove_center
 
         self.dw_conv = nn.Sequential(
@@ -323,7 +328,11 @@ class DCNv3(nn.Module):
         n, h, w, _ = input.shape
         x = fused_linear(input, self.input_proj.weight, self.input_proj.bias)
         x_proj = x
-        x1 = self.dw_conv(input.permute(0, 3, 1, 2))
+        if self.recompute_activations and self.training and torch.is_grad_enabled():
+            # Depthwise conv + LN + GELU are cheap to redo and their intermediates are 2C per pixel.
+            x1 = checkpoint(self.dw_conv, input.permute(0, 3, 1, 2), use_reentrant=False, preserve_rng_state=False)
+        else:
+            x1 = self.dw_conv(input.permute(0, 3, 1, 2))
         offset, mask = self._offset_mask_projection(x1)
         geometry = (self.kernel_size, self.stride, self.pad, self.dilation, self.group, self.offset_scale)
         if self.use_dcn_v4_op:
