@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import internimage
-from internimage.ops.fused_linear import fused_linear, fusion_enabled
+from internimage.ops.fused_linear import fused_linear, fusion_enabled, onednn_eligible, onednn_linear
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,40 @@ def test_model_inference_with_fusion_equals_plain_path(monkeypatch):
         reference = model.double()(x.double())
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused.double(), reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_linear_gradients_match_float64(with_bias):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 6, 5, 20, generator=gen).transpose(1, 2)  # non-contiguous, like permuted activations
+    weight = torch.randn(12, 20, generator=gen) * 0.3
+    bias = torch.randn(12, generator=gen) if with_bias else None
+    leaves = [t.clone().requires_grad_() for t in (x, weight) + ((bias,) if with_bias else ())]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    assert onednn_eligible(leaves[0], leaves[1])
+    out = onednn_linear(leaves[0], leaves[1], leaves[2] if with_bias else None)
+    out64 = F.linear(leaves64[0], leaves64[1], leaves64[2] if with_bias else None)
+    grad = torch.randn(out.shape, generator=gen)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(out64, leaves64, grad.double())
+    torch.testing.assert_close(out.double(), out64, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-4)
+
+
+def test_model_training_step_with_onednn_equals_plain_path(monkeypatch):
+    def step():
+        torch.manual_seed(0)
+        model = internimage.create_model("internimage_test_32").train()
+        for param in model.parameters():
+            torch.nn.init.normal_(param, std=0.1)
+        out = model(torch.randn(2, 3, 32, 32))
+        out.square().sum().backward()
+        return out.detach(), [p.grad for p in model.parameters()]
+
+    out_a, grads_a = step()
+    monkeypatch.setenv("INTERNIMAGE_FUSED_LINEAR", "0")
+    out_b, grads_b = step()
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4)
