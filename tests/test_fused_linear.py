@@ -94,3 +94,20 @@ def test_model_training_step_with_onednn_equals_plain_path(monkeypatch):
     torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
     for ga, gb in zip(grads_a, grads_b):
         torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4)
+
+
+def test_model_built_under_inference_mode_runs_and_sees_weight_updates():
+    torch.manual_seed(0)
+    with torch.inference_mode():  # inference tensors have no version counter
+        model = internimage.create_model("internimage_test_32").eval()
+        x = torch.randn(1, 3, 32, 32)
+        before = model(x)
+        model.levels[0].blocks[0].dcn.offset.weight.normal_(std=1.0)  # in-place update of a concatenated projection
+        after = model(x)
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+    model = internimage.create_model("internimage_test_32").eval()
+    with torch.inference_mode():
+        before = model(x)
+        model.levels[0].blocks[0].dcn.mask.weight.data.normal_(std=1.0)
+        after = model(x)
+    assert not torch.equal(before, after)  # writes through .data are seen too

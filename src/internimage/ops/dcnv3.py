@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .args import DCNv3Args, check_inputs, make_args
 from .backends import get_backend, resolve_backend
-from .fused_linear import fused_linear, fusion_enabled
+from .fused_linear import fused_linear
 from .reference import dcnv3_reference, point_weights
 
 __all__ = ["dcnv3", "DCNv3"]
@@ -310,15 +310,9 @@ class DCNv3(nn.Module):
     def _offset_mask_projection(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One GEMM for both projections (the weights stay separate parameters, as in official checkpoints); the
         # op reads the two halves in place and applies the per-group mask softmax itself.
-        params = (self.offset.weight, self.mask.weight, self.offset.bias, self.mask.bias)
-        if fusion_enabled(x1, self.offset.weight):
-            # Inference: concatenate once per weight update, not per call.
-            key = tuple((p.data_ptr(), p._version) for p in params)
-            if getattr(self, "_projection_cache", (None,))[0] != key:
-                self._projection_cache = (key, torch.cat(params[:2]), torch.cat(params[2:]))
-            weight, bias = self._projection_cache[1:]
-        else:
-            weight, bias = torch.cat(params[:2]), torch.cat(params[2:])
+        # (Not cached across calls: writes through ``.data`` would not invalidate a cache.)
+        weight = torch.cat((self.offset.weight, self.mask.weight))
+        bias = torch.cat((self.offset.bias, self.mask.bias))
         out = fused_linear(x1, weight, bias)
         return out.split((self.offset.out_features, self.mask.out_features), -1)
 
