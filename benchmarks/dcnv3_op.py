@@ -12,9 +12,14 @@ Columns:
       mask, write output; for fwd+bwd also read them again with grad_output and write the three gradients)
       divided by ``--bandwidth`` (30 GB/s, the measured copy bandwidth of BASELINES.md section 5).
 
+``--layout module`` benchmarks what the DCNv3 module passes instead: offset and mask are the two halves of one
+(N, H, W, 27G) projection output (pixel-strided views) and the mask holds logits, normalised by the op's fused
+softmax (``softmax=True``; the reference applies ``torch.softmax`` first).
+
 Example::
 
     python benchmarks/dcnv3_op.py --rounds 7 --batch 1,8 --dtype float32 --tuned-malloc
+    python benchmarks/dcnv3_op.py --layout module --batch 8 --stages s1
 """
 
 from __future__ import annotations
@@ -43,10 +48,22 @@ STAGES = {
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
 
-def make_inputs(batch: int, size: int, channels: int, group: int, dtype: torch.dtype, seed: int = 0):
-    """Random NHWC inputs of one stage: offsets of a few pixels, masks softmaxed over the 9 points."""
+def make_inputs(
+    batch: int, size: int, channels: int, group: int, dtype: torch.dtype, seed: int = 0, layout: str = "separate"
+):
+    """Random NHWC inputs of one stage: offsets of a few pixels, masks softmaxed over the 9 points.
+
+    With ``layout='module'``: offset and mask (logits) are views of one (N, H, W, 27G) tensor.
+    """
     gen = torch.Generator().manual_seed(seed)
     points = 9
+    if layout == "module":
+        x = torch.randn(batch, size, size, channels, generator=gen).to(dtype)
+        packed = torch.randn(batch, size, size, 3 * group * points, generator=gen)
+        packed[..., : 2 * group * points] *= 2
+        offset, logits = packed.to(dtype).split((2 * group * points, group * points), -1)
+        grad = torch.randn(batch, size, size, channels, generator=gen).to(dtype)
+        return x, offset, logits, grad
     x = torch.randn(batch, size, size, channels, generator=gen).to(dtype)
     offset = (2 * torch.randn(batch, size, size, group * points * 2, generator=gen)).to(dtype)
     mask = torch.randn(batch, size, size, group, points, generator=gen).softmax(-1).reshape(batch, size, size, -1)
@@ -54,19 +71,20 @@ def make_inputs(batch: int, size: int, channels: int, group: int, dtype: torch.d
     return x, offset, mask.to(dtype), grad
 
 
-def make_call(backend: str, mode: str, x, offset, mask, grad, group: int) -> Callable[[], None]:
+def make_call(backend: str, mode: str, x, offset, mask, grad, group: int, softmax: bool = False) -> Callable[[], None]:
     """A closure running one forward (no grad) or one forward + backward through the public op."""
     if mode == "fwd":
 
         def call() -> None:
             with torch.no_grad():
-                dcnv3(x, offset, mask, 3, 1, 1, 1, group, backend=backend)
+                dcnv3(x, offset, mask, 3, 1, 1, 1, group, backend=backend, softmax=softmax)
 
         return call
+    # Leaves keep the views' strides (detach of a view is a view), so the module layout is benchmarked as is.
     leaves = [t.detach().requires_grad_() for t in (x, offset, mask)]
 
     def call_bwd() -> None:
-        out = dcnv3(*leaves, 3, 1, 1, 1, group, backend=backend)
+        out = dcnv3(*leaves, 3, 1, 1, 1, group, backend=backend, softmax=softmax)
         out.backward(grad)
         for leaf in leaves:
             leaf.grad = None
@@ -147,6 +165,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bandwidth", type=float, default=30e9, help="bytes/s for the floor column")
     parser.add_argument("--no-memory", action="store_true", help="skip the profiler memory column")
+    parser.add_argument("--layout", default="separate", choices=["separate", "module"])
     parser.add_argument("--tuned-malloc", action="store_true", help="re-run with glibc mmap/trim thresholds raised")
     args = parser.parse_args()
 
@@ -159,7 +178,7 @@ def main() -> None:
     malloc = "tuned" if all(os.environ.get(k) == v for k, v in TUNED_MALLOC.items()) else "default"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, {args.rounds} rounds, "
-        f"glibc malloc {malloc}; backends: {', '.join(backends)}"
+        f"glibc malloc {malloc}, layout {args.layout}; backends: {', '.join(backends)}"
     )
     header = (
         f"{'shape':<22} {'mode':<8} {'backend':<10} {'median ms':>10} {'speedup':>8} {'peak MB':>8} {'floor ms':>9}"
@@ -169,9 +188,10 @@ def main() -> None:
     for batch in (int(b) for b in args.batch.split(",")):
         for stage in args.stages.split(","):
             size, channels, group = STAGES[stage]
-            x, offset, mask, grad = make_inputs(batch, size, channels, group, dtype)
+            x, offset, mask, grad = make_inputs(batch, size, channels, group, dtype, layout=args.layout)
+            softmax = args.layout == "module"
             for mode in args.modes.split(","):
-                calls = {name: make_call(name, mode, x, offset, mask, grad, group) for name in backends}
+                calls = {name: make_call(name, mode, x, offset, mask, grad, group, softmax) for name in backends}
                 times = bench_case(backends, calls, args.rounds)
                 floor_ms = 1e3 * min_bytes(batch, size, channels, group, mode, x.element_size()) / args.bandwidth
                 shape = f"N{batch} {stage} {size}x{size}x{channels} G{group}"
