@@ -111,3 +111,17 @@ def test_model_built_under_inference_mode_runs_and_sees_weight_updates():
         model.levels[0].blocks[0].dcn.mask.weight.data.normal_(std=1.0)
         after = model(x)
     assert not torch.equal(before, after)  # writes through .data are seen too
+
+
+def test_exported_and_traced_graphs_hold_standard_ops_only():
+    model = internimage.create_model("internimage_test_32").eval()
+    x = torch.randn(1, 3, 32, 32)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            program = torch.export.export(model, (x,))
+        targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+        assert not [t for t in targets if "mkldnn" in t], targets
+    with pytest.warns(FutureWarning):  # torch.jit.trace is deprecated but still used by deployment scripts
+        traced = torch.jit.trace(model, x)
+    assert "mkldnn" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)

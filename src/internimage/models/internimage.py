@@ -104,7 +104,7 @@ class MLPLayer(nn.Module):
     ) -> torch.Tensor:
         """Args: x: (..., C); residual: optional (..., C) added to the output; norm: optional LayerNorm applied to
         ``x`` first (recomputed rather than stored in training). Returns: (..., C)."""
-        if self.recompute_activations and self.drop.p == 0 and torch.is_grad_enabled():
+        if self.recompute_activations and self.drop.p == 0 and torch.is_grad_enabled() and not torch.jit.is_tracing():
             # Training: the GELU output (4C per pixel) and the norm's output are recomputed in backward.
             out = gelu_mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, norm)
             return out if residual is None else out + residual

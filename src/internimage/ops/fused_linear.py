@@ -35,6 +35,13 @@ def _onednn_available() -> bool:
         return False
 
 
+def _tracing() -> bool:
+    # Exported / traced graphs must hold standard ops only, whatever the grad mode the tracer runs in.
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    exporting = is_exporting is not None and is_exporting()
+    return exporting or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 def fusion_enabled(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`fused_linear` takes the fused (inference) oneDNN path for these tensors right now."""
     return not torch.is_grad_enabled() and onednn_eligible(x, weight)
@@ -44,7 +51,7 @@ def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN may compute ``x @ weight.T`` here: CPU float32, no autocast, no compiler tracing."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != x.dtype:
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or _tracing():
         return False
     if os.environ.get(_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
