@@ -186,10 +186,10 @@ inline void for_blocks(int64_t d, F&& f) {
   if (c0 + 1 <= d) f(std::integral_constant<int, 1>{}, c0), c0 += 1;
 }
 
-// exp(x) for the softmax's x <= 0 in float: Cephes-style range reduction and polynomial (relative error ~2e-7),
-// branch-free and without a libm call so the loop over a pixel's logits vectorises (glibc's expf does not).
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);  // below this exp underflows; the softmax terms are then negligible anyway
+// exp(x) for x <= 80 in float: Cephes-style range reduction and polynomial (relative error ~2e-7), branch-free
+// and without a libm call so the loop over a pixel's logits vectorises (glibc's expf does not).
+inline float exp_clamped(float x) {
+  x = std::max(x, -87.0f);  // below this exp underflows; such softmax terms are negligible anyway
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
@@ -200,12 +200,12 @@ inline float exp_nonpositive(float x) {
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
   const float y = poly * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 116]
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
 }
-inline double exp_nonpositive(double x) { return std::exp(x); }
+inline double exp_clamped(double x) { return std::exp(x); }
 
 // The weights of `groups` consecutive groups of P points (their masks are contiguous) in the accumulation type:
 // the mask itself, or its softmax over each group's P points.
@@ -216,18 +216,24 @@ inline void point_weights(const T* msk, int64_t groups, int64_t p, bool softmax,
     for (int64_t k = 0; k < count; ++k) out[k] = to_acc(msk[k]);
     return;
   }
+  // Logits of a learned projection are small, so exp(l) itself fits a float for every l <= 80 and no max needs
+  // subtracting (the max is a serial chain that cost more than the exponentials). A group whose terms could have
+  // overflowed or were clamped (sum above 1e34 means some l > ~78) or underflowed (sum below 1e-20, where the -87
+  // clamp could matter) is redone with the usual max shift.
+  for (int64_t k = 0; k < count; ++k) out[k] = exp_clamped(std::min(A(to_acc(msk[k])), A(80)));
   for (int64_t g = 0; g < groups; ++g) {
-    const T* logit = msk + g * p;
-    A top = to_acc(logit[0]);
-    for (int64_t k = 1; k < p; ++k) top = std::max(top, A(to_acc(logit[k])));
-    for (int64_t k = 0; k < p; ++k) out[g * p + k] = to_acc(logit[k]) - top;
-  }
-  for (int64_t k = 0; k < count; ++k) out[k] = exp_nonpositive(out[k]);  // the vectorised part
-  for (int64_t g = 0; g < groups; ++g) {
+    A* e = out + g * p;
     A total = A(0);
-    for (int64_t k = 0; k < p; ++k) total += out[g * p + k];
+    for (int64_t k = 0; k < p; ++k) total += e[k];
+    if (!(total >= A(1e-20) && total <= A(1e34))) {
+      const T* logit = msk + g * p;
+      A own = to_acc(logit[0]);
+      for (int64_t k = 1; k < p; ++k) own = std::max(own, A(to_acc(logit[k])));
+      total = A(0);
+      for (int64_t k = 0; k < p; ++k) total += (e[k] = exp_clamped(A(to_acc(logit[k])) - own));
+    }
     const A inv = A(1) / total;
-    for (int64_t k = 0; k < p; ++k) out[g * p + k] *= inv;
+    for (int64_t k = 0; k < p; ++k) e[k] *= inv;
   }
 }
 
