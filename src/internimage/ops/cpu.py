@@ -6,8 +6,9 @@ source, the flags, the torch version and the CPU flags, so an edit, an upgrade o
 the cache rebuilds instead of loading a stale or illegal binary. Nothing is built at import time. If the build
 fails, :func:`available` warns once and returns ``False``, and ``auto`` falls back to ``reference``.
 
-The kernels compute one pass per output pixel and group: P sampling locations, bilinear weights times mask,
-and a D-wide accumulation; the backward scatters ``grad_input`` without atomics, either into (image, group)
+The kernels compute one pass per output pixel and group: P sampling locations, bilinear weights times mask (or
+the softmax of the mask logits, computed in the same pass), and a D-wide accumulation; offset and mask may be
+pixel-strided views (read in place); the backward scatters ``grad_input`` without atomics, either into (image, group)
 slices owned by one thread or into per-thread buffers summed at the end. Half precision is loaded, computed
 in float32 and stored back.
 """

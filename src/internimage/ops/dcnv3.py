@@ -6,7 +6,9 @@ displaced by learned offsets, and returns their mask-weighted sum::
     out[n, y, x, g*D:(g+1)*D] = sum_p mask[n, y, x, g, p] * bilinear(input[..., g*D:(g+1)*D], loc(n, y, x, g, p))
 
 Everything is NHWC; offsets are laid out [g][p][x, y] with the x (width) component first and points in x-outer
-order; ``offset_scale`` multiplies both the base grid and the offsets; samples outside the image read zeros.
+order; ``offset_scale`` multiplies both the base grid and the offsets; samples outside the image read zeros. With
+``softmax=True`` the mask holds logits and the op normalises them over each group's P points itself (the module's
+softmax, fused); offset and mask may be pixel-strided views of one projection output.
 
 One op name (``internimage::dcnv3``) fronts every backend; the backend is resolved in
 :mod:`internimage.ops.backends`. Under ``torch.export`` / ONNX export the pure-PyTorch reference is traced
@@ -222,6 +224,11 @@ class DCNv3(nn.Module):
     ``x = input_proj(in)``; ``x1 = GELU(LN(dw_conv(in)))``; offsets and per-group-softmaxed masks are linear in
     ``x1``; ``y = dcnv3(x, offset, mask)``; with ``center_feature_scale`` the output is blended with ``x`` by a
     per-group sigmoid gate; ``out = output_proj(y)``.
+
+    As computed: the offset and mask projections run as one GEMM whose halves the op reads in place, the softmax
+    happens inside the op, the linear layers go through :mod:`internimage.ops.fused_linear` (oneDNN on CPU float32)
+    and ``forward(input, residual)`` can add a residual inside ``output_proj``. All of it equals the plain
+    computation above (tests check float64 equality).
 
     Args:
         channels: C, input and output channels.
