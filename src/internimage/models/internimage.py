@@ -190,7 +190,7 @@ class InternImageBlock(nn.Module):
         if self.res_post_norm:
             x = x + self.drop_path(self.res_post_norm1(self.dcn(self.norm1(x))))
             return x + self.drop_path(self.res_post_norm2(self.mlp(self.norm2(x))))
-        if isinstance(self.dcn, DCNv3) and (not self.training or isinstance(self.drop_path, nn.Identity)):
+        if not self.training or isinstance(self.drop_path, nn.Identity):
             # The residual add happens inside the branch's last projection (fused on CPU inference).
             x = self.dcn(self.norm1(x), residual=x)
             return self.mlp(x, residual=x, norm=self.norm2[0])

@@ -110,20 +110,31 @@ def _require() -> None:
         raise RuntimeError("DCN backend 'cpu' is not available: its C++ kernel could not be built")
 
 
-def forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, args: DCNv3Args) -> torch.Tensor:
+def forward(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    args: DCNv3Args,
+    offset_group_stride: int = 0,
+    mask_group_stride: int = 0,
+) -> torch.Tensor:
     """Fused DCNv3 forward on CPU.
 
     Args:
         input: (N, H, W, G*D) features, any strides.
-        offset: (N, Ho, Wo, G*P*2) offsets [g][p][x, y].
-        mask: (N, Ho, Wo, G*P) point weights.
+        offset: (N, Ho, Wo, G*P*2) offsets [g][p][x, y]; pixel-strided views are read in place.
+        mask: (N, Ho, Wo, G*P) point weights (logits with ``args.softmax``); strides as for ``offset``.
         args: Operator arguments.
+        offset_group_stride: Elements between the offsets of consecutive groups within a pixel, when they are not
+            packed (0: packed, 2P); the offset tensor's last dim is then (G-1)*stride + 2P wide. DCNv4's fused
+            layout reads as offset_group_stride = mask_group_stride = 3P.
+        mask_group_stride: The same for the mask (0: packed, P).
 
     Returns:
         (N, Ho, Wo, G*D) in ``input.dtype``.
     """
     _require()
-    return torch.ops.internimage_cpu.dcnv3_forward(input, offset, mask, *args)
+    return torch.ops.internimage_cpu.dcnv3_forward(input, offset, mask, *args, offset_group_stride, mask_group_stride)
 
 
 def backward(
@@ -133,6 +144,8 @@ def backward(
     mask: torch.Tensor,
     args: DCNv3Args,
     mode: int = 0,
+    offset_group_stride: int = 0,
+    mask_group_stride: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused DCNv3 backward on CPU.
 
@@ -145,13 +158,16 @@ def backward(
         mode: How ``grad_input`` is scattered without atomics: 0 chooses, 1 makes each thread own whole
             (image, group) slices, 2 gives each thread a private input-sized buffer (summed at the end).
             For benchmarks and tests; the results agree up to summation order.
+        offset_group_stride: As in :func:`forward`.
+        mask_group_stride: As in :func:`forward`.
 
     Returns:
-        ``(grad_input, grad_offset, grad_mask)`` shaped and typed like ``input``, ``offset`` and ``mask``.
+        ``(grad_input, grad_offset, grad_mask)``: like ``input``; packed (N, Ho, Wo, G*P*2) and (N, Ho, Wo, G*P) in
+        the dtypes of ``offset`` and ``mask``.
     """
     _require()
     grad_input, grad_offset, grad_mask = torch.ops.internimage_cpu.dcnv3_backward(
-        grad_output, input, offset, mask, *args, mode
+        grad_output, input, offset, mask, *args, mode, offset_group_stride, mask_group_stride
     )
     return grad_input, grad_offset.to(offset.dtype), grad_mask.to(mask.dtype)
 

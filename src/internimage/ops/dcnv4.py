@@ -10,11 +10,10 @@ x-outer point order, same out-of-bounds rule. It differs in two ways that matter
   ``[3*P*g + 2*P, 3*P*(g+1))`` the P masks; columns from 3*G*P on are padding and ignored (zero gradient).
 
 Since the geometry is DCNv3's, the op runs on the DCNv3 backends (:mod:`internimage.ops.backends`, same names and
-``INTERNIMAGE_DCN_BACKEND`` override): the fused tensor is split into DCNv3's offset/mask tensors, and the offset
-and mask gradients are packed back. ``benchmarks/dcnv4.py`` measures what that adaptation costs: on CPU (one
-thread, InternImage-T stage shapes) the forward is 10-28% slower than DCNv3 on pre-split tensors (two strided copies
-plus per-call overhead), forward+backward 0-12%. Reading the fused layout in place needs per-(pixel, group) pointer
-strides in the backend kernels. Under ``torch.export`` / ONNX export the pure-PyTorch
+``INTERNIMAGE_DCN_BACKEND`` override). The C++ CPU kernel reads the fused tensor in place (offset and mask views
+with group strides of 3P); the other backends get it split into DCNv3's offset/mask tensors. Offset and mask
+gradients are packed back into the fused layout. ``benchmarks/dcnv4.py`` measures the cost against DCNv3 on the same
+values: 0.87-0.97x on CPU (InternImage-T stage shapes). Under ``torch.export`` / ONNX export the pure-PyTorch
 reference is traced instead, so exported graphs hold only standard ops.
 """
 
@@ -29,6 +28,7 @@ from torch import nn
 from .args import DCNv3Args, make_args
 from .backends import get_backend
 from .dcnv3 import CenterFeatureScaleModule, _is_exporting, _resolve
+from .fused_linear import fused_linear
 from .reference import dcnv3_reference
 
 __all__ = ["dcnv4", "DCNv4", "offset_mask_channels", "pack_offset_mask", "split_offset_mask"]
@@ -57,6 +57,18 @@ def split_offset_mask(offset_mask: torch.Tensor, group: int, num_points: int) ->
     offset, mask = rows.split((2 * num_points, num_points), dim=-1)
     offset = offset.contiguous().view(n, ho, wo, group * 2 * num_points)
     return offset, mask.contiguous().view(n, ho, wo, group * num_points)
+
+
+def _fused_views(offset_mask: torch.Tensor, group: int, num_points: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Views of the fused tensor covering the offsets and the masks of all groups, and the group stride (3P).
+
+    Group g's offsets start at column 3Pg and its masks at 3Pg + 2P; the views span from the first group's start to
+    the last group's end, so a kernel with group stride 3P reads exactly those columns.
+    """
+    stride = 3 * num_points
+    offsets = offset_mask[..., : (group - 1) * stride + 2 * num_points]
+    masks = offset_mask[..., 2 * num_points : 2 * num_points + (group - 1) * stride + num_points]
+    return offsets, masks, stride
 
 
 def pack_offset_mask(offset: torch.Tensor, mask: torch.Tensor, group: int, width: int | None = None) -> torch.Tensor:
@@ -129,6 +141,12 @@ def _dcnv4_op(
     )
     if input.numel() == 0 or offset_mask.numel() == 0:
         return input.new_zeros(_out_shape(input, offset_mask))
+    if backend == "cpu":
+        # The C++ kernel reads the fused layout in place (group strides 3P): no split copies.
+        from . import cpu
+
+        offset, mask, stride = _fused_views(offset_mask, group, args.num_points)
+        return cpu.forward(input, offset, mask, args, stride, stride)
     offset, mask = split_offset_mask(offset_mask, group, args.num_points)
     # Backends may return views; the fake kernel promises a contiguous NHWC tensor.
     return get_backend(backend).forward(input, offset, mask, args).contiguous()
@@ -162,8 +180,16 @@ def _dcnv4_backward_op(
     )
     if input.numel() == 0 or offset_mask.numel() == 0:
         return input.new_zeros(input.shape), offset_mask.new_zeros(offset_mask.shape)
-    offset, mask = split_offset_mask(offset_mask, group, args.num_points)
-    grad_input, grad_offset, grad_mask = get_backend(backend).backward(grad_output, input, offset, mask, args)
+    if backend == "cpu":
+        from . import cpu
+
+        offset, mask, stride = _fused_views(offset_mask, group, args.num_points)
+        grad_input, grad_offset, grad_mask = cpu.backward(
+            grad_output, input, offset, mask, args, offset_group_stride=stride, mask_group_stride=stride
+        )
+    else:
+        offset, mask = split_offset_mask(offset_mask, group, args.num_points)
+        grad_input, grad_offset, grad_mask = get_backend(backend).backward(grad_output, input, offset, mask, args)
     grad_offset_mask = pack_offset_mask(grad_offset, grad_mask, group, offset_mask.shape[-1])
     return grad_input.contiguous(), grad_offset_mask.to(offset_mask.dtype)
 
@@ -329,13 +355,17 @@ class DCNv4(nn.Module):
             nn.init.zeros_(self.center_feature_scale_proj_weight)
             nn.init.zeros_(self.center_feature_scale_proj_bias)
 
-    def forward(self, input: torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, shape: tuple[int, int] | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mix tokens.
 
         Args:
             input: (N, L, C) tokens with ``shape`` = (H, W) (square L if omitted, like the original), or an
                 (N, H, W, C) map.
             shape: (H, W) of the token grid.
+            residual: Optional tensor of the output's shape added to the output (inside ``output_proj``, fused on
+                CPU inference).
 
         Returns:
             Same layout as ``input``: (N, L, C) or (N, H, W, C).
@@ -349,11 +379,11 @@ class DCNv4(nn.Module):
             input = input.reshape(n, h, w, c)
         elif input.dim() != 4:
             raise ValueError(f"DCNv4: expected (N, L, C) tokens or an (N, H, W, C) map, got {tuple(input.shape)}")
-        x = input if self.without_pointwise else self.value_proj(input)
+        x = input if self.without_pointwise else fused_linear(input, self.value_proj.weight, self.value_proj.bias)
         om_input = input
         if self.dw_kernel_size is not None:
             om_input = self.offset_mask_dw(input.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        offset_mask = self.offset_mask(om_input)
+        offset_mask = fused_linear(om_input, self.offset_mask.weight, self.offset_mask.bias)
         x_proj = x
         x = dcnv4(
             x,
@@ -373,8 +403,11 @@ class DCNv4(nn.Module):
             )
             scale = scale.to(x.dtype).repeat_interleave(self.group_channels, dim=-1)
             x = x * (1 - scale) + x_proj * scale
+        res = None if residual is None else residual.reshape(x.shape)
         if not self.without_pointwise:
-            x = self.output_proj(x)
+            x = fused_linear(x, self.output_proj.weight, self.output_proj.bias, residual=res)
+        elif res is not None:
+            x = x + res
         return x.flatten(1, 2) if tokens else x
 
     def extra_repr(self) -> str:

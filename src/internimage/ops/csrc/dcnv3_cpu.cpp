@@ -68,11 +68,12 @@ struct Geometry {
   double scale;
   bool softmax;
   int64_t offset_stride = 0, mask_stride = 0;  // elements between consecutive pixels of offset / mask
+  int64_t offset_group_stride = 0, mask_group_stride = 0;  // elements between groups (2P / P when packed)
   std::vector<int64_t> point_x, point_y;  // base offsets of the P points, x-outer order
 
   Geometry(const at::Tensor& input, const at::Tensor& offset, int64_t kernel_h, int64_t kernel_w, int64_t stride_h_,
            int64_t stride_w_, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
-           double offset_scale, bool remove_center, bool softmax_)
+           double offset_scale, bool remove_center, bool softmax_, int64_t offset_gs = 0, int64_t mask_gs = 0)
       : stride_h(stride_h_), stride_w(stride_w_), scale(offset_scale), softmax(softmax_) {
     n = input.size(0);
     h = input.size(1);
@@ -95,9 +96,12 @@ struct Geometry {
       }
     }
     p = static_cast<int64_t>(point_x.size());
+    offset_group_stride = offset_gs > 0 ? offset_gs : 2 * p;
+    mask_group_stride = mask_gs > 0 ? mask_gs : p;
     TORCH_CHECK(c == g * d, "dcnv3 cpu: channels ", c, " not divisible by group ", g);
-    TORCH_CHECK(offset.size(3) == g * p * 2, "dcnv3 cpu: offset has ", offset.size(3), " channels, expected ",
-                g * p * 2);
+    TORCH_CHECK(offset_group_stride >= 2 * p && mask_group_stride >= p, "dcnv3 cpu: group strides too small");
+    TORCH_CHECK(offset.size(3) == (g - 1) * offset_group_stride + 2 * p, "dcnv3 cpu: offset has ", offset.size(3),
+                " channels, expected ", (g - 1) * offset_group_stride + 2 * p);
   }
 };
 
@@ -237,6 +241,19 @@ inline void point_weights(const T* msk, int64_t groups, int64_t p, bool softmax,
   }
 }
 
+// The point weights of groups [g_begin, g_end) of one pixel (mask_row: the pixel's mask row), packed P per group.
+template <typename T, typename A>
+inline void group_weights(const Geometry& geo, const T* mask_row, int64_t g_begin, int64_t g_end, A* out) {
+  const int64_t P = geo.p;
+  if (geo.mask_group_stride == P) {
+    point_weights<T, A>(mask_row + g_begin * P, g_end - g_begin, P, geo.softmax, out);
+    return;
+  }
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    point_weights<T, A>(mask_row + g * geo.mask_group_stride, 1, P, geo.softmax, out + (g - g_begin) * P);
+  }
+}
+
 // ----------------------------------------------------------------------------------------------------------
 // The sampling plan of a tile of (pixel, group) pairs: for each sample (P per pair) and each of its 4 bilinear
 // corners (order (dy, dx) = (0,0), (0,1), (1,0), (1,1), as in the reference), the input row to read, its
@@ -338,10 +355,10 @@ void forward_kernel(const Geometry& geo, const T* __restrict__ input, const T* _
     for (int64_t pix = begin; pix < end; ++pix) {
       const PixelBase<A> base(geo, pix);
       const T* image = input + base.n * geo.h * geo.w * geo.c;
-      point_weights<T, A>(mask + pix * geo.mask_stride, G, P, geo.softmax, pixel_weights.data());
+      group_weights<T, A>(geo, mask + pix * geo.mask_stride, 0, G, pixel_weights.data());
       for (int64_t g = 0; g < G; ++g) {
         const int64_t pg = pix * G + g;
-        const T* off = offset + pix * geo.offset_stride + g * P * 2;
+        const T* off = offset + pix * geo.offset_stride + g * geo.offset_group_stride;
         const A* weights = pixel_weights.data() + g * P;
         const T* image_g = image + g * D;
         T* out = output + pg * D;
@@ -405,11 +422,10 @@ struct BackwardPass {
       const int64_t tile_end = std::min(pix_end, tile + kTilePixels);
       for (int64_t pix = tile; pix < tile_end; ++pix) {
         const PixelBase<A> base(geo, pix);
-        point_weights<T, A>(mask + pix * geo.mask_stride + g_begin * P, groups, P, geo.softmax,
-                            plan.m.data() + (pix - tile) * groups * P);
+        group_weights<T, A>(geo, mask + pix * geo.mask_stride, g_begin, g_end, plan.m.data() + (pix - tile) * groups * P);
         for (int64_t g = g_begin; g < g_end; ++g) {
           const int64_t first = ((pix - tile) * groups + g - g_begin) * P;
-          plan.template build<true>(first, geo, offset + pix * geo.offset_stride + g * P * 2, base.x, base.y,
+          plan.template build<true>(first, geo, offset + pix * geo.offset_stride + g * geo.offset_group_stride, base.x, base.y,
                                     image + g * D, grad_image + g * D);
         }
       }
@@ -486,7 +502,7 @@ std::pair<at::Tensor, int64_t> pixel_rows(const at::Tensor& t, at::ScalarType dt
 at::Tensor dcnv3_forward(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_, int64_t kernel_h,
                          int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                          int64_t dilation_h, int64_t dilation_w, int64_t group, double offset_scale,
-                         bool remove_center, bool softmax) {
+                         bool remove_center, bool softmax, int64_t offset_group_stride, int64_t mask_group_stride) {
   check_cpu(input_, "input");
   check_cpu(offset_, "offset");
   check_cpu(mask_, "mask");
@@ -496,11 +512,11 @@ at::Tensor dcnv3_forward(const at::Tensor& input_, const at::Tensor& offset_, co
   const std::pair<at::Tensor, int64_t> mask_rows = pixel_rows(mask_, input.scalar_type());
   const at::Tensor& mask = mask_rows.first;
   Geometry geo(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-               offset_scale, remove_center, softmax);
+               offset_scale, remove_center, softmax, offset_group_stride, mask_group_stride);
   geo.offset_stride = offset_rows.second;
   geo.mask_stride = mask_rows.second;
-  TORCH_CHECK(mask.size(3) == geo.g * geo.p, "dcnv3 cpu: mask has ", mask.size(3), " channels, expected ",
-              geo.g * geo.p);
+  TORCH_CHECK(mask.size(3) == (geo.g - 1) * geo.mask_group_stride + geo.p, "dcnv3 cpu: mask has ", mask.size(3),
+              " channels, expected ", (geo.g - 1) * geo.mask_group_stride + geo.p);
   at::Tensor output = at::empty({geo.n, geo.ho, geo.wo, geo.c}, input.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "dcnv3_forward_cpu", [&] {
@@ -515,7 +531,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
     const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_,
     int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t group, double offset_scale, bool remove_center, bool softmax,
-    int64_t mode) {
+    int64_t mode, int64_t offset_group_stride, int64_t mask_group_stride) {
   check_cpu(grad_output_, "grad_output");
   check_cpu(input_, "input");
   check_cpu(offset_, "offset");
@@ -528,15 +544,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
   const at::Tensor& mask = mask_rows.first;
   const at::Tensor grad_output = grad_output_.to(dtype).contiguous();
   Geometry geo(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-               offset_scale, remove_center, softmax);
+               offset_scale, remove_center, softmax, offset_group_stride, mask_group_stride);
   geo.offset_stride = offset_rows.second;
   geo.mask_stride = mask_rows.second;
-  TORCH_CHECK(mask.size(3) == geo.g * geo.p, "dcnv3 cpu: mask has ", mask.size(3), " channels, expected ",
-              geo.g * geo.p);
+  TORCH_CHECK(mask.size(3) == (geo.g - 1) * geo.mask_group_stride + geo.p, "dcnv3 cpu: mask has ", mask.size(3),
+              " channels, expected ", (geo.g - 1) * geo.mask_group_stride + geo.p);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({geo.n, geo.ho, geo.wo, geo.c}),
               "dcnv3 cpu: grad_output has the wrong shape");
-  at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());
-  at::Tensor grad_mask = at::empty(mask.sizes(), mask.options());
+  // Gradients are packed ([g][p][x, y] and [g][p]) whatever the input strides.
+  at::Tensor grad_offset = at::empty({geo.n, geo.ho, geo.wo, geo.g * geo.p * 2}, offset.options());
+  at::Tensor grad_mask = at::empty({geo.n, geo.ho, geo.wo, geo.g * geo.p}, mask.options());
   const at::ScalarType acc_type = acc_scalar_type(dtype);
   if (input.numel() == 0 || grad_output.numel() == 0) {
     return {at::zeros_like(input), grad_offset.zero_(), grad_mask.zero_()};
@@ -606,11 +623,12 @@ TORCH_LIBRARY(internimage_cpu, m) {
   m.def(
       "dcnv3_forward(Tensor input, Tensor offset, Tensor mask, int kernel_h, int kernel_w, int stride_h, "
       "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, float offset_scale, "
-      "bool remove_center, bool softmax=False) -> Tensor");
+      "bool remove_center, bool softmax=False, int offset_group_stride=0, int mask_group_stride=0) -> Tensor");
   m.def(
       "dcnv3_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor mask, int kernel_h, int kernel_w, "
       "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, "
-      "float offset_scale, bool remove_center, bool softmax=False, int mode=0) -> (Tensor, Tensor, Tensor)");
+      "float offset_scale, bool remove_center, bool softmax=False, int mode=0, int offset_group_stride=0, "
+      "int mask_group_stride=0) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(internimage_cpu, CPU, m) {
