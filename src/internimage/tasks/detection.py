@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from ..data.datasets import collect_images
 from ..engine import Task, TrainConfig
 from ..engine.config import apply_overrides, load_config
+from ._common import checkpoint_fields, resolve_device, save_png, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -243,21 +243,6 @@ class DetTask(Task):
 
 
 # ------------------------------------------------------------------------------------------------- config resolution
-def _checkpoint_fields(path: str) -> dict[str, Any]:
-    """Model fields stored with a checkpoint: safetensors metadata (our exports) or a training run's config."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        return json.loads(meta[_META_KEY]) if _META_KEY in meta else {}
-    run_config = p.parent.parent / "config.yaml"  # engine layout: <run>/checkpoints/step_N.pth
-    if run_config.is_file():
-        return load_config(DetTrainConfig, run_config).model_fields()
-    return {}
 
 
 def _resolve_config(args: argparse.Namespace, train: bool) -> DetTrainConfig:
@@ -270,7 +255,7 @@ def _resolve_config(args: argparse.Namespace, train: bool) -> DetTrainConfig:
     if args.config:
         cfg = load_config(DetTrainConfig, args.config)
     if not train and getattr(args, "checkpoint", None):
-        cfg = apply_overrides(cfg, _checkpoint_fields(args.checkpoint))
+        cfg = apply_overrides(cfg, checkpoint_fields(args.checkpoint, _META_KEY, DetTrainConfig))
     flags = {
         "arch": args.arch,
         "model": args.model,
@@ -293,14 +278,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="backbone name (see `internimage info`)")
     parser.add_argument("--num-classes", type=int, help="number of foreground classes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available")
-    return torch.device(name)
 
 
 def _load_for_inference(cfg: DetTrainConfig, checkpoint: str, device: torch.device) -> torch.nn.Module:
@@ -363,7 +340,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..data.coco import collate_detection
 
     cfg = _resolve_config(args, train=False)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load_for_inference(cfg, args.checkpoint, device)
     ds = build_dataset(cfg, train=False)
     if args.limit > 0:
@@ -375,7 +352,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "det_metrics.json", json.dumps(metrics, indent=2).encode())
+        write_atomic(out / "det_metrics.json", json.dumps(metrics, indent=2).encode())
         print(f"metrics: {out / 'det_metrics.json'}")
     return 0
 
@@ -398,7 +375,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ..data.coco import detection_transforms
 
     cfg = _resolve_config(args, train=False)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load_for_inference(cfg, args.checkpoint, device)
     names = list(cfg.classes) or [f"class {i}" for i in range(1, cfg.num_classes + 1)]
     thresh = cfg.score_thresh if args.score_thresh is None else args.score_thresh
@@ -420,7 +397,7 @@ def _predict(args: argparse.Namespace) -> int:
         pred = {k: v[keep].cpu() for k, v in pred.items()}
         drawn = render_detections(rgb, pred, names)
         target = out / f"{path.stem}.png"
-        _save_png(drawn, target)
+        save_png(drawn, target)
         records.append(
             {
                 "image": str(path),
@@ -432,7 +409,7 @@ def _predict(args: argparse.Namespace) -> int:
             }
         )
         print(f"{path}: {len(records[-1]['detections'])} objects -> {target}")
-    _write_atomic(out / "predictions.json", json.dumps(records, indent=2).encode())
+    write_atomic(out / "predictions.json", json.dumps(records, indent=2).encode())
     return 0
 
 
@@ -476,22 +453,6 @@ def render_detections(
         draw.rectangle(draw.textbbox((x, y), text), fill=color)
         draw.text((x, y), text, fill=(0, 0, 0))
     return out
-
-
-def _save_png(image: Any, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    _write_atomic(path, buf.getvalue())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 COMMANDS = {

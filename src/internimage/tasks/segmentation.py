@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from ..data.datasets import collect_images
 from ..engine import Task, TrainConfig
 from ..engine.config import apply_overrides, load_config
+from ._common import checkpoint_fields, resolve_device, save_png, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -324,21 +324,6 @@ def _format_per_class(result: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- config resolution
-def _checkpoint_fields(path: str) -> dict[str, Any]:
-    """Model fields stored with a checkpoint: safetensors metadata (our exports) or a training checkpoint's config."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        return json.loads(meta[_SEG_META_KEY]) if _SEG_META_KEY in meta else {}
-    run_config = p.parent.parent / "config.yaml"  # engine layout: <run>/checkpoints/step_N.pth
-    if run_config.is_file():
-        return load_config(SegTrainConfig, run_config).model_fields()
-    return {}
 
 
 def _resolve_config(args: argparse.Namespace, train: bool, extra: dict[str, Any] | None = None) -> SegTrainConfig:
@@ -351,7 +336,7 @@ def _resolve_config(args: argparse.Namespace, train: bool, extra: dict[str, Any]
     if args.config:
         cfg = load_config(SegTrainConfig, args.config)
     if not train and args.checkpoint:
-        cfg = apply_overrides(cfg, _checkpoint_fields(args.checkpoint))
+        cfg = apply_overrides(cfg, checkpoint_fields(args.checkpoint, _SEG_META_KEY, SegTrainConfig))
     flags = {
         "model": args.model,
         "num_classes": args.num_classes,
@@ -384,14 +369,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, help="number of classes")
     parser.add_argument("--classes-file", help="text file with one class name per line")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available")
-    return torch.device(name)
 
 
 def _load_for_inference(cfg: SegTrainConfig, checkpoint: str, device: torch.device) -> Any:
@@ -465,7 +442,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.flip:
         over["test_flip"] = True
     cfg = apply_overrides(cfg, over)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load_for_inference(cfg, args.checkpoint, device)
     ds = build_dataset(cfg, args.split or cfg.val_split, train=False)
     names = list(ds.classes)
@@ -480,7 +457,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  IoU {100 * v['IoU']:6.2f}  Acc {100 * v['Acc']:6.2f}")
     if args.out:
         out = Path(args.out)
-        _write_atomic(out / "seg_metrics.json", json.dumps(result, indent=2).encode())
+        write_atomic(out / "seg_metrics.json", json.dumps(result, indent=2).encode())
         png = _plot_per_class(result, out / "per_class_iou.png")
         print(f"wrote {out / 'seg_metrics.json'}" + (f" and {png}" if png else ""))
     return 0
@@ -536,7 +513,7 @@ def _predict(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     cfg = _resolve_config(args, train=False)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load_for_inference(cfg, args.checkpoint, device)
     names = list(cfg.classes) or [f"class {i}" for i in range(cfg.num_classes)]
     palette = default_palette(cfg.num_classes)
@@ -560,8 +537,8 @@ def _predict(args: argparse.Namespace) -> int:
         )
         label = probs.argmax(1)[0].cpu().numpy().astype(np.uint8 if cfg.num_classes <= 256 else np.int32)
         overlay = render_overlay(rgb, label, palette, names, args.alpha)
-        _save_png(overlay, out_dir / f"{path.stem}_seg.png")
-        _save_png(Image.fromarray(label), out_dir / f"{path.stem}_label.png")
+        save_png(overlay, out_dir / f"{path.stem}_seg.png")
+        save_png(Image.fromarray(label), out_dir / f"{path.stem}_label.png")
         top = np.bincount(label.ravel(), minlength=cfg.num_classes).argsort()[::-1][:3]
         shares = ", ".join(f"{names[i]} {100 * (label == i).mean():.1f}%" for i in top if (label == i).any())
         tqdm.write(f"{path}: {shares} -> {out_dir / (path.stem + '_seg.png')}")
@@ -603,26 +580,6 @@ def render_overlay(
         draw.rectangle([w + pad, y, w + pad + swatch, y + swatch], fill=tuple(palette[i]), outline=(0, 0, 0))
         draw.text((w + 2 * pad + swatch, y), text, fill=(0, 0, 0), font=font)
     return canvas
-
-
-def _save_png(image: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 COMMANDS = {
