@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.fused_linear import onednn_eligible
+from ..ops.fused_linear import onednn_eligible, onednn_matmul
 
 __all__ = ["gelu_mlp"]
 
@@ -34,7 +34,7 @@ class _GeluMlp(torch.autograd.Function):
             normed, mean, rstd = _layer_norm(x, norm_w, norm_b, eps, ctx.norm_dtype)
         # oneDNN GEMMs on CPU fp32 (internimage.ops.fused_linear); under autocast the autocast dtype, like nn.Linear.
         ctx.onednn = onednn_eligible(normed, w1)
-        linear = _onednn if ctx.onednn else F.linear
+        linear = onednn_matmul if ctx.onednn else F.linear
         hidden = linear(normed, w1, b1)
         out = linear(F.gelu(hidden), w2, b2)
         ctx.save_for_backward(x, norm_w, norm_b, mean, rstd, w1, hidden, w2)
@@ -56,7 +56,7 @@ class _GeluMlp(torch.autograd.Function):
             del act  # keep at most two hidden-sized buffers alive
         if ctx.has_bias[1] and need[7]:
             grads[7] = go2.sum(0).to(w2.dtype)
-        grad_hidden = _onednn(grad_out, w2.t()) if ctx.onednn else grad_out @ w2.to(dtype)
+        grad_hidden = onednn_matmul(grad_out, w2.t()) if ctx.onednn else grad_out @ w2.to(dtype)
         torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)  # in place
         gh2 = grad_hidden.reshape(-1, grad_hidden.shape[-1])
         if ctx.has_bias[0] and need[5]:
@@ -68,7 +68,7 @@ class _GeluMlp(torch.autograd.Function):
             grads[4] = (gh2.t() @ normed.to(dtype).reshape(-1, x.shape[-1])).to(w1.dtype)
             del normed
         if need[0] or need[1] or need[2]:
-            grad_normed = _onednn(grad_hidden, w1.t()) if ctx.onednn else (grad_hidden @ w1.to(dtype)).to(x.dtype)
+            grad_normed = onednn_matmul(grad_hidden, w1.t()) if ctx.onednn else (grad_hidden @ w1.to(dtype)).to(x.dtype)
             del grad_hidden, gh2
             if not ctx.norm:
                 grads[0] = grad_normed
@@ -88,10 +88,6 @@ class _GeluMlp(torch.autograd.Function):
                 grads[1] = grads[1].to(norm_w.dtype) if grads[1] is not None else None
                 grads[2] = grads[2].to(norm_b.dtype) if grads[2] is not None else None
         return tuple(grads)
-
-
-def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
 
 
 def _layer_norm(x, weight, bias, eps, dtype):

@@ -22,7 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fused_linear", "fusion_enabled", "onednn_eligible", "onednn_linear"]
+__all__ = ["fused_linear", "fusion_enabled", "onednn_eligible", "onednn_linear", "onednn_matmul"]
 
 _ENV = "INTERNIMAGE_FUSED_LINEAR"
 
@@ -79,17 +79,19 @@ def fused_linear(
     """
     if gelu and residual is not None:
         raise ValueError("fused_linear: gelu and residual cannot be combined")
-    if fusion_enabled(x, weight) and (residual is None or residual.shape[:-1] == x.shape[:-1]):
+    eligible = onednn_eligible(x, weight)
+    if eligible and not torch.is_grad_enabled() and (residual is None or residual.shape[:-1] == x.shape[:-1]):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
-    out = onednn_linear(x, weight, bias) if onednn_eligible(x, weight) else F.linear(x, weight, bias)
+    out = onednn_linear(x, weight, bias) if eligible else F.linear(x, weight, bias)
     if gelu:
         return F.gelu(out)
     return out if residual is None else out + residual
 
 
-def _matmul_t(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def onednn_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` by oneDNN, outside autograd (``weight`` may be a transposed view). CPU float32 only."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
 
 
@@ -100,7 +102,7 @@ class _OneDnnLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _matmul_t(x, weight, bias)
+        return onednn_matmul(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -109,7 +111,7 @@ class _OneDnnLinear(torch.autograd.Function):
         need = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
         if need[0]:
-            grad_x = _matmul_t(grad, weight.t())
+            grad_x = onednn_matmul(grad, weight.t())
         g2 = grad.reshape(-1, grad.shape[-1])
         if need[1]:
             grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))
@@ -131,4 +133,4 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return _OneDnnLinear.apply(x, weight, bias)
-    return _matmul_t(x, weight, bias)
+    return onednn_matmul(x, weight, bias)
