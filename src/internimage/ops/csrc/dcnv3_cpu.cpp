@@ -422,11 +422,12 @@ struct BackwardPass {
       const int64_t tile_end = std::min(pix_end, tile + kTilePixels);
       for (int64_t pix = tile; pix < tile_end; ++pix) {
         const PixelBase<A> base(geo, pix);
-        group_weights<T, A>(geo, mask + pix * geo.mask_stride, g_begin, g_end, plan.m.data() + (pix - tile) * groups * P);
+        A* weights = plan.m.data() + (pix - tile) * groups * P;
+        group_weights<T, A>(geo, mask + pix * geo.mask_stride, g_begin, g_end, weights);
         for (int64_t g = g_begin; g < g_end; ++g) {
           const int64_t first = ((pix - tile) * groups + g - g_begin) * P;
-          plan.template build<true>(first, geo, offset + pix * geo.offset_stride + g * geo.offset_group_stride, base.x, base.y,
-                                    image + g * D, grad_image + g * D);
+          const T* off = offset + pix * geo.offset_stride + g * geo.offset_group_stride;
+          plan.template build<true>(first, geo, off, base.x, base.y, image + g * D, grad_image + g * D);
         }
       }
       for (int64_t pix = tile; pix < tile_end; ++pix) {
