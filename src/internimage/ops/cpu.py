@@ -156,7 +156,7 @@ def backward(
         mask: (N, Ho, Wo, G*P) point weights of the forward.
         args: Operator arguments.
         mode: How ``grad_input`` is scattered without atomics: 0 chooses, 1 makes each thread own whole
-            (image, group) slices, 2 gives each thread a private input-sized buffer (summed at the end).
+            (image, group-range) slices, 2 gives each thread a private input-sized buffer (summed at the end).
             For benchmarks and tests; the results agree up to summation order.
         offset_group_stride: As in :func:`forward`.
         mask_group_stride: As in :func:`forward`.

