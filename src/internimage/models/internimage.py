@@ -112,8 +112,8 @@ class MLPLayer(nn.Module):
             x = norm(x)
         if (not self.training or self.drop.p == 0) and fusion_enabled(x, self.fc1.weight):
             # CPU inference: GELU fused into fc1 and the residual add into fc2 (one oneDNN call each).
-            hidden = fused_linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
-            return fused_linear(hidden, self.fc2.weight, self.fc2.bias, residual=residual)
+            hidden = fused_linear(x, self.fc1.weight, self.fc1.bias, gelu=True, eligible=True)
+            return fused_linear(hidden, self.fc2.weight, self.fc2.bias, residual=residual, eligible=True)
         out = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
         return out if residual is None else out + residual
 

@@ -36,10 +36,11 @@ def _onednn_available() -> bool:
 
 
 def _tracing() -> bool:
-    # Exported / traced graphs must hold standard ops only, whatever the grad mode the tracer runs in.
+    # Exported / traced graphs must hold standard ops only, whatever the grad mode the tracer runs in. The
+    # TorchScript ONNX exporter traces with torch.jit (is_tracing) and the dynamo one exports (is_exporting), so
+    # torch.onnx.is_in_onnx_export (1.3 us, a sixth of a small layer's Python cost) is not needed here.
     is_exporting = getattr(torch.compiler, "is_exporting", None)
-    exporting = is_exporting is not None and is_exporting()
-    return exporting or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    return torch.jit.is_tracing() or (is_exporting is not None and is_exporting())
 
 
 def fusion_enabled(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -49,9 +50,9 @@ def fusion_enabled(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN may compute ``x @ weight.T`` here: CPU float32, no autocast, no compiler tracing."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != x.dtype:
+    if x.dtype != torch.float32 or weight.dtype != x.dtype or x.device.type != "cpu":
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or _tracing():
+    if torch.compiler.is_compiling() or _tracing() or torch.is_autocast_enabled("cpu"):
         return False
     if os.environ.get(_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
@@ -64,6 +65,7 @@ def fused_linear(
     bias: torch.Tensor | None,
     gelu: bool = False,
     residual: torch.Tensor | None = None,
+    eligible: bool | None = None,
 ) -> torch.Tensor:
     """``gelu(x @ weight.T + bias)`` or ``x @ weight.T + bias + residual``, fused on CPU inference.
 
@@ -73,13 +75,16 @@ def fused_linear(
         bias: (M,) bias or None.
         gelu: Apply the exact (erf) GELU to the result. Not combinable with ``residual``.
         residual: (..., M) tensor added to the result.
+        eligible: :func:`onednn_eligible` for these tensors, when the caller already knows it (modules decide once
+            per forward for all their layers: the check is a few microseconds of Python each time).
 
     Returns:
         (..., M) tensor.
     """
     if gelu and residual is not None:
         raise ValueError("fused_linear: gelu and residual cannot be combined")
-    eligible = onednn_eligible(x, weight)
+    if eligible is None:
+        eligible = onednn_eligible(x, weight)
     if eligible and not torch.is_grad_enabled() and (residual is None or residual.shape[:-1] == x.shape[:-1]):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
