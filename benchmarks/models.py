@@ -8,15 +8,20 @@ live tensor memory instead of the allocator's retained heap (which made it swing
 InternImage runs with its defaults: oneDNN-fused linear layers in CPU inference (``INTERNIMAGE_FUSED_LINEAR=0``
 turns them off) and ``recompute_activations=True`` in training (the table adds a row without it).
 
+The VM's state also differs from process to process (ConvNeXt-T's time alone moves by ~10%), so
+``--processes N`` repeats the timing in N fresh processes and reports the median of their ratios with the range.
+
 Usage::
 
     python benchmarks/models.py --rounds 7            # inference bs 1 and 8, training step bs 8, memory
+    python benchmarks/models.py --rounds 7 --processes 3 --no-memory   # ratios over 3 fresh processes
     INTERNIMAGE_DCN_BACKEND=reference python benchmarks/models.py   # the pure-PyTorch operator instead
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -102,27 +107,70 @@ def peak_memory_mb(name: str, batch: int, **overrides: object) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def summarize(times: dict[str, dict[str, list[float]]]) -> dict[str, tuple[float, float, float]]:
+    """``{mode: (median s of model a, median s of model b, median per-round ratio b/a)}``."""
+    a, b = MODELS
+    out = {}
+    for mode, per_model in times.items():
+        ratio = statistics.median(tb / ta for ta, tb in zip(per_model[a], per_model[b]))
+        out[mode] = (statistics.median(per_model[a]), statistics.median(per_model[b]), ratio)
+    return out
+
+
+def _print_table(rows: dict[str, tuple[float, float, float]], ratio_note: dict[str, str] | None = None) -> None:
+    a, b = MODELS
+    print(f"\n| mode | {a} ms | {b} ms | {a} img/s | {b} img/s | ratio (img/s {a} / {b}) |")
+    print("|---|---|---|---|---|---|")
+    for mode, (ta, tb, ratio) in rows.items():
+        bs = int(mode.split("bs")[-1])
+        note = (ratio_note or {}).get(mode, "")
+        print(f"| {mode} | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {bs / ta:.2f} | {bs / tb:.2f} | {ratio:.2f}{note} |")
+
+
+def _over_processes(args: argparse.Namespace) -> None:
+    """Times in ``args.processes`` fresh processes; prints per-process ratios and their median and range."""
+    runs = []
+    for i in range(args.processes):
+        cmd = [sys.executable, __file__, "--rounds", str(args.rounds), "--threads", str(args.threads)]
+        cmd += ["--train-batch", str(args.train_batch), "--batch-sizes", *map(str, args.batch_sizes), "--json"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        ratios = ", ".join(f"{mode} {row[2]:.2f}" for mode, row in runs[-1].items())
+        print(f"process {i + 1}/{args.processes}: {ratios}", flush=True)
+    rows, notes = {}, {}
+    for mode in runs[0]:
+        per = [run[mode] for run in runs]
+        rows[mode] = tuple(statistics.median(row[k] for row in per) for k in range(3))
+        notes[mode] = f" ({min(row[2] for row in per):.2f}-{max(row[2] for row in per):.2f})"
+    print(f"\nmedians over {args.processes} processes (ratio range in brackets):")
+    _print_table(rows, notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=1, help="repeat the timing in this many fresh processes")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one process's rows, for --processes
     args = parser.parse_args()
+    if args.rounds < 1 or args.processes < 1:
+        parser.error("--rounds and --processes must be at least 1")
     torch.set_num_threads(args.threads)
     from internimage.ops.backends import resolve_backend
 
+    if args.json:
+        rows = summarize(time_models(args.rounds, tuple(args.batch_sizes), args.train_batch))
+        print(json.dumps(rows))
+        return
     print(f"DCN backend: {resolve_backend(None, 'cpu', torch.float32)}, threads: {torch.get_num_threads()}")
-    times = time_models(args.rounds, tuple(args.batch_sizes), args.train_batch)
+    if args.processes > 1:
+        _over_processes(args)
+    else:
+        _print_table(summarize(time_models(args.rounds, tuple(args.batch_sizes), args.train_batch)))
     a, b = MODELS
-    print(f"\n| mode | {a} ms | {b} ms | {a} img/s | {b} img/s | ratio (img/s {a} / {b}) |")
-    print("|---|---|---|---|---|---|")
-    for mode, per_model in times.items():
-        bs = int(mode.split("bs")[-1])
-        ta, tb = statistics.median(per_model[a]), statistics.median(per_model[b])
-        ratio = statistics.median(tb_ / ta_ for ta_, tb_ in zip(per_model[a], per_model[b]))
-        print(f"| {mode} | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {bs / ta:.2f} | {bs / tb:.2f} | {ratio:.2f} |")
     if not args.no_memory:
         mem = {name: peak_memory_mb(name, args.train_batch) for name in MODELS}
         stored = peak_memory_mb(a, args.train_batch, recompute_activations=False)
