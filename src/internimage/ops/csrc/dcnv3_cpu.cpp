@@ -301,12 +301,12 @@ inline void group_weights(const Geometry& geo, const T* mask_row, int64_t g_begi
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// The sampling plan of a tile of (pixel, group) pairs: for each sample (P per pair) and each of its 4 bilinear
-// corners (order (dy, dx) = (0,0), (0,1), (1,0), (1,1), as in the reference), the input row to read, its
-// weight and the weight's derivatives with respect to loc_x / loc_y. Corners outside the image (and all
-// corners of a sample outside -1 < loc < size, which contributes no gradient at all) get weight 0 and point at
-// a zero row (reads) and a scratch row (gradient writes), so the channel loops are branch-free and never
-// touch memory outside the image.
+// The sampling plan of a tile of (pixel, group) pairs (backward): for each sample (P per pair) the input rows of
+// its 4 bilinear corners (order (dy, dx) = (0,0), (0,1), (1,0), (1,1), as in the reference), the matching
+// grad_input rows, and its fractional position (lx, ly). Corners outside the image (and all corners of a sample
+// outside -1 < loc < size, which contributes no gradient at all) read a zero row and write a scratch row, so the
+// channel loop needs no masks: a zero row contributes nothing to the value or to either position derivative,
+// and what lands in the scratch row is never read back.
 //
 // Plans are built for a whole tile before any of it is consumed: reading an entry right after writing it
 // stalls on store-to-load forwarding (the writes are partly vectorised), which measured 2x slower.
@@ -315,20 +315,19 @@ constexpr int64_t kTilePixels = 4;
 
 template <typename T, typename A>
 struct Plan {
-  std::vector<const T*> in;               // 4 per sample: input rows (already offset to the group's channels)
-  std::vector<A*> grad;                   // 4 per sample: grad_input rows (backward only)
-  std::vector<A> weight, grad_x, grad_y;  // 4 per sample
-  std::vector<A> m;                       // 1 per sample: point weight (filled by the caller)
-  std::vector<T> zero_row;                // D zeros
-  std::vector<A> trash_row;               // D scratch values, written and never read back
+  std::vector<const T*> in;  // 4 per sample: input rows (already offset to the group's channels)
+  std::vector<A*> grad;      // 4 per sample: grad_input rows
+  std::vector<A> lx, ly;     // 1 per sample: position within the corner square
+  std::vector<A> m;          // 1 per sample: point weight (filled by the caller)
+  std::vector<T> zero_row;   // D zeros
+  std::vector<A> trash_row;  // D scratch values, written and never read back
 
   Plan(int64_t samples, int64_t d)
-      : in(4 * samples), grad(4 * samples), weight(4 * samples), grad_x(4 * samples), grad_y(4 * samples),
-        m(samples), zero_row(d, T(0)), trash_row(d, A(0)) {}
+      : in(4 * samples), grad(4 * samples), lx(samples), ly(samples), m(samples), zero_row(d, T(0)),
+        trash_row(d, A(0)) {}
 
   // Fills samples [first, first + P) for one (pixel, group). image / grad_image: the batch element's input /
   // grad_input, offset to this group's first channel.
-  template <bool kBackward>
   void build(int64_t first, const Geometry& geo, const T* off, A base_x, A base_y, const T* image, A* grad_image) {
     const A scale = static_cast<A>(geo.scale);
     const A width = static_cast<A>(geo.w), height = static_cast<A>(geo.h);
@@ -339,27 +338,21 @@ struct Plan {
       const A loc_y = (to_acc(off[2 * pt + 1]) + A(geo.point_y[pt])) * scale + base_y;
       const int64_t s = first + pt;
       const bool inside = loc_x > A(-1) && loc_x < width && loc_y > A(-1) && loc_y < height;
-      // Outside samples are moved to a harmless location and zeroed; this also keeps the int cast defined.
+      // Outside samples are moved to a harmless location (all their corners get masked); this also keeps the
+      // int cast defined.
       const A px = inside ? loc_x : A(0), py = inside ? loc_y : A(0);
       const A fx = std::floor(px), fy = std::floor(py);
       const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
-      const A lx = px - fx, ly = py - fy;
-      const A hx = A(1) - lx, hy = A(1) - ly;
-      const bool x_in[2] = {x0 >= 0, x0 + 1 < geo.w};
+      lx[s] = px - fx;
+      ly[s] = py - fy;
+      const bool x_in[2] = {inside && x0 >= 0, inside && x0 + 1 < geo.w};
       const bool y_in[2] = {y0 >= 0, y0 + 1 < geo.h};
-      const A wx[2] = {hx, lx}, wy[2] = {hy, ly};
       for (int q = 0; q < 4; ++q) {
         const int dy = q >> 1, dx = q & 1;
-        const bool valid = inside && y_in[dy] && x_in[dx];
+        const bool valid = y_in[dy] && x_in[dx];
         const int64_t row = (y0 + dy) * row_stride + (x0 + dx) * geo.c;
-        const int64_t i = 4 * s + q;
-        in[i] = valid ? image + row : zero_row.data();
-        weight[i] = valid ? wy[dy] * wx[dx] : A(0);
-        if constexpr (kBackward) {
-          grad[i] = valid ? grad_image + row : trash_row.data();
-          grad_x[i] = valid ? (dx ? wy[dy] : -wy[dy]) : A(0);
-          grad_y[i] = valid ? (dy ? wx[dx] : -wx[dx]) : A(0);
-        }
+        in[4 * s + q] = valid ? image + row : zero_row.data();
+        grad[4 * s + q] = valid ? grad_image + row : trash_row.data();
       }
     }
   }
@@ -473,7 +466,7 @@ struct BackwardPass {
         for (int64_t g = g_begin; g < g_end; ++g) {
           const int64_t first = ((pix - tile) * groups + g - g_begin) * P;
           const T* off = offset + pix * geo.offset_stride + g * geo.offset_group_stride;
-          plan.template build<true>(first, geo, off, base.x, base.y, image + g * D, grad_image + g * D);
+          plan.build(first, geo, off, base.x, base.y, image + g * D, grad_image + g * D);
         }
       }
       for (int64_t pix = tile; pix < tile_end; ++pix) {
@@ -482,9 +475,8 @@ struct BackwardPass {
           const int64_t first = ((pix - tile) * groups + g - g_begin) * P;
           const T* const* rows = plan.in.data() + 4 * first;
           A* const* grad_rows = plan.grad.data() + 4 * first;
-          const A* weight = plan.weight.data() + 4 * first;
-          const A* grad_x = plan.grad_x.data() + 4 * first;
-          const A* grad_y = plan.grad_y.data() + 4 * first;
+          const A* lx = plan.lx.data() + first;
+          const A* ly = plan.ly.data() + first;
           const A* m = plan.m.data() + first;
           std::fill(dot_m.begin(), dot_m.end(), A(0));
           std::fill(dot_x.begin(), dot_x.end(), A(0));
@@ -494,19 +486,23 @@ struct BackwardPass {
             constexpr int B = decltype(width)::value;
             const Vec<A, B> go = load_acc<T, B>(gout + c0);
             for (int64_t pt = 0; pt < P; ++pt) {
-              Vec<A, B> sv = {}, sx = {}, sy = {};
+              const A fx = lx[pt], fy = ly[pt], gx = A(1) - fx, gy = A(1) - fy;
+              const T* const* r = rows + 4 * pt;
+              const Vec<A, B> r0 = load_acc<T, B>(r[0] + c0), r1 = load_acc<T, B>(r[1] + c0);
+              const Vec<A, B> r2 = load_acc<T, B>(r[2] + c0), r3 = load_acc<T, B>(r[3] + c0);
+              // Bilinear value and its derivatives in x and y, factored by rows / columns (masked corners are
+              // zero rows, so the unmasked weights are exact).
+              const Vec<A, B> top = gx * r0 + fx * r1, bottom = gx * r2 + fx * r3;
+              const Vec<A, B> left = gy * r0 + fy * r2, right = gy * r1 + fy * r3;
+              dot_m[pt] += hsum<A, B>(go * (gy * top + fy * bottom));
+              dot_x[pt] += hsum<A, B>(go * (right - left));
+              dot_y[pt] += hsum<A, B>(go * (bottom - top));
+              const A mt = m[pt] * gy, mb = m[pt] * fy;
+              const A w[4] = {mt * gx, mt * fx, mb * gx, mb * fx};
               for (int q = 0; q < 4; ++q) {
-                const int64_t i = 4 * pt + q;
-                const Vec<A, B> r = load_acc<T, B>(rows[i] + c0);
-                sv += weight[i] * r;
-                sx += grad_x[i] * r;
-                sy += grad_y[i] * r;
-                A* grow = grad_rows[i] + c0;
-                store_acc<A, B>(grow, load_acc<A, B>(grow) + (m[pt] * weight[i]) * go);
+                A* grow = grad_rows[4 * pt + q] + c0;
+                store_acc<A, B>(grow, load_acc<A, B>(grow) + w[q] * go);
               }
-              dot_m[pt] += hsum<A, B>(go * sv);
-              dot_x[pt] += hsum<A, B>(go * sx);
-              dot_y[pt] += hsum<A, B>(go * sy);
             }
           });
           T* goff = grad_offset + pg * P * 2;
