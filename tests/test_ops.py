@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,6 +169,26 @@ def test_opcheck_and_compile():
     torch.library.opcheck(torch.ops.internimage.dcnv3.default, (x, off, mask, *static))
     compiled = torch.compile(lambda a, b, c: _call(a, b, c, args), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, off, mask), _call(x, off, mask, args))
+
+
+def test_eager_inference_skips_the_custom_op_and_autograd_uses_it(monkeypatch):
+    dcnv3_module = importlib.import_module("internimage.ops.dcnv3")  # the package's `dcnv3` is the function
+
+    x, off, mask, args = _rand_case()
+    expected = _call(x, off, mask, args)
+    calls = []
+    op = dcnv3_module._dcnv3_op
+    monkeypatch.setattr(dcnv3_module, "_dcnv3_op", lambda *a: calls.append(1) or op(*a))
+    with torch.no_grad():
+        torch.testing.assert_close(_call(x, off, mask, args), expected, rtol=0, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(_call(x, off, mask, args), expected, rtol=0, atol=0)
+    assert calls == []  # plain eager inference calls the backend directly
+    leaf = off.clone().requires_grad_()
+    _call(x, leaf, mask, args).sum().backward()  # autograd needs the registered op
+    assert calls == [1] and leaf.grad is not None and leaf.grad.abs().sum() > 0
+    empty = _call(x[:0], off[:0], mask[:0], args).shape
+    assert empty == (0, *x.shape[1:])
 
 
 def test_half_precision_reference_close_to_float64():
