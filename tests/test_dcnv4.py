@@ -232,11 +232,14 @@ def test_env_override_selects_the_backend(monkeypatch):
     dcnv4_module = sys.modules["internimage.ops.dcnv4"]  # the package attribute of that name is the function
 
     seen = []
-    monkeypatch.setattr(dcnv4_module, "_dcnv4_op", lambda *a: seen.append(a[-1]) or torch.zeros(1))
+    # The backend name is the last argument of the op and of the body that eager inference calls directly.
+    for name in ("_dcnv4_op", "_forward"):
+        monkeypatch.setattr(dcnv4_module, name, lambda *a, name=name: seen.append((name, a[-1])) or torch.zeros(1))
     x, om, args = _case()
     monkeypatch.setenv("INTERNIMAGE_DCN_BACKEND", "reference")
     _call(x, om, args, backend=None)
-    assert seen == ["reference"]
+    _call(x.requires_grad_(), om, args, backend=None)
+    assert seen == [("_forward", "reference"), ("_dcnv4_op", "reference")]
 
 
 # ---------------------------------------------------------------------------------------------------- module

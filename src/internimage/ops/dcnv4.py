@@ -27,7 +27,7 @@ from torch import nn
 
 from .args import DCNv3Args, make_args
 from .backends import get_backend
-from .dcnv3 import CenterFeatureScaleModule, _is_exporting, _resolve
+from .dcnv3 import CenterFeatureScaleModule, _is_exporting, _resolve, plain_eager_inference
 from .fused_linear import fused_linear
 from .reference import dcnv3_reference
 
@@ -139,15 +139,20 @@ def _dcnv4_op(
     args = DCNv3Args(
         kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, offset_scale, remove_center
     )
+    return _forward(input, offset_mask, args, backend)
+
+
+def _forward(input: torch.Tensor, offset_mask: torch.Tensor, args: DCNv3Args, backend: str) -> torch.Tensor:
+    """The op's body (also called directly in plain eager inference)."""
     if input.numel() == 0 or offset_mask.numel() == 0:
         return input.new_zeros(_out_shape(input, offset_mask))
     if backend == "cpu":
         # The C++ kernel reads the fused layout in place (group strides 3P): no split copies.
         from . import cpu
 
-        offset, mask, stride = _fused_views(offset_mask, group, args.num_points)
+        offset, mask, stride = _fused_views(offset_mask, args.group, args.num_points)
         return cpu.forward(input, offset, mask, args, stride, stride)
-    offset, mask = split_offset_mask(offset_mask, group, args.num_points)
+    offset, mask = split_offset_mask(offset_mask, args.group, args.num_points)
     # Backends may return views; the fake kernel promises a contiguous NHWC tensor.
     return get_backend(backend).forward(input, offset, mask, args).contiguous()
 
@@ -263,6 +268,8 @@ def dcnv4(
         offset, mask = split_offset_mask(offset_mask, args.group, args.num_points)
         return dcnv3_reference(input, offset, mask, args)
     name = _resolve(backend, input.device.type, input.dtype)
+    if plain_eager_inference(input, offset_mask):
+        return _forward(input, offset_mask, args, name)  # no custom-op dispatch (as in dcnv3)
     return _dcnv4_op(input, offset_mask, *args[:-1], name)  # all but `softmax`: DCNv4 never normalises
 
 
