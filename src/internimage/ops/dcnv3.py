@@ -66,7 +66,9 @@ def _dcnv3_op(
     return _forward(input, offset, mask, args, backend)
 
 
-def _forward(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, args: DCNv3Args, backend: str):
+def _forward(
+    input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, args: DCNv3Args, backend: str
+) -> torch.Tensor:
     """The op's body (also called directly in plain eager inference)."""
     if input.numel() == 0 or offset.numel() == 0:
         return input.new_zeros(_out_shape(input, offset))
