@@ -8,9 +8,9 @@ fails, :func:`available` warns once and returns ``False``, and ``auto`` falls ba
 
 The kernels compute one pass per output pixel and group: P sampling locations, bilinear weights times mask (or
 the softmax of the mask logits, computed in the same pass), and a D-wide accumulation; offset and mask may be
-pixel-strided views (read in place); the backward scatters ``grad_input`` without atomics, either into (image, group)
-slices owned by one thread or into per-thread buffers summed at the end. Half precision is loaded, computed
-in float32 and stored back.
+pixel-strided views (read in place); the backward scatters ``grad_input`` without atomics, either into (image,
+group-range) slices owned by one thread or into per-thread buffers summed at the end. Half precision is loaded,
+computed in float32 and stored back.
 """
 
 from __future__ import annotations

@@ -446,7 +446,7 @@ void forward_kernel(const Geometry& geo, const T* __restrict__ input, const T* _
 // ----------------------------------------------------------------------------------------------------------
 // Backward. grad_offset and grad_mask are per-sample dot products with grad_output; grad_input is a scatter,
 // written into an A-typed image that the caller guarantees no other thread writes at the same time (either
-// because each task owns whole (image, group) slices, or because each thread has a private buffer).
+// because each task owns whole (image, group-range) slices, or because each thread has a private buffer).
 
 template <typename T>
 struct BackwardPass {
@@ -634,8 +634,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   const int64_t work = geo.n * image_pixels * geo.g * geo.p * 4 * geo.d;
   if (mode == 0) {
-    // Owning whole (image, group) slices needs no buffers and no reduction, and a slice (e.g. 56*56*16 floats)
-    // stays in L2; it only loses when there are too few slices to balance the threads.
+    // Owning whole (image, group-range) slices needs no buffers and no reduction, and a slice stays in L2 (see
+    // slice_groups); it only loses when there are too few (image, group) slices to balance the threads.
     mode = (threads == 1 || work < 65536 || (items >= threads && balanced(items, threads))) ? 1 : 2;
   }
 
