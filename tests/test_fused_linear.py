@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import internimage
-from internimage.ops.fused_linear import fused_linear, fusion_enabled, onednn_eligible, onednn_linear
+from internimage.ops import fused_linear as fused_linear_module
+from internimage.ops.fused_linear import fused_linear, fused_mlp, fusion_enabled, onednn_eligible, onednn_linear
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,26 @@ def test_fused_linear_matches_plain_layers(gelu, with_residual, with_bias):
         got = fused_linear(x, weight, bias, gelu=gelu, residual=residual)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_residual,with_bias", [(True, True), (False, False)])
+def test_fused_mlp_in_row_chunks_matches_float64(monkeypatch, with_residual, with_bias):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 5, 8, generator=gen)  # 105 rows: chunks of 16 leave a partial last chunk
+    w1, w2 = torch.randn(32, 8, generator=gen) * 0.3, torch.randn(6, 32, generator=gen) * 0.3
+    b1, b2 = (torch.randn(32, generator=gen), torch.randn(6, generator=gen)) if with_bias else (None, None)
+    residual = torch.randn(3, 7, 5, 6, generator=gen) if with_residual else None
+    d = [None if t is None else t.double() for t in (x, w1, b1, w2, b2, residual)]
+    expected = F.linear(F.gelu(F.linear(d[0], d[1], d[2])), d[3], d[4])
+    expected = expected if residual is None else expected + d[5]
+    monkeypatch.setattr(fused_linear_module, "MLP_CHUNK_ROWS", 16)
+    with torch.inference_mode():
+        whole = fused_mlp(x, w1, b1, w2, b2, residual)
+        monkeypatch.setattr(fused_linear_module, "MLP_CHUNK_ABOVE_BYTES", 0)  # every call chunked now
+        chunked = fused_mlp(x, w1, b1, w2, b2, residual)
+    assert chunked.shape == whole.shape == expected.shape
+    torch.testing.assert_close(chunked.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
 
 
 def test_fusion_only_where_it_cannot_change_semantics(monkeypatch):

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..ops.dcnv3 import DCNv3, ToChannelsFirst, ToChannelsLast
 from ..ops.dcnv4 import DCNv4
-from ..ops.fused_linear import fused_linear, fusion_enabled
+from ..ops.fused_linear import fused_mlp, fusion_enabled
 from .checkpoint import checkpoint_filter_fn
 from .recompute import gelu_mlp
 
@@ -112,8 +112,7 @@ class MLPLayer(nn.Module):
             x = norm(x)
         if (not self.training or self.drop.p == 0) and fusion_enabled(x, self.fc1.weight):
             # CPU inference: GELU fused into fc1 and the residual add into fc2 (one oneDNN call each).
-            hidden = fused_linear(x, self.fc1.weight, self.fc1.bias, gelu=True, eligible=True)
-            return fused_linear(hidden, self.fc2.weight, self.fc2.bias, residual=residual, eligible=True)
+            return fused_mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, residual)
         out = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
         return out if residual is None else out + residual
 
