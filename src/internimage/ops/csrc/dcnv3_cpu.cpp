@@ -190,47 +190,41 @@ inline void for_blocks(int64_t d, F&& f) {
   if (c0 + 1 <= d) f(std::integral_constant<int, 1>{}, c0), c0 += 1;
 }
 
-// exp(x) for x <= 80 in float: Cephes-style range reduction and polynomial (relative error ~2e-7), branch-free
-// and without a libm call so the loop over a pixel's logits vectorises (glibc's expf does not).
-inline float exp_clamped(float x) {
-  x = std::max(x, -87.0f);  // below this exp underflows; such softmax terms are negligible anyway
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
+// exp(x) = 2^n * exp(r) with r = x - n ln2 (ln2 split in two for accuracy, |r| <= ln2/2): Cephes-style
+// polynomial, relative error ~2e-7. V is float or a vector of floats (the same code serves both).
+template <typename V>
+inline V exp_reduced(V x, V n) {
+  V r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
+  V poly = r * 1.9875691500e-4f + 1.3981999507e-3f;
   poly = poly * r + 8.3334519073e-3f;
   poly = poly * r + 4.1665795894e-2f;
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
-  const float y = poly * r * r + r + 1.0f;
+  return poly * r * r + r + 1.0f;
+}
+
+// exp(x) for x <= 80 in float, branch-free and without a libm call.
+inline float exp_clamped(float x) {
+  x = std::max(x, -87.0f);  // below this exp underflows; such softmax terms are negligible anyway
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 116]
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
+  return exp_reduced(x, n) * scale;
 }
 inline double exp_clamped(double x) { return std::exp(x); }
 
-// exp_clamped on 16 floats at once with the same polynomial (n rounded to nearest by the 1.5 * 2^23 trick instead
-// of floor(x + 0.5)); written with vector types because GCC leaves the scalar version's loop unvectorised.
+// exp_clamped on 16 floats at once (n rounded to nearest by the 1.5 * 2^23 trick instead of floor(x + 0.5));
+// written with vector types because GCC leaves a loop over the scalar version unvectorised.
 inline Vec<float, 16> exp_clamped(Vec<float, 16> x) {
   using VF = Vec<float, 16>;
   using VI = Vec<int32_t, 16>;
   const VF lo = VF{} - 87.0f, magic = VF{} + 12582912.0f;
   x = x < lo ? lo : x;
   const VF t = x * 1.44269504088896341f + magic;
-  const VF n = t - magic;
-  VF r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  VF poly = VF{} + 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  const VF y = poly * r * r + r + 1.0f;
-  const VI bits = (((VI)t - (VI)magic) + 127) << 23;
-  return y * (VF)bits;
+  const VI bits = (((VI)t - (VI)magic) + 127) << 23;  // 2^n
+  return exp_reduced(x, t - magic) * (VF)bits;
 }
 
 // out[k] = exp(min(logit[k], 80)) for k < count, 16 at a time.
