@@ -186,3 +186,34 @@ def test_bf16_autocast_gradients_are_finite_and_repeatable_on_tiny_maps():
         norms.append(torch.stack([p.grad.float().norm() for p in model.parameters()]))
     assert all(torch.isfinite(n).all() for n in norms)
     assert all(torch.equal(n, norms[0]) for n in norms)
+
+
+def test_stem_channels_last_path_matches_the_nchw_computation_in_float64():
+    # The CPU stem runs its convs channels-last; the result must be the plain NCHW stem's, and its gradients too.
+    import torch.nn.functional as F
+
+    from internimage.models.internimage import StemLayer
+
+    torch.manual_seed(0)
+    stem = StemLayer(3, 16)
+    for p in stem.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 3, 17, 18, requires_grad=True)
+    out = stem(x)
+    out.square().sum().backward()
+
+    x64 = x.detach().double().requires_grad_()
+    params = {n: p.detach().double().requires_grad_() for n, p in stem.named_parameters()}
+
+    def ln(t, i):  # NCHW -> LN over channels -> NHWC
+        return F.layer_norm(t.permute(0, 2, 3, 1), t.shape[1:2], params[f"{i}.weight"], params[f"{i}.bias"], 1e-6)
+
+    y = F.conv2d(x64, params["conv1.weight"], params["conv1.bias"], 2, 1)
+    y = F.gelu(ln(y, "norm1.1").permute(0, 3, 1, 2))
+    ref = ln(F.conv2d(y, params["conv2.weight"], params["conv2.bias"], 2, 1), "norm2.1")
+    ref.square().sum().backward()
+    assert out.shape == ref.shape == (2, 5, 5, 16)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-3, atol=1e-3)
+    for n, p in stem.named_parameters():
+        torch.testing.assert_close(p.grad.double(), params[n].grad, rtol=1e-3, atol=1e-3, msg=n)

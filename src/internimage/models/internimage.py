@@ -60,6 +60,11 @@ class StemLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x: (N, 3, H, W). Returns: (N, H/4, W/4, C)."""
+        if x.device.type == "cpu":
+            # oneDNN runs a 3-channel NCHW conv through im2col (4x slower at batch 8, and its 11 MB scratch buffer
+            # page-faults); in channels-last it takes the direct NHWC kernel, and the output is then already in
+            # the NHWC layout the norms view it in, so neither norm copies (stem 1.8x faster at batch 8).
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
