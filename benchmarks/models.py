@@ -11,10 +11,17 @@ turns them off) and ``recompute_activations=True`` in training (the table adds a
 The VM's state also differs from process to process (ConvNeXt-T's time alone moves by ~10%), so
 ``--processes N`` repeats the timing in N fresh processes and reports the median of their ratios with the range.
 
+The inference ratios also depend on glibc's heap: by default freed activation buffers go back to the OS and are
+page-faulted in again on the next forward (ConvNeXt-T at bs 8: ~96k minor faults per forward, InternImage-T ~22k),
+and how often that happens depends on what the process ran before (a training step warms the heap). The table
+prints the faults per forward; ``--tuned-malloc`` re-runs with glibc told to keep freed memory (no faults for either
+model, what jemalloc/tcmalloc or a long-running server converge to), which measures compute alone.
+
 Usage::
 
     python benchmarks/models.py --rounds 7            # inference bs 1 and 8, training step bs 8, memory
     python benchmarks/models.py --rounds 7 --processes 3 --no-memory   # ratios over 3 fresh processes
+    python benchmarks/models.py --rounds 7 --processes 3 --no-memory --tuned-malloc   # no page faults
     INTERNIMAGE_DCN_BACKEND=reference python benchmarks/models.py   # the pure-PyTorch operator instead
 """
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +38,7 @@ import time
 
 import timm
 import torch
+from dcnv3_op import TUNED_MALLOC
 
 import internimage  # noqa: F401  (registers the InternImage models with timm)
 
@@ -41,30 +50,40 @@ def _build(name: str) -> torch.nn.Module:
     return timm.create_model(name, num_classes=1000)
 
 
-def _infer(model: torch.nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _infer(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, int]:
+    """Seconds and minor page faults of one inference forward."""
+    faults, start = _minor_faults(), time.perf_counter()
     with torch.inference_mode():
         model(x)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _minor_faults() - faults
 
 
-def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
-    start = time.perf_counter()
+def _train_step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, int]:
+    """Seconds and minor page faults of one SGD step."""
+    faults, start = _minor_faults(), time.perf_counter()
     loss = torch.nn.functional.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _minor_faults() - faults
 
 
-def time_models(rounds: int, batch_sizes: tuple[int, ...], train_batch: int) -> dict[str, dict[str, list[float]]]:
-    """Interleaved timings: ``{mode: {model: [seconds per round]}}``."""
+def time_models(
+    rounds: int, batch_sizes: tuple[int, ...], train_batch: int
+) -> dict[str, dict[str, list[tuple[float, int]]]]:
+    """Interleaved measurements: ``{mode: {model: [(seconds, minor page faults) per round]}}``."""
     models = {name: _build(name) for name in MODELS}
     opts = {name: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for name, m in models.items()}
     inputs = {bs: torch.randn(bs, 3, 224, 224) for bs in (*batch_sizes, train_batch)}
     target = torch.randint(0, 1000, (train_batch,))
     modes = [f"infer bs{bs}" for bs in batch_sizes] + [f"train bs{train_batch}"]
-    times: dict[str, dict[str, list[float]]] = {mode: {name: [] for name in MODELS} for mode in modes}
+    times: dict[str, dict[str, list[tuple[float, int]]]] = {mode: {name: [] for name in MODELS} for mode in modes}
     for r in range(rounds + 1):  # round 0 warms up (kernel build, allocator) and is discarded
         order = list(MODELS) if r % 2 == 0 else list(reversed(MODELS))
         for name in order:
@@ -102,29 +121,33 @@ def peak_memory_mb(name: str, batch: int, **overrides: object) -> float:
         "    loss = torch.nn.functional.cross_entropy(m(x), y); opt.zero_grad(); loss.backward(); opt.step()\n"
         "print(status('VmHWM') - base)\n"
     )
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def summarize(times: dict[str, dict[str, list[float]]]) -> dict[str, tuple[float, float, float]]:
-    """``{mode: (median s of model a, median s of model b, median per-round ratio b/a)}``."""
+def summarize(times: dict[str, dict[str, list[tuple[float, int]]]]) -> dict[str, tuple[float, ...]]:
+    """``{mode: (median s of a, median s of b, median per-round ratio b/a, median faults of a, of b)}``."""
     a, b = MODELS
     out = {}
     for mode, per_model in times.items():
-        ratio = statistics.median(tb / ta for ta, tb in zip(per_model[a], per_model[b]))
-        out[mode] = (statistics.median(per_model[a]), statistics.median(per_model[b]), ratio)
+        ratio = statistics.median(tb / ta for (ta, _), (tb, _) in zip(per_model[a], per_model[b]))
+        secs = [statistics.median(t for t, _ in per_model[m]) for m in MODELS]
+        faults = [statistics.median(f for _, f in per_model[m]) for m in MODELS]
+        out[mode] = (*secs, ratio, *faults)
     return out
 
 
-def _print_table(rows: dict[str, tuple[float, float, float]], ratio_note: dict[str, str] | None = None) -> None:
+def _print_table(rows: dict[str, tuple[float, ...]], ratio_note: dict[str, str] | None = None) -> None:
     a, b = MODELS
-    print(f"\n| mode | {a} ms | {b} ms | {a} img/s | {b} img/s | ratio (img/s {a} / {b}) |")
-    print("|---|---|---|---|---|---|")
-    for mode, (ta, tb, ratio) in rows.items():
+    print(f"\n| mode | {a} ms | {b} ms | {a} img/s | {b} img/s | ratio (img/s {a} / {b}) | minor faults a / b |")
+    print("|---|---|---|---|---|---|---|")
+    for mode, (ta, tb, ratio, fa, fb) in rows.items():
         bs = int(mode.split("bs")[-1])
         note = (ratio_note or {}).get(mode, "")
-        print(f"| {mode} | {ta * 1e3:.1f} | {tb * 1e3:.1f} | {bs / ta:.2f} | {bs / tb:.2f} | {ratio:.2f}{note} |")
+        cells = f"{ta * 1e3:.1f} | {tb * 1e3:.1f} | {bs / ta:.2f} | {bs / tb:.2f} | {ratio:.2f}{note}"
+        print(f"| {mode} | {cells} | {fa / 1e3:.1f}k / {fb / 1e3:.1f}k |")
 
 
 def _over_processes(args: argparse.Namespace) -> None:
@@ -140,7 +163,7 @@ def _over_processes(args: argparse.Namespace) -> None:
     rows, notes = {}, {}
     for mode in runs[0]:
         per = [run[mode] for run in runs]
-        rows[mode] = tuple(statistics.median(row[k] for row in per) for k in range(3))
+        rows[mode] = tuple(statistics.median(row[k] for row in per) for k in range(len(per[0])))
         notes[mode] = f" ({min(row[2] for row in per):.2f}-{max(row[2] for row in per):.2f})"
     print(f"\nmedians over {args.processes} processes (ratio range in brackets):")
     _print_table(rows, notes)
@@ -154,10 +177,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--processes", type=int, default=1, help="repeat the timing in this many fresh processes")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--tuned-malloc", action="store_true", help="re-run with glibc keeping freed memory")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one process's rows, for --processes
     args = parser.parse_args()
     if args.rounds < 1 or args.processes < 1:
         parser.error("--rounds and --processes must be at least 1")
+    if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
     torch.set_num_threads(args.threads)
     from internimage.ops.backends import resolve_backend
 
@@ -165,7 +191,9 @@ def main() -> None:
         rows = summarize(time_models(args.rounds, tuple(args.batch_sizes), args.train_batch))
         print(json.dumps(rows))
         return
-    print(f"DCN backend: {resolve_backend(None, 'cpu', torch.float32)}, threads: {torch.get_num_threads()}")
+    malloc = "tuned" if all(os.environ.get(k) == v for k, v in TUNED_MALLOC.items()) else "default"
+    backend = resolve_backend(None, "cpu", torch.float32)
+    print(f"DCN backend: {backend}, threads: {torch.get_num_threads()}, glibc malloc: {malloc}")
     if args.processes > 1:
         _over_processes(args)
     else:
