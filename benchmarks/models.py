@@ -11,11 +11,12 @@ turns them off) and ``recompute_activations=True`` in training (the table adds a
 The VM's state also differs from process to process (ConvNeXt-T's time alone moves by ~10%), so
 ``--processes N`` repeats the timing in N fresh processes and reports the median of their ratios with the range.
 
-The inference ratios also depend on glibc's heap: by default freed activation buffers go back to the OS and are
-page-faulted in again on the next forward (ConvNeXt-T at bs 8: ~96k minor faults per forward, InternImage-T ~22k),
-and how often that happens depends on what the process ran before (a training step warms the heap). The table
-prints the faults per forward; ``--tuned-malloc`` re-runs with glibc told to keep freed memory (no faults for either
-model, what jemalloc/tcmalloc or a long-running server converge to), which measures compute alone.
+Page faults can decide the inference ratio: with glibc's defaults, freed activation buffers may go back to the OS
+and be faulted in again on the next forward. In an inference-only process ConvNeXt-T took ~96k minor faults per bs-8
+forward and InternImage-T ~22k, which put the bs-8 ratio at 0.98 in one such run against 0.85 without faults. In
+this script's interleaved rounds the training step leaves the heap warm and both models' inference rounds see ~0
+faults (the table's last column says so); ``--tuned-malloc`` re-runs with glibc told to keep freed memory (what
+jemalloc/tcmalloc or a long-running server converge to), so every row measures compute alone.
 
 Usage::
 
