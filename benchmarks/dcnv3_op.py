@@ -48,6 +48,15 @@ STAGES = {
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
 
+def malloc_mode(tuned: bool) -> str:
+    """With ``tuned``, re-executes this script under :data:`TUNED_MALLOC` (glibc reads it only at start-up) unless
+    already there. Returns the mode this process runs in: ``"tuned"`` or ``"default"``."""
+    active = all(os.environ.get(k) == v for k, v in TUNED_MALLOC.items())
+    if tuned and not active:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
+    return "tuned" if active else "default"
+
+
 def make_inputs(
     batch: int, size: int, channels: int, group: int, dtype: torch.dtype, seed: int = 0, layout: str = "separate"
 ):
@@ -169,13 +178,10 @@ def main() -> None:
     parser.add_argument("--tuned-malloc", action="store_true", help="re-run with glibc mmap/trim thresholds raised")
     args = parser.parse_args()
 
-    if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
-
+    malloc = malloc_mode(args.tuned_malloc)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     backends = ["reference"] + [b for b in available_backends("cpu", dtype) if b != "reference"]
-    malloc = "tuned" if all(os.environ.get(k) == v for k, v in TUNED_MALLOC.items()) else "default"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, {args.rounds} rounds, "
         f"glibc malloc {malloc}, layout {args.layout}; backends: {', '.join(backends)}"

@@ -39,7 +39,7 @@ import time
 
 import timm
 import torch
-from dcnv3_op import TUNED_MALLOC
+from dcnv3_op import TUNED_MALLOC, malloc_mode
 
 import internimage  # noqa: F401  (registers the InternImage models with timm)
 
@@ -183,8 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.processes < 1:
         parser.error("--rounds and --processes must be at least 1")
-    if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
+    malloc = malloc_mode(args.tuned_malloc)
     torch.set_num_threads(args.threads)
     from internimage.ops.backends import resolve_backend
 
@@ -192,7 +191,6 @@ def main() -> None:
         rows = summarize(time_models(args.rounds, tuple(args.batch_sizes), args.train_batch))
         print(json.dumps(rows))
         return
-    malloc = "tuned" if all(os.environ.get(k) == v for k, v in TUNED_MALLOC.items()) else "default"
     backend = resolve_backend(None, "cpu", torch.float32)
     print(f"DCN backend: {backend}, threads: {torch.get_num_threads()}, glibc malloc: {malloc}")
     if args.processes > 1:
