@@ -9,7 +9,7 @@ from . import upernet
 PRESET = upernet(
     896,
     model="internimage_h_jointto22k_384",
-    drop_path_rate=0.4,
+    drop_path_rate=0.5,
     layer_scale=None,
     lr=2e-5,
     layer_decay=0.95,
