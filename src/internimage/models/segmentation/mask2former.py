@@ -11,8 +11,8 @@ with 0.1 weight on the "no object" class. Semantic inference: ``softmax(class)[:
 queries. Loss points are drawn uniformly (the original oversamples 3x and keeps the 75 % most uncertain points).
 
 Module names are those of the original (mmcv ``ConvModule``/``BaseTransformerLayer``/``FFN``/``MultiheadAttention``
-containers), so an official ``decode_head.*`` state dict loads key for key. Deformable attention runs in pure
-PyTorch (``grid_sample``), so it works on CPU and GPU without an extension.
+containers), so an official ``decode_head.*`` state dict loads key for key. Deformable attention is the shared
+:class:`~internimage.ops.ms_deform_attn.MultiScaleDeformableAttention` (pure PyTorch, ``grid_sample``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ...ops.ms_deform_attn import MultiScaleDeformableAttention
 
 __all__ = ["Mask2FormerHead", "MSDeformAttn", "hungarian_match", "semantic_targets"]
 
@@ -41,73 +43,8 @@ def sine_position_encoding(n: int, h: int, w: int, dim: int, device: torch.devic
     return pos.permute(2, 0, 1)[None].expand(n, -1, -1, -1)
 
 
-class MSDeformAttn(nn.Module):
-    """Multi-scale deformable attention (Deformable DETR), computed with ``grid_sample``.
-
-    Args:
-        dim: Embedding width.
-        heads: Attention heads.
-        levels: Feature levels attended.
-        points: Sampling points per head and level.
-    """
-
-    def __init__(self, dim: int, heads: int = 8, levels: int = 3, points: int = 4) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"MSDeformAttn: dim {dim} is not divisible by heads {heads}")
-        self.heads, self.levels, self.points = heads, levels, points
-        self.sampling_offsets = nn.Linear(dim, heads * levels * points * 2)
-        self.attention_weights = nn.Linear(dim, heads * levels * points)
-        self.value_proj = nn.Linear(dim, dim)
-        self.output_proj = nn.Linear(dim, dim)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # Offsets start at zero weight with a bias fanning each head out in its own direction, k steps for point k.
-        nn.init.zeros_(self.sampling_offsets.weight)
-        theta = torch.arange(self.heads, dtype=torch.float32) * (2 * math.pi / self.heads)
-        grid = torch.stack([theta.cos(), theta.sin()], -1)
-        grid = grid / grid.abs().max(-1, keepdim=True).values
-        grid = grid.view(self.heads, 1, 1, 2).repeat(1, self.levels, self.points, 1)
-        grid = grid * torch.arange(1, self.points + 1, dtype=torch.float32).view(1, 1, -1, 1)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.flatten())
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
-
-    def forward(
-        self, query: torch.Tensor, reference: torch.Tensor, value: torch.Tensor, shapes: Sequence[tuple[int, int]]
-    ) -> torch.Tensor:
-        """Args:
-            query: (N, Lq, C) queries (with positional encoding added).
-            reference: (N, Lq, 2) reference points (x, y) in [0, 1].
-            value: (N, sum(h*w), C) flattened maps of every level, finest-listed order of ``shapes``.
-            shapes: (h, w) of each level.
-
-        Returns:
-            (N, Lq, C).
-        """
-        n, lq, c = query.shape
-        h, lv, p = self.heads, self.levels, self.points
-        v = self.value_proj(value).view(n, -1, h, c // h)
-        offsets = self.sampling_offsets(query).view(n, lq, h, lv, p, 2)
-        weights = self.attention_weights(query).view(n, lq, h, lv * p).softmax(-1).view(n, lq, h, lv, p)
-        norm = torch.tensor([[w, hh] for hh, w in shapes], dtype=query.dtype, device=query.device)
-        loc = reference[:, :, None, None, None, :] + offsets / norm[None, None, None, :, None, :]
-        out = query.new_zeros(n * h, c // h, lq)
-        start = 0
-        for level, (hh, ww) in enumerate(shapes):
-            v_l = v[:, start : start + hh * ww].permute(0, 2, 3, 1).reshape(n * h, c // h, hh, ww)
-            start += hh * ww
-            grid = 2 * loc[:, :, :, level].transpose(1, 2).reshape(n * h, lq, p, 2) - 1
-            sampled = F.grid_sample(v_l, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            w_l = weights[:, :, :, level].transpose(1, 2).reshape(n * h, 1, lq, p)
-            out = out + (sampled * w_l).sum(-1)
-        return self.output_proj(out.view(n, h * (c // h), lq).transpose(1, 2))
+# The shared operator (``internimage.ops.ms_deform_attn``); the old name stays for existing imports.
+MSDeformAttn = MultiScaleDeformableAttention
 
 
 class FFN(nn.Module):
