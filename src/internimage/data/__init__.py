@@ -7,6 +7,7 @@ from .datasets import (
     SkipCollate,
     build_image_dataset,
     collect_images,
+    load_image,
 )
 from .fashion_mnist import FASHION_MNIST_CLASSES, find_fashion_mnist, load_fashion_mnist
 from .transforms import build_eval_transform, build_train_transform
@@ -22,5 +23,6 @@ __all__ = [
     "build_image_dataset",
     "build_train_transform",
     "find_fashion_mnist",
+    "load_image",
     "load_fashion_mnist",
 ]

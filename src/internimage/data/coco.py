@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .datasets import load_image
+
 __all__ = [
     "AutoAugment",
     "CocoDetection",
@@ -123,11 +125,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> torch.Tensor:
         """(3, H, W) uint8 RGB."""
-        from PIL import Image
-
         path = self.img_dir / self.images[index]["file_name"]
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"))
+        arr = np.asarray(load_image(path, "RGB"))
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
     def load_target(self, index: int) -> dict[str, Any]:

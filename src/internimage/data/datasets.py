@@ -23,6 +23,8 @@ __all__ = [
     "SkipCollate",
     "build_image_dataset",
     "collect_images",
+    "load_image",
+    "to_8_bit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -30,12 +32,44 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-def _load_image(path: str, mode: str) -> Any:
+# PIL modes holding more than 8 bits per pixel: 16-bit PNG/TIFF open as ``I;16`` (``I;16B``/``I;16L``/``I;16N``
+# by byte order) or, from older writers and 32-bit TIFFs, as ``I``.
+_WIDE_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_8_bit(img: Any) -> Any:
+    """Scale a 16-bit (``I;16*``) or 32-bit integer (``I``) PIL image to 8-bit ``L``; other modes unchanged.
+
+    PIL's ``convert('RGB'/'L')`` clips such images instead of scaling them, which turns a normally exposed
+    16-bit photo almost entirely white. Values are read on the 16-bit scale (``I`` included, as PIL stores
+    16-bit PNGs in it) and mapped by ``round(v / 257)``, so 65535 -> 255 and ``257 * k`` -> ``k`` exactly;
+    values outside ``[0, 65535]`` saturate.
+    """
+    if img.mode not in _WIDE_INT_MODES:
+        return img
+    import numpy as np
+    from PIL import Image
+
+    wide = np.asarray(img).astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+
+
+def load_image(path: str | os.PathLike, mode: str = "RGB") -> Any:
+    """Decode an image file into a PIL image of ``mode`` (16-bit images scaled to 8 bits, not clipped).
+
+    Raises:
+        OSError and other PIL errors for unreadable, truncated or unknown files (decoding happens here).
+    """
     from PIL import Image
 
     with Image.open(path) as img:
         img.load()  # decode now: truncated files fail here, inside the try of the caller
-        return img.convert(mode)
+        return to_8_bit(img).convert(mode)
+
+
+def _load_image(path: str, mode: str) -> Any:
+    """Former private name of :func:`load_image`, kept for callers outside this module."""
+    return load_image(path, mode)
 
 
 class _FileDataset(Dataset):
@@ -54,7 +88,7 @@ class _FileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
         try:
-            img = _load_image(path, self.mode)
+            img = load_image(path, self.mode)
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
             logger.debug("skipping unreadable image %s: %s", path, err)
             return None
@@ -91,13 +125,25 @@ class ImageFolderDataset(_FileDataset):
         if unknown:
             raise ValueError(f"{root} has classes not in the class list: {unknown[:5]}")
         self.samples = []
+        empty = []
         for cls in found:
+            before = len(self.samples)
             for dirpath, _, files in os.walk(root / cls, followlinks=True):
                 for name in sorted(files):
                     if name.lower().endswith(IMAGE_EXTENSIONS):
                         self.samples.append((os.path.join(dirpath, name), index[cls]))
+            if len(self.samples) == before:
+                empty.append(cls)
         if not self.samples:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+        if empty:
+            logger.warning("%s: class folder(s) without images: %s (no sample of these classes)", root, _preview(empty))
+        if classes is None and len(found) == 1:
+            logger.warning(
+                "%s has a single class folder (%r): a classifier needs two or more (expected root/<class>/<image>)",
+                root,
+                found[0],
+            )
 
 
 class FileListDataset(_FileDataset):
@@ -125,6 +171,7 @@ class FileListDataset(_FileDataset):
             raise FileNotFoundError(f"file list not found: {list_file}")
         base = Path(root) if root is not None else list_file.parent
         self.samples = []
+        lines: list[int] = []
         with open(list_file) as f:
             for lineno, line in enumerate(f, 1):
                 line = line.strip()
@@ -133,13 +180,30 @@ class FileListDataset(_FileDataset):
                 path, _, label = line.rpartition(" ")
                 if not path or not label.lstrip("-").isdigit():
                     raise ValueError(f"{list_file}:{lineno}: expected 'path label', got {line!r}")
+                if int(label) < 0 or (classes is not None and int(label) >= len(classes)):
+                    limit = f"[0, {len(classes)})" if classes is not None else ">= 0"
+                    raise ValueError(f"{list_file}:{lineno}: label {label} is out of range (labels must be {limit})")
                 self.samples.append((str(base / path.strip()), int(label)))
+                lines.append(lineno)
         if not self.samples:
             raise ValueError(f"file list {list_file} is empty")
-        top = max(label for _, label in self.samples)
+        labels = [label for _, label in self.samples]
+        top = max(labels)
         self.classes = list(classes) if classes is not None else [str(i) for i in range(top + 1)]
-        if top >= len(self.classes) or min(label for _, label in self.samples) < 0:
-            raise ValueError(f"{list_file}: labels must be in [0, {len(self.classes)})")
+        if classes is None:
+            unused = sorted(set(range(top + 1)) - set(labels))
+            if unused:
+                # One stray large label would otherwise silently widen the classifier head.
+                logger.warning(
+                    "%s: labels %s never occur; the largest label %d (line %d) makes %d classes",
+                    list_file,
+                    _preview([str(u) for u in unused]),
+                    top,
+                    lines[labels.index(top)],
+                    top + 1,
+                )
+            if top == 0:
+                logger.warning("%s: every label is 0: a classifier needs two or more classes", list_file)
 
 
 def build_image_dataset(
@@ -156,6 +220,11 @@ def build_image_dataset(
     if p.is_file():
         return FileListDataset(p, root, transform, mode, classes)
     raise FileNotFoundError(f"dataset not found: {p} (expected an image folder or a 'path label' list file)")
+
+
+def _preview(items: list[str], n: int = 5) -> str:
+    more = f", +{len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
 
 
 class SkipCollate:

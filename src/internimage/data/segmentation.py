@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .datasets import load_image
+
 __all__ = [
     "ADE20KDataset",
     "CITYSCAPES_CLASSES",
@@ -74,8 +76,8 @@ def default_palette(num_classes: int, seed: int = 0) -> list[tuple[int, int, int
 
 def _read_image(path: Path) -> torch.Tensor:
     """(3, H, W) uint8 RGB."""
-    with Image.open(path) as img:
-        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+    rgb = load_image(path, "RGB")
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
 def _read_label(path: Path) -> torch.Tensor:
