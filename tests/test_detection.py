@@ -410,7 +410,7 @@ def test_autocast_keeps_heads_and_boxes_in_float32(coco4):
 def test_presets_follow_the_official_recipes():
     from internimage.configs.detection import get_preset, list_presets
     from internimage.engine.config import apply_overrides
-    from internimage.tasks.detection import DetTrainConfig
+    from internimage.detection import DetTrainConfig
 
     names = list_presets()
     assert len(names) == 10 and "mask_rcnn_internimage_t_fpn_1x_coco" in names

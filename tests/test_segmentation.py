@@ -255,7 +255,7 @@ def test_official_layer_decay_ids_and_groups():
 
 
 def test_engine_uses_the_official_segmentation_rule():
-    from internimage.tasks.segmentation import SegTask, SegTrainConfig
+    from internimage.segmentation import SegTask, SegTrainConfig
 
     cfg = SegTrainConfig(model="internimage_test_32", num_classes=K, decode_channels=CH, aux_channels=AUX)
     cfg.layer_decay = 0.9
@@ -424,7 +424,7 @@ def test_collate_and_test_transform():
 # ----------------------------------------------------------------------------------------------- presets
 def test_presets_follow_the_official_recipes():
     from internimage.configs.segmentation import get_preset, list_presets
-    from internimage.tasks.segmentation import SegTrainConfig
+    from internimage.segmentation import SegTrainConfig
 
     expected = {  # variant: (crop, lr, layer decay, images per GPU)
         "t": (512, 6e-5, 1.0, 2),
@@ -454,7 +454,7 @@ def test_presets_follow_the_official_recipes():
 def test_full_size_parameter_counts_match_the_official_zoo():
     from internimage.configs.segmentation import get_preset
     from internimage.engine.config import apply_overrides
-    from internimage.tasks.segmentation import SegTrainConfig, build_segmentor
+    from internimage.segmentation import SegTrainConfig, build_segmentor
 
     readme = {"t_512": 59e6, "s_512": 80e6, "b_512": 128e6, "l_640": 256e6, "xl_640": 368e6, "h_896": 1.12e9}
     readme = {f"upernet_internimage_{k}_160k_ade20k": v for k, v in readme.items()}

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..classification import ClassificationTask
 from ..configs import ClassificationConfig
 from ..engine import DistInfo, apply_overrides
-from .classification import ClassificationTask
 
 logger = logging.getLogger(__name__)
 

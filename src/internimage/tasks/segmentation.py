@@ -1,4 +1,4 @@
-"""``internimage train|eval|predict --task segmentation``: UperNet on InternImage (ADE20K / Cityscapes style data).
+"""``internimage train|eval|predict --task segmentation``: parsing and printing over :mod:`internimage.segmentation`.
 
 Examples::
 
@@ -15,313 +15,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..data.datasets import collect_images
-from ..engine import Task, TrainConfig
 from ..engine.config import apply_overrides, load_config
-from ._common import checkpoint_fields, resolve_device, save_png, write_atomic
-
-logger = logging.getLogger(__name__)
-
-_SEG_META_KEY = "segmentation_config"
-
-
-@dataclass
-class SegTrainConfig(TrainConfig):
-    """Segmentation fields on top of the engine's (defaults: the official UperNet-T ADE20K recipe).
-
-    Attributes:
-        model: Backbone name from :func:`internimage.list_models` (architecture only; weights via ``pretrained``).
-        pretrained: Checkpoint to start from: classification (backbone only) or segmentation (mmseg / ours).
-        head: Decode head (``upernet`` or ``mask2former``).
-        num_classes: Output classes.
-        classes: Class names (default: the dataset's).
-        dataset: ``ade20k`` (ADE20K-style folder) or ``cityscapes``.
-        data_root: Dataset root.
-        train_split, val_split: Split folders (``val_split`` empty = no evaluation during training).
-        reduce_zero_label: ADE20K convention (0 ignored, k -> k - 1).
-        crop_size, img_scale, ratio_range, cat_max_ratio: The official train pipeline (see
-            :class:`internimage.data.segmentation.SegTrainTransform`).
-        drop_path_rate, layer_scale: Backbone overrides (the official seg configs use ``layer_scale=1.0`` for T..XL).
-        decode_channels, aux_channels, aux_weight: UperNet width (Mask2Former: pixel decoder / query width), FCN
-            auxiliary width (0 = no auxiliary head) and auxiliary loss weight.
-        num_queries, attn_heads, ffn_channels, enc_layers, dec_layers, num_points: Mask2Former only (queries,
-            attention heads, FFN width, pixel-decoder and transformer-decoder layers, points per mask in the losses).
-        avg_non_ignore: Cross entropy averaged over labelled pixels only (official: over all pixels).
-        test_mode, test_crop, test_stride: ``whole`` or ``slide`` inference.
-        test_ratios, test_flip: Multi-scale ratios of ``img_scale`` and flip for evaluation.
-    """
-
-    model: str = "internimage_t_1k_224"
-    pretrained: str = ""
-    head: str = "upernet"
-    num_classes: int = 150
-    classes: list[str] = field(default_factory=list)
-    dataset: str = "ade20k"
-    data_root: str = ""
-    train_split: str = "training"
-    val_split: str = "validation"
-    reduce_zero_label: bool = True
-    crop_size: tuple[int, int] = (512, 512)
-    img_scale: tuple[int, int] = (2048, 512)
-    ratio_range: tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75
-    drop_path_rate: float = 0.2
-    layer_scale: float | None = 1.0
-    decode_channels: int = 512
-    num_queries: int = 100
-    attn_heads: int = 8
-    ffn_channels: int = 1024
-    enc_layers: int = 6
-    dec_layers: int = 9
-    num_points: int = 12544
-    aux_channels: int = 256
-    aux_weight: float = 0.4
-    avg_non_ignore: bool = False
-    test_mode: str = "whole"
-    test_crop: tuple[int, int] = (512, 512)
-    test_stride: tuple[int, int] = (341, 341)
-    test_ratios: list[float] = field(default_factory=lambda: [1.0])
-    test_flip: bool = False
-    # Engine defaults replaced by the official segmentation schedule.
-    iters: int = 160000
-    batch_size: int = 2
-    lr: float = 6e-5
-    lr_base_batch: int = 0
-    min_lr: float = 0.0
-    warmup_lr: float | None = None
-    warmup_ratio: float = 1e-6
-    warmup_iters: int = 1500
-    sched: str = "poly"
-    layer_decay_rule: str = "segmentation"
-    clip_grad: float | None = None
-    eval_every: int = 16000
-    ckpt_every: int = 1000
-    keep_last: int = 1
-
-    def validate(self) -> None:
-        super().validate()
-        if self.head not in ("upernet", "mask2former"):
-            raise ValueError(f"head must be 'upernet' or 'mask2former', got {self.head!r}")
-        if self.dataset not in ("ade20k", "cityscapes"):
-            raise ValueError(f"dataset must be 'ade20k' or 'cityscapes', got {self.dataset!r}")
-        if self.test_mode not in ("whole", "slide"):
-            raise ValueError(f"test_mode must be 'whole' or 'slide', got {self.test_mode!r}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.classes and len(self.classes) != self.num_classes:
-            raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
-
-    def model_fields(self) -> dict[str, Any]:
-        """What is needed to rebuild the model and its test-time behaviour (stored with exported weights)."""
-        keys = ("model", "head", "num_classes", "classes", "dataset", "reduce_zero_label", "img_scale", "layer_scale")
-        keys += ("decode_channels", "aux_channels", "test_mode", "test_crop", "test_stride", "test_ratios")
-        keys += ("test_flip", "crop_size", "num_queries", "attn_heads", "ffn_channels", "enc_layers", "dec_layers")
-        data = self.to_dict()
-        return {k: data[k] for k in keys}
-
-
-# ------------------------------------------------------------------------------------------------- library glue
-def _register_layer_decay() -> None:
-    """Register the official segmentation layer-decay and no-decay rules with the engine (idempotent)."""
-    from ..engine import optim
-
-    if "segmentation" in optim.LAYER_DECAY_RULES:
-        return
-
-    def rule(model: torch.nn.Module, decay: float, offset_lr_mul: float) -> Any:
-        del offset_lr_mul  # the segmentation recipe's offset_lr_scale is 1.0 for every released config
-        layer_id, num_ids = model.layer_id_fn()
-        return lambda name: decay ** (num_ids - 1 - layer_id(name))
-
-    optim.register_layer_decay_rule("segmentation", rule)
-    # The official constructor also exempts every name containing "norm" from weight decay.
-    optim.NO_DECAY_RULES["segmentation"] = lambda name, p: p.ndim <= 1 or name.endswith(".bias") or "norm" in name
-
-
-def build_segmentor(cfg: SegTrainConfig, load_pretrained: bool = True) -> Any:
-    """The UperNet segmentor of ``cfg`` (with ``cfg.pretrained`` loaded if set and asked)."""
-    from ..models import create_model
-    from ..models.segmentation import build_upernet, load_segmentation_checkpoint
-    from ..models.segmentation.segmentor import build_mask2former
-
-    overrides: dict[str, Any] = {"num_classes": 0, "drop_path_rate": cfg.drop_path_rate}
-    overrides["layer_scale"] = cfg.layer_scale
-    backbone = create_model(cfg.model, **overrides)
-    if cfg.head == "mask2former":
-        model = build_mask2former(
-            backbone,
-            cfg.num_classes,
-            dim=cfg.decode_channels,
-            num_queries=cfg.num_queries,
-            heads=cfg.attn_heads,
-            hidden=cfg.ffn_channels,
-            enc_layers=cfg.enc_layers,
-            dec_layers=cfg.dec_layers,
-            num_points=cfg.num_points,
-        )
-        if load_pretrained and cfg.pretrained:
-            load_segmentation_checkpoint(model, cfg.pretrained)
-        return model
-    model = build_upernet(
-        backbone,
-        cfg.num_classes,
-        channels=cfg.decode_channels,
-        aux_channels=cfg.aux_channels,
-        aux=cfg.aux_channels > 0,
-        aux_loss_weight=cfg.aux_weight,
-        avg_non_ignore=cfg.avg_non_ignore,
-    )
-    if load_pretrained and cfg.pretrained:
-        load_segmentation_checkpoint(model, cfg.pretrained)
-    return model
-
-
-def build_dataset(cfg: SegTrainConfig, split: str, train: bool) -> Any:
-    """The dataset of ``split`` with the official train or test transform."""
-    from ..data.segmentation import ADE20KDataset, CityscapesDataset, SegTestTransform, SegTrainTransform
-
-    if not cfg.data_root:
-        raise ValueError("no dataset: pass --data-root (or data_root=... in the config)")
-    if train:
-        transform = SegTrainTransform(cfg.crop_size, cfg.img_scale, cfg.ratio_range, cfg.cat_max_ratio)
-    else:
-        transform = SegTestTransform()
-    if cfg.dataset == "cityscapes":
-        ds = CityscapesDataset(cfg.data_root, split, transform)
-    else:
-        names = cfg.classes or None
-        ds = ADE20KDataset(
-            cfg.data_root, split, transform, cfg.reduce_zero_label, num_classes=cfg.num_classes, classes=names
-        )
-    if ds.num_classes != cfg.num_classes:
-        raise ValueError(f"dataset {cfg.data_root} has {ds.num_classes} classes but num_classes={cfg.num_classes}")
-    return ds
-
-
-def evaluate_segmentor(
-    model: Any, loader: Any, cfg: SegTrainConfig, class_names: list[str] | None = None, progress: bool = False
-) -> dict[str, Any]:
-    """Dataset-wide aAcc / mIoU / mAcc / per-class IoU of ``model`` over ``loader`` (all-reduced over ranks).
-
-    The loader yields lists of samples (see :meth:`SegTask.collate_fn`). Samples beyond the rank's real count
-    (padding of :class:`~internimage.engine.sampler.EvalShardSampler`) still run, so every rank runs as many
-    forwards (FSDP's forward is a collective), but are not counted. ``slide`` mode runs a size-dependent number
-    of windows per image, so under FSDP evaluate with ``whole`` (DDP and single process have no such limit).
-    """
-    from tqdm import tqdm
-
-    from ..engine import real_sample_count, unwrap_model
-    from ..models.segmentation import SegMetric
-
-    bare = unwrap_model(model)
-    device = next(bare.parameters()).device
-    _sync_buffers(bare)
-    metric = SegMetric(cfg.num_classes, ignore_index=bare.ignore_index, class_names=class_names)
-    limit = real_sample_count(loader)
-    seen = 0
-    for batch in tqdm(loader, desc="eval", disable=not progress, unit="batch"):
-        for sample in batch:
-            counted = limit is None or seen < limit
-            seen += 1
-            probs = bare.predict(
-                sample["image"][None].to(device),
-                scale=cfg.img_scale,
-                ratios=cfg.test_ratios,
-                flip=cfg.test_flip,
-                mode=cfg.test_mode,
-                crop_size=cfg.test_crop,
-                stride=cfg.test_stride,
-            )
-            if counted:
-                metric.update(probs.argmax(1), sample["label"][None].to(device))
-    metric.all_reduce()
-    return metric.compute()
-
-
-def _sync_buffers(model: torch.nn.Module) -> None:
-    """Give every rank rank 0's BatchNorm statistics (the exported ones) before evaluating.
-
-    Each DDP rank updates its running statistics from its own batches; inference here bypasses the DDP wrapper
-    (which would broadcast them), so without this every rank would evaluate a slightly different model.
-    """
-    import torch.distributed as dist
-    from torch.distributed.tensor import DTensor
-
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return
-    for buf in model.buffers():
-        if not isinstance(buf, DTensor) and buf.is_floating_point():
-            dist.broadcast(buf.data, src=0)
-
-
-def _list_collate(batch: list[Any]) -> list[Any]:
-    return batch
-
-
-class SegTask(Task):
-    """Semantic segmentation for the engine's :class:`~internimage.engine.Trainer`."""
-
-    primary_metric = "mIoU"
-
-    def __init__(self, cfg: SegTrainConfig) -> None:
-        super().__init__(cfg)
-        _register_layer_decay()
-        self.class_names: list[str] = list(cfg.classes)
-
-    def build_model(self) -> torch.nn.Module:
-        import torch.distributed as dist
-
-        model = build_segmentor(self.cfg)
-        multi_gpu = dist.is_initialized() and dist.get_world_size() > 1 and self.cfg.device != "cpu"
-        if multi_gpu and torch.cuda.is_available():
-            # The official configs use SyncBN in the heads; it also makes 1 image per GPU (H) trainable.
-            return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-        if has_bn and self.cfg.batch_size < 2:
-            raise ValueError(
-                "batch_size 1 without multi-GPU SyncBatchNorm cannot train: the BatchNorm of UperNet's 1x1 "
-                "pyramid-pooling branch needs more than one value per channel; use batch_size >= 2"
-            )
-        return model
-
-    def build_datasets(self, info: Any) -> tuple[Any, Any]:
-        train = build_dataset(self.cfg, self.cfg.train_split, train=True)
-        self.class_names = self.class_names or list(train.classes)
-        val = build_dataset(self.cfg, self.cfg.val_split, train=False) if self.cfg.val_split else None
-        return train, val
-
-    def collate_fn(self, train: bool) -> Any:
-        from ..data.segmentation import seg_collate
-
-        # Validation images keep their own sizes, so they travel as a list and are run one by one.
-        return seg_collate if train else _list_collate
-
-    def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return model(batch["image"], batch["label"])
-
-    def evaluate(self, model: torch.nn.Module, loader: Any, info: Any) -> dict[str, float]:
-        result = evaluate_segmentor(model, loader, self.cfg, self.class_names or None)
-        if info.is_main:
-            logger.info("per-class IoU: %s", _format_per_class(result))
-        return {k: result[k] for k in ("mIoU", "mAcc", "aAcc")}
-
-    def export_metadata(self) -> dict[str, str]:
-        fields = self.cfg.model_fields()
-        fields["classes"] = self.class_names
-        return {"task": "segmentation", _SEG_META_KEY: json.dumps(fields)}
-
-
-def _format_per_class(result: dict[str, Any]) -> str:
-    return ", ".join(f"{n} {v['IoU']:.3f}" for n, v in result["per_class"].items())
-
+from ..engine.task import checkpoint_fields
+from ..io import atomic_write
+from ..plotting import plot_per_class
+from ..segmentation import (
+    META_KEY,
+    SegTask,
+    SegTrainConfig,
+    build_dataset,
+    evaluate_segmentor,
+    list_collate,
+    load_segmentor,
+    render_overlay,
+    segment,
+)
+from ._common import resolve_device, save_png
 
 # ------------------------------------------------------------------------------------------------- config resolution
 
@@ -336,7 +50,7 @@ def _resolve_config(args: argparse.Namespace, train: bool, extra: dict[str, Any]
     if args.config:
         cfg = load_config(SegTrainConfig, args.config)
     if not train and args.checkpoint:
-        cfg = apply_overrides(cfg, checkpoint_fields(args.checkpoint, _SEG_META_KEY, SegTrainConfig))
+        cfg = apply_overrides(cfg, checkpoint_fields(args.checkpoint, META_KEY, SegTrainConfig))
     flags = {
         "model": args.model,
         "num_classes": args.num_classes,
@@ -369,15 +83,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, help="number of classes")
     parser.add_argument("--classes-file", help="text file with one class name per line")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-
-
-def _load_for_inference(cfg: SegTrainConfig, checkpoint: str, device: torch.device) -> Any:
-    from ..models.segmentation import load_segmentation_checkpoint
-
-    model = build_segmentor(cfg, load_pretrained=False)
-    result = load_segmentation_checkpoint(model, checkpoint, strict=True)
-    logger.info("loaded %s (%s)", checkpoint, result.format)
-    return model.to(device).eval()
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -443,12 +148,12 @@ def _eval(args: argparse.Namespace) -> int:
         over["test_flip"] = True
     cfg = apply_overrides(cfg, over)
     device = resolve_device(args.device)
-    model = _load_for_inference(cfg, args.checkpoint, device)
+    model = load_segmentor(cfg, args.checkpoint, device)
     ds = build_dataset(cfg, args.split or cfg.val_split, train=False)
     names = list(ds.classes)
     if args.limit > 0:
         ds = Subset(ds, range(min(args.limit, len(ds))))
-    loader = DataLoader(ds, batch_size=1, collate_fn=_list_collate, num_workers=min(2, os.cpu_count() or 1))
+    loader = DataLoader(ds, batch_size=1, collate_fn=list_collate, num_workers=min(2, os.cpu_count() or 1))
     result = evaluate_segmentor(model, loader, cfg, names, progress=True)
     print(f"images {len(ds)}  aAcc {100 * result['aAcc']:.2f}  mIoU {100 * result['mIoU']:.2f}  "
           f"mAcc {100 * result['mAcc']:.2f}")  # fmt: skip
@@ -457,37 +162,10 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  IoU {100 * v['IoU']:6.2f}  Acc {100 * v['Acc']:6.2f}")
     if args.out:
         out = Path(args.out)
-        write_atomic(out / "seg_metrics.json", json.dumps(result, indent=2).encode())
-        png = _plot_per_class(result, out / "per_class_iou.png")
+        atomic_write(out / "seg_metrics.json", json.dumps(result, indent=2))
+        png = plot_per_class(result, out / "per_class_iou.png")
         print(f"wrote {out / 'seg_metrics.json'}" + (f" and {png}" if png else ""))
     return 0
-
-
-def _plot_per_class(result: dict[str, Any], path: Path) -> Path | None:
-    """Bar chart of per-class IoU, worst first (needs matplotlib; skipped with a log line without it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib not installed: no %s (pip install 'internimage[segmentation]')", path.name)
-        return None
-    items = sorted(((n, v["IoU"]) for n, v in result["per_class"].items() if v["IoU"] == v["IoU"]), key=lambda t: t[1])
-    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.18 * len(items) + 1)))
-    ax.barh([n for n, _ in items], [100 * v for _, v in items], color="tab:blue")
-    ax.axvline(100 * result["mIoU"], color="tab:red", linestyle="--", label=f"mIoU {100 * result['mIoU']:.1f}")
-    ax.set_xlabel("IoU (%)")
-    ax.set_xlim(0, 100)
-    ax.tick_params(axis="y", labelsize=6 if len(items) > 40 else 8)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------- predict
@@ -508,16 +186,15 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..configs.segmentation import MS_RATIOS
-    from ..data.segmentation import SegTestTransform, default_palette
+    from ..data.segmentation import default_palette
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     cfg = _resolve_config(args, train=False)
     device = resolve_device(args.device)
-    model = _load_for_inference(cfg, args.checkpoint, device)
-    names = list(cfg.classes) or [f"class {i}" for i in range(cfg.num_classes)]
+    model = load_segmentor(cfg, args.checkpoint, device)
+    names = cfg.class_names()
     palette = default_palette(cfg.num_classes)
-    transform = SegTestTransform()
     out_dir = Path(args.output)
     for path in tqdm(collect_images(args.inputs), desc="predict", unit="img"):
         try:
@@ -525,61 +202,14 @@ def _predict(args: argparse.Namespace) -> int:
                 rgb = np.asarray(im.convert("RGB")).copy()
         except OSError as err:
             raise ValueError(f"cannot read image {path}: {err}") from err
-        image, _ = transform(torch.from_numpy(rgb).permute(2, 0, 1), torch.empty(0))
-        probs = model.predict(
-            image[None].to(device),
-            scale=cfg.img_scale,
-            ratios=MS_RATIOS if args.ms else cfg.test_ratios,
-            flip=args.flip or cfg.test_flip,
-            mode=args.mode or cfg.test_mode,
-            crop_size=cfg.test_crop,
-            stride=cfg.test_stride,
-        )
-        label = probs.argmax(1)[0].cpu().numpy().astype(np.uint8 if cfg.num_classes <= 256 else np.int32)
-        overlay = render_overlay(rgb, label, palette, names, args.alpha)
-        save_png(overlay, out_dir / f"{path.stem}_seg.png")
+        ratios = MS_RATIOS if args.ms else None
+        label = segment(model, rgb, cfg, ratios=ratios, flip=args.flip or None, mode=args.mode)
+        save_png(render_overlay(rgb, label, palette, names, args.alpha), out_dir / f"{path.stem}_seg.png")
         save_png(Image.fromarray(label), out_dir / f"{path.stem}_label.png")
         top = np.bincount(label.ravel(), minlength=cfg.num_classes).argsort()[::-1][:3]
         shares = ", ".join(f"{names[i]} {100 * (label == i).mean():.1f}%" for i in top if (label == i).any())
         tqdm.write(f"{path}: {shares} -> {out_dir / (path.stem + '_seg.png')}")
     return 0
-
-
-def render_overlay(
-    rgb: Any, label: Any, palette: list[tuple[int, int, int]], names: list[str], alpha: float = 0.5
-) -> Any:
-    """The image blended with class colours, and a legend of the classes present (largest share first).
-
-    Args:
-        rgb: (H, W, 3) uint8 image.
-        label: (H, W) class ids.
-        palette: RGB colour per class.
-        names: Name per class.
-        alpha: Opacity of the colours.
-
-    Returns:
-        A PIL image: the overlay with a legend panel on its right.
-    """
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
-    colours = np.asarray(palette, dtype=np.float32)[label]
-    blended = (rgb.astype(np.float32) * (1 - alpha) + colours * alpha).round().clip(0, 255).astype(np.uint8)
-    counts = np.bincount(label.ravel(), minlength=len(names))
-    present = [int(i) for i in counts.argsort()[::-1] if counts[i] > 0]
-    font = ImageFont.load_default()
-    row, swatch, pad = 16, 12, 6
-    lines = [f"{names[i]} ({100 * counts[i] / label.size:.1f}%)" for i in present]
-    width = pad * 3 + swatch + max(int(font.getlength(t)) for t in lines)
-    h, w = label.shape
-    canvas = Image.new("RGB", (w + width, max(h, pad * 2 + row * len(lines))), (255, 255, 255))
-    canvas.paste(Image.fromarray(blended), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for k, (i, text) in enumerate(zip(present, lines)):
-        y = pad + k * row
-        draw.rectangle([w + pad, y, w + pad + swatch, y + swatch], fill=tuple(palette[i]), outline=(0, 0, 0))
-        draw.text((w + 2 * pad + swatch, y), text, fill=(0, 0, 0), font=font)
-    return canvas
 
 
 COMMANDS = {

@@ -1,0 +1,357 @@
+"""COCO instance detection / segmentation in Python: config, engine task, builders, evaluation, inference, drawing.
+
+Train (the same as ``internimage train --task detection --preset mask_rcnn_internimage_t_fpn_1x_coco``)::
+
+    from internimage.detection import DetTask, DetTrainConfig
+    from internimage.engine import Trainer
+
+    cfg = DetTrainConfig.from_preset("mask_rcnn_internimage_t_fpn_1x_coco", data_root="coco", output="runs/t")
+    Trainer(cfg, DetTask(cfg)).fit()
+
+Infer::
+
+    cfg = DetTrainConfig.from_checkpoint("runs/t/model.safetensors")
+    model = load_detector(cfg, "runs/t/model.safetensors")
+    pred = detect(model, rgb, cfg)                 # boxes, labels, scores (and masks) above cfg.score_thresh
+    render_detections(rgb, pred, cfg.class_names()).save("out.png")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import Task, TrainConfig
+from .engine.config import apply_overrides
+from .engine.task import checkpoint_fields
+
+__all__ = [
+    "META_KEY",
+    "DetTask",
+    "DetTrainConfig",
+    "build_dataset",
+    "build_detector_from_config",
+    "detect",
+    "evaluate_detector",
+    "load_detector",
+    "render_detections",
+]
+
+logger = logging.getLogger(__name__)
+
+META_KEY = "detection_config"
+
+
+@dataclass
+class DetTrainConfig(TrainConfig):
+    """Detection fields on top of the engine's (defaults: the official Mask R-CNN T 1x recipe).
+
+    Attributes:
+        arch: ``mask_rcnn`` or ``cascade_mask_rcnn``.
+        model: Backbone name from :func:`internimage.list_models` (architecture only; weights via ``pretrained``).
+        pretrained: Checkpoint to start from: classification (backbone), official mmdet detector, or ours.
+        num_classes: Foreground classes (80 for COCO).
+        classes: Class names (default: the dataset's categories).
+        data_root: Folder the annotation and image paths below are relative to.
+        train_ann, train_images, val_ann, val_images: COCO annotation files and image folders (``val_ann``
+            empty = no evaluation during training).
+        recipe: ``1x`` (1333x800 + flip) or ``3x`` (multi-scale + crop AutoAugment) train pipeline.
+        img_scale: ``(long, short)`` of the single-scale resize (train 1x and test).
+        scale_factor: Multiplies every pipeline size (small-image experiments).
+        drop_path_rate, layer_scale: Backbone overrides (official detection configs use ``layer_scale=1.0``).
+        model_kwargs: Extra detector builder arguments (e.g. ``fpn_channels``, ``roi_align``, RPN sizes).
+        score_thresh: Minimum score drawn by ``predict``.
+    """
+
+    arch: str = "mask_rcnn"
+    model: str = "internimage_t_1k_224"
+    pretrained: str = ""
+    num_classes: int = 80
+    classes: list[str] = field(default_factory=list)
+    data_root: str = ""
+    train_ann: str = "annotations/instances_train2017.json"
+    train_images: str = "train2017"
+    val_ann: str = "annotations/instances_val2017.json"
+    val_images: str = "val2017"
+    recipe: str = "1x"
+    img_scale: tuple[int, int] = (1333, 800)
+    scale_factor: float = 1.0
+    drop_path_rate: float = 0.2
+    layer_scale: float | None = 1.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    score_thresh: float = 0.3
+    # Engine defaults replaced by the official detection schedule.
+    epochs: int = 12
+    batch_size: int = 2
+    lr: float = 1e-4
+    lr_base_batch: int = 0
+    min_lr: float = 0.0
+    warmup_lr: float | None = None
+    warmup_ratio: float = 0.001
+    warmup_iters: int = 500
+    sched: str = "step"
+    decay_milestones: list[int] = field(default_factory=lambda: [8, 11])
+    decay_rate: float = 0.1
+    layer_decay_rule: str = "detection"
+    clip_grad: float | None = None
+    eval_every: int = 1
+    keep_last: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        from .models.detection import ARCHITECTURES
+
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
+        if self.recipe not in ("1x", "3x"):
+            raise ValueError(f"recipe must be '1x' or '3x', got {self.recipe!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.classes and len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
+
+    def model_fields(self) -> dict[str, Any]:
+        """What is needed to rebuild the model and its test pipeline (stored with exported weights)."""
+        keys = ("arch", "model", "num_classes", "classes", "img_scale", "scale_factor", "layer_scale")
+        keys += ("model_kwargs", "score_thresh")
+        data = self.to_dict()
+        return {k: data[k] for k in keys}
+
+    def class_names(self) -> list[str]:
+        """Names of labels 1..K (``classes``, else ``class 1`` ... ``class K``)."""
+        return list(self.classes) or [f"class {i}" for i in range(1, self.num_classes + 1)]
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> DetTrainConfig:
+        """The official recipe ``name`` (see :func:`internimage.configs.detection.list_presets`) plus ``overrides``."""
+        from .configs.detection import get_preset
+
+        cfg = apply_overrides(apply_overrides(cls(), get_preset(name)), overrides)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **overrides: Any) -> DetTrainConfig:
+        """The model fields stored with ``path`` (our ``model.safetensors`` or a run checkpoint) plus ``overrides``."""
+        cfg = apply_overrides(apply_overrides(cls(), checkpoint_fields(str(path), META_KEY, cls)), overrides)
+        cfg.validate()
+        return cfg
+
+
+# ------------------------------------------------------------------------------------------------- library glue
+def build_detector_from_config(cfg: DetTrainConfig, load_pretrained: bool = True) -> torch.nn.Module:
+    """The detector of ``cfg`` (with ``cfg.pretrained`` loaded non-strictly when asked)."""
+    from .models.detection import build_detector, load_detector_weights
+
+    overrides = {"drop_path_rate": cfg.drop_path_rate, "layer_scale": cfg.layer_scale}
+    model = build_detector(cfg.arch, cfg.model, cfg.num_classes, backbone_overrides=overrides, **cfg.model_kwargs)
+    if load_pretrained and cfg.pretrained:
+        result = load_detector_weights(model, cfg.pretrained, strict=False)
+        logger.info(
+            "initialised from %s (%s): %d tensors kept their initial values",
+            cfg.pretrained, result.format, len(result.missing),
+        )  # fmt: skip
+    return model
+
+
+def _path(cfg: DetTrainConfig, rel: str) -> Path:
+    return Path(cfg.data_root) / rel if cfg.data_root else Path(rel)
+
+
+def build_dataset(cfg: DetTrainConfig, train: bool) -> Any:
+    """The COCO train or val set of ``cfg`` with the official pipeline."""
+    from .data.coco import CocoDetection, detection_transforms
+
+    ann, images = (cfg.train_ann, cfg.train_images) if train else (cfg.val_ann, cfg.val_images)
+    transforms = detection_transforms(cfg.recipe, train, tuple(cfg.img_scale), cfg.scale_factor)
+    ds = CocoDetection(_path(cfg, ann), _path(cfg, images), transforms, train=train)
+    if ds.num_classes != cfg.num_classes:
+        raise ValueError(f"{_path(cfg, ann)} has {ds.num_classes} categories but num_classes={cfg.num_classes}")
+    return ds
+
+
+def _base_dataset(ds: Any) -> Any:
+    while hasattr(ds, "dataset"):
+        ds = ds.dataset
+    return ds
+
+
+@torch.no_grad()
+def evaluate_detector(
+    model: torch.nn.Module, loader: Any, info: Any = None, limit: int | None = None
+) -> dict[str, float]:
+    """COCO box (and mask) AP of ``model`` over ``loader`` (a COCO dataset loader; sharded loaders are gathered).
+
+    Args:
+        model: A detector (possibly DDP-wrapped), evaluated in eval mode.
+        loader: Loader over a :class:`~internimage.data.coco.CocoDetection` (or a ``Subset`` of one) with
+            :func:`~internimage.data.coco.collate_detection`.
+        info: The engine's ``DistInfo`` under distribution (results are gathered to every rank).
+        limit: Real samples of this rank to use (default: the loader's real count, else all).
+
+    Returns:
+        ``bbox_mAP``, ``bbox_mAP_50``, ... and ``segm_*`` for mask models.
+    """
+    from tqdm import tqdm
+
+    from .data.coco import coco_evaluate, predictions_to_coco
+    from .engine.sampler import real_sample_count
+
+    dataset = _base_dataset(loader.dataset)
+    real = limit if limit is not None else real_sample_count(loader)
+    device = next(model.parameters()).device
+    results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    seen = 0
+    main = info is None or info.is_main
+    for batch in tqdm(loader, desc="eval", disable=not main, leave=False):
+        images = [img.to(device) for img in batch["images"]]
+        targets = batch["targets"]
+        preds = model(images, orig_sizes=[tuple(t["orig_size"]) for t in targets])
+        keep = len(targets) if real is None else max(0, min(len(targets), real - seen))
+        seen += len(targets)
+        ids = [int(t["image_id"]) for t in targets[:keep]]
+        results += predictions_to_coco(preds[:keep], ids, dataset.cat_ids)
+        image_ids += ids
+    if info is not None and info.distributed:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * info.world_size
+        dist.all_gather_object(gathered, (results, image_ids))
+        results = [r for part in gathered for r in part[0]]
+        image_ids = [i for part in gathered for i in part[1]]
+    iou_types = ("bbox", "segm") if any("segmentation" in r for r in results) or _has_masks(model) else ("bbox",)
+    return coco_evaluate(dataset.ann_file, results, iou_types, image_ids=sorted(set(image_ids)))
+
+
+def _has_masks(model: torch.nn.Module) -> bool:
+    model = getattr(model, "module", model)
+    heads = getattr(model, "roi_heads", None)
+    return getattr(heads, "mask_predictor", None) is not None or hasattr(heads, "mask_heads")
+
+
+class DetTask(Task):
+    """COCO instance detection / segmentation for the engine's :class:`~internimage.engine.Trainer`."""
+
+    primary_metric = "bbox_mAP"
+
+    def __init__(self, cfg: DetTrainConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: DetTrainConfig = cfg
+
+    def build_model(self) -> torch.nn.Module:
+        model = build_detector_from_config(self.cfg)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and torch.cuda.is_available():
+            # The official Cascade heads use SyncBN; PyTorch's SyncBatchNorm runs on GPUs only.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def build_datasets(self, info: Any) -> tuple[Any, Any]:
+        train = build_dataset(self.cfg, train=True)
+        val = build_dataset(self.cfg, train=False) if self.cfg.val_ann else None
+        if not self.cfg.classes:
+            self.cfg.classes = list(train.class_names)
+        return train, val
+
+    def collate_fn(self, train: bool) -> Any:
+        from .data.coco import collate_detection
+
+        return collate_detection
+
+    def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        losses = model(batch["images"], batch["targets"])
+        return {"loss": sum(losses.values()), **losses}
+
+    def evaluate(self, model: torch.nn.Module, loader: Any, info: Any) -> dict[str, float]:
+        return evaluate_detector(model, loader, info)
+
+    def export_metadata(self) -> dict[str, str]:
+        return {"task": "detection", META_KEY: json.dumps(self.cfg.model_fields())}
+
+
+def load_detector(cfg: DetTrainConfig, checkpoint: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The detector of ``cfg`` with ``checkpoint`` loaded strictly (ours, a training or an mmdet file), in eval mode."""
+    from .models.detection import load_detector_weights
+
+    model = build_detector_from_config(cfg, load_pretrained=False)
+    result = load_detector_weights(model, str(checkpoint), strict=True)
+    logger.info("loaded %s (%s)", checkpoint, result.format)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def detect(
+    model: torch.nn.Module, rgb: Any, cfg: DetTrainConfig, score_thresh: float | None = None
+) -> dict[str, torch.Tensor]:
+    """Detections of one image through the test pipeline of ``cfg``, on CPU.
+
+    Args:
+        model: A detector in eval mode.
+        rgb: (H, W, 3) uint8 RGB array.
+        cfg: Config of the model (test resize).
+        score_thresh: Minimum score kept (default: ``cfg.score_thresh``).
+
+    Returns:
+        ``boxes`` (D, 4) xyxy in image pixels, ``labels`` (D,) in 1..K, ``scores`` (D,), ``masks`` (D, 1, H, W) for
+        mask models.
+    """
+    from .data.coco import detection_transforms
+
+    thresh = cfg.score_thresh if score_thresh is None else score_thresh
+    pipeline = detection_transforms(cfg.recipe, False, tuple(cfg.img_scale), cfg.scale_factor)
+    image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    resized, _ = pipeline(image, empty)
+    device = next(model.parameters()).device
+    pred = model([resized.to(device)], orig_sizes=[tuple(image.shape[-2:])])[0]
+    keep = pred["scores"] >= thresh
+    return {k: v[keep].cpu() for k, v in pred.items()}
+
+
+def _palette(n: int) -> list[tuple[int, int, int]]:
+    import colorsys
+
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618) % 1.0, 0.75, 0.95)) for i in range(n)]
+
+
+def render_detections(
+    image: Any, pred: dict[str, torch.Tensor], names: list[str], alpha: float = 0.45, mask_thresh: float = 0.5
+) -> Any:
+    """Draw masks (translucent), boxes and ``label score`` tags onto an image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB array.
+        pred: ``boxes`` (D, 4) xyxy, ``labels`` (D,) in 1..K, ``scores`` (D,), optional ``masks`` (D, 1, H, W).
+        names: Class names of labels 1..K.
+        alpha: Mask opacity.
+        mask_thresh: Mask probability threshold.
+
+    Returns:
+        A PIL image.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    canvas = image.astype(np.float32)
+    colors = _palette(max(len(names), 1))
+    if "masks" in pred:
+        for mask, label in zip(pred["masks"], pred["labels"]):
+            m = mask[0].numpy() > mask_thresh
+            canvas[m] = (1 - alpha) * canvas[m] + alpha * np.array(colors[int(label) - 1], dtype=np.float32)
+    out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for box, label, score in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist()):
+        color = colors[int(label) - 1]
+        draw.rectangle(box, outline=color, width=2)
+        text = f"{names[int(label) - 1]} {score:.2f}"
+        x, y = box[0], max(0.0, box[1] - 11)
+        draw.rectangle(draw.textbbox((x, y), text), fill=color)
+        draw.text((x, y), text, fill=(0, 0, 0))
+    return out
