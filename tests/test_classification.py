@@ -12,10 +12,10 @@ import torch
 import yaml
 
 import internimage
+from internimage.classification import imagenet_22k_to_1k_indices, topk_correct
 from internimage.cli import main
 from internimage.configs import ClassificationConfig, list_presets, load_preset
 from internimage.engine import load_config, read_metrics, save_config
-from internimage.classification import imagenet_22k_to_1k_indices, topk_correct
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_data import make_folder  # noqa: E402
