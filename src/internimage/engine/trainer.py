@@ -502,16 +502,14 @@ class Trainer:
 
     def _export(self) -> None:
         """Write the final weights (``model.safetensors``, ``model_ema.safetensors``) with the task's metadata."""
-        from ..models.checkpoint import save_state_dict
-
         assert self.info is not None and self.model is not None
         sd = full_model_state(self.model)
         ema_sd = full_model_state(self.ema.module) if self.ema is not None else None
         if self.info.is_main:
             meta = {"format": "internimage", "step": str(self.step), **self.task.export_metadata()}
-            save_state_dict(sd, self.output / "model.safetensors", meta)
+            _save_safetensors(sd, self.output / "model.safetensors", meta)
             if ema_sd is not None:
-                save_state_dict(ema_sd, self.output / "model_ema.safetensors", meta)
+                _save_safetensors(ema_sd, self.output / "model_ema.safetensors", meta)
         barrier()
 
 
@@ -524,3 +522,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, default=float)
     os.replace(tmp, path)
+
+
+def _save_safetensors(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Weights as safetensors, written atomically (the engine's own writer: it knows no model or checkpoint format)."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_write
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
