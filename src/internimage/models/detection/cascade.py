@@ -1,34 +1,44 @@
 """Cascade Mask R-CNN (Cai & Vasconcelos, 2018) on torchvision ops, as configured for InternImage-L/XL.
 
 Three box stages trained at IoU 0.5/0.6/0.7 with loss weights 1/0.5/0.25; each stage re-samples the boxes the
-previous stage regressed. Heads follow the official ``cascade_internimage_*_fpn`` configs (mmdet 2.x):
-``ConvFCBBoxHead`` with 4 shared 3x3 convs (BatchNorm; SyncBN under DDP) and 1 shared FC, class-agnostic
-regression trained with GIoU (weight 10) on decoded boxes, target stds 0.1/0.2, 0.05/0.1, 0.033/0.067; one
-``FCNMaskHead`` per stage. At test time the class logits of the three stages are averaged, boxes come from the
-last stage, and the masks of the three stages' mask heads are averaged.
+previous stage regressed. Heads follow the official ``cascade_internimage_*_fpn`` configs (mmdet 2.x
+``cascade_roi_head.py``, ``bbox_heads/convfc_bbox_head.py``): ``ConvFCBBoxHead`` with 4 shared 3x3 convs
+(BatchNorm; SyncBN under DDP) and 1 shared FC, class-specific regression (``reg_class_agnostic=False``: 4 deltas
+per foreground class) trained with GIoU (weight 10) on the decoded boxes of the gt class, target stds 0.1/0.2,
+0.05/0.1, 0.033/0.067; one ``FCNMaskHead`` per stage.
+
+Between stages every RoI is refined with the deltas of the class the stage scores highest among the foreground
+classes (mmdet's ``regress_by_class``; in training positives use their gt class). At test time the class logits of
+the three stages are averaged before the softmax, the last stage gives one box per class, per-class NMS keeps 100
+(score > 0.05, IoU 0.5), and the masks are the mean of the three mask heads' sigmoids.
 
 Module names mirror mmdet's (``shared_convs.i.conv``/``.bn``, ``shared_fcs``, ``fc_cls``, ``fc_reg``, ``convs``,
-``upsample``, ``conv_logits``) so official checkpoints map by prefix; only ``fc_cls`` rows are reordered (mmdet puts
-background last, we put it first).
+``upsample``, ``conv_logits``) so official checkpoints map by prefix; ``fc_reg`` rows keep mmdet's order (class c of
+1..K at rows 4(c-1)..4c-1) and only ``fc_cls`` rows are reordered (mmdet puts background last, we put it first).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss, remove_small_boxes
-from torchvision.ops import roi_align as tv_roi_align
+from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss
 
 from .backbone import InternImageFPN, build_internimage_body
-from .common import PassThroughTransform, build_roi_pool, detector_forward
+from .common import (
+    DeltaXYWHCoder,
+    MaxIoUMatcher,
+    PassThroughTransform,
+    build_roi_pool,
+    build_rpn,
+    detector_forward,
+    mask_targets,
+)
 
 __all__ = [
     "CascadeRoIHeads",
@@ -38,7 +48,6 @@ __all__ = [
     "build_cascade_mask_rcnn",
 ]
 
-_BBOX_CLIP = math.log(1000.0 / 16)
 DEFAULT_STAGE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
 
 
@@ -60,7 +69,7 @@ class ConvModule(nn.Module):
 
 
 class ConvFCBoxHead(nn.Module):
-    """Shared convs -> shared FCs -> classifier (``num_classes + 1``, background first) and 4 class-agnostic deltas.
+    """Shared convs -> shared FCs -> classifier (``num_classes + 1``, background first) and box deltas.
 
     Args:
         in_channels: Channels of the pooled RoI features.
@@ -71,6 +80,8 @@ class ConvFCBoxHead(nn.Module):
         num_fcs: Shared FCs.
         fc_dim: Width of the shared FCs.
         norm: BatchNorm after each shared conv.
+        reg_class_agnostic: 4 deltas for all classes instead of 4 per foreground class (mmdet's own R-50 Cascade
+            configs; the InternImage ones are class-specific).
     """
 
     def __init__(
@@ -83,6 +94,7 @@ class ConvFCBoxHead(nn.Module):
         num_fcs: int = 1,
         fc_dim: int = 1024,
         norm: bool = True,
+        reg_class_agnostic: bool = False,
     ) -> None:
         super().__init__()
         channels = [in_channels] + [conv_channels] * num_convs
@@ -90,7 +102,7 @@ class ConvFCBoxHead(nn.Module):
         dims = [channels[-1] * roi_size * roi_size] + [fc_dim] * num_fcs
         self.shared_fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.fc_cls = nn.Linear(dims[-1], num_classes + 1)
-        self.fc_reg = nn.Linear(dims[-1], 4)
+        self.fc_reg = nn.Linear(dims[-1], 4 if reg_class_agnostic else 4 * num_classes)
         for fc in self.shared_fcs:
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
@@ -100,7 +112,7 @@ class ConvFCBoxHead(nn.Module):
         nn.init.zeros_(self.fc_reg.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: x: (R, C, S, S) RoI features. Returns: logits (R, num_classes + 1), deltas (R, 4)."""
+        """Args: x: (R, C, S, S) RoI features. Returns: logits (R, num_classes + 1), deltas (R, 4 or 4 K)."""
         for conv in self.shared_convs:
             x = conv(x)
         x = x.flatten(1)
@@ -177,8 +189,9 @@ class CascadeRoIHeads(nn.Module):
         self.box_heads = nn.ModuleList(box_heads)
         self.mask_heads = nn.ModuleList(mask_heads)
         self.stage_weights = list(stage_weights)
-        self.coders = [BoxCoder(tuple(1.0 / s for s in stds), bbox_xform_clip=_BBOX_CLIP) for stds in stage_stds]
-        self.matchers = [Matcher(iou, iou, allow_low_quality_matches=False) for iou in stage_iou]
+        self.coders = [DeltaXYWHCoder(stds) for stds in stage_stds]
+        # mmdet's cascade stages: pos = neg = min_pos IoU, no low-quality matches.
+        self.matchers = [MaxIoUMatcher(iou, iou, iou, match_low_quality=False) for iou in stage_iou]
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
         self.box_loss = box_loss
         self.box_loss_weight = box_loss_weight
@@ -239,13 +252,22 @@ class CascadeRoIHeads(nn.Module):
             "is_gt": is_gt[keep],
         }
 
-    def _box_loss(self, stage: int, deltas: torch.Tensor, rois: torch.Tensor, gt: torch.Tensor, pos: torch.Tensor):
-        num = max(len(deltas), 1)  # mmdet averages over every sampled RoI, not just the positives
+    @staticmethod
+    def _class_deltas(deltas: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Args: deltas: (R, 4) or (R, 4K); labels: (R,) in 1..K. Returns: (R, 4) the deltas of each RoI's class."""
+        if deltas.shape[1] == 4:
+            return deltas
+        idx = (labels - 1)[:, None] * 4 + torch.arange(4, device=deltas.device)
+        return deltas.gather(1, idx)
+
+    def _box_loss(self, stage: int, deltas: torch.Tensor, rois: torch.Tensor, gt: torch.Tensor, num: int):
+        """Args: deltas, rois, gt: (P, 4) of the positives (deltas of the gt class); num: sampled RoIs."""
+        num = max(num, 1)  # mmdet averages over every sampled RoI, not just the positives
         if self.box_loss == "giou":
-            boxes = self.coders[stage].decode_single(deltas[pos], rois[pos])
-            return generalized_box_iou_loss(boxes, gt[pos], reduction="sum") * self.box_loss_weight / num
-        target = self.coders[stage].encode_single(gt[pos], rois[pos])
-        return F.smooth_l1_loss(deltas[pos], target, beta=1.0, reduction="sum") * self.box_loss_weight / num
+            boxes = self.coders[stage].decode_single(deltas, rois)
+            return generalized_box_iou_loss(boxes, gt, reduction="sum") * self.box_loss_weight / num
+        target = self.coders[stage].encode_single(gt, rois)
+        return F.smooth_l1_loss(deltas, target, beta=1.0, reduction="sum") * self.box_loss_weight / num
 
     def _mask_loss(self, stage: int, features, samples, targets, image_shapes) -> torch.Tensor:
         pos_boxes = [s["rois"][s["labels"] > 0] for s in samples]
@@ -254,18 +276,14 @@ class CascadeRoIHeads(nn.Module):
             return sum(p.sum() for p in head.parameters()) * 0.0
         logits = head(self.mask_roi_pool(features, pos_boxes, image_shapes))
         size = logits.shape[-1]
-        mask_targets = []
+        targets_ = []
         for s, t in zip(samples, targets):
             pos = s["labels"] > 0
             if pos.any():
-                idx = s["gt_index"][pos].to(s["rois"].dtype)[:, None]
-                crops = tv_roi_align(
-                    t["masks"][:, None].float(), torch.cat([idx, s["rois"][pos]], 1), size, 1.0, 0, True
-                )
-                mask_targets.append((crops[:, 0] >= 0.5).float())
+                targets_.append(mask_targets(t["masks"], s["rois"][pos], s["gt_index"][pos], size))
         labels = torch.cat([s["labels"][s["labels"] > 0] for s in samples])
         picked = logits[torch.arange(len(labels), device=labels.device), labels - 1]
-        return F.binary_cross_entropy_with_logits(picked, torch.cat(mask_targets))
+        return F.binary_cross_entropy_with_logits(picked, torch.cat(targets_).to(picked.dtype))
 
     def _losses(self, features, proposals, image_shapes, targets) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
@@ -278,30 +296,40 @@ class CascadeRoIHeads(nn.Module):
             all_rois = torch.cat(sampled)
             gt = torch.cat([s["gt_boxes"] for s in samples])
             w = self.stage_weights[stage]
+            pos = labels > 0
+            pos_deltas = self._class_deltas(deltas[pos], labels[pos])
             losses[f"s{stage}.loss_cls"] = w * F.cross_entropy(logits, labels)
-            losses[f"s{stage}.loss_box"] = w * self._box_loss(stage, deltas, all_rois, gt, labels > 0)
+            losses[f"s{stage}.loss_box"] = w * self._box_loss(stage, pos_deltas, all_rois[pos], gt[pos], len(labels))
             losses[f"s{stage}.loss_mask"] = w * self._mask_loss(stage, features, samples, targets, image_shapes)
             if stage < self.num_stages - 1:
                 with torch.no_grad():
-                    boxes = self.coders[stage].decode_single(deltas.detach(), all_rois).split([len(r) for r in sampled])
+                    # mmdet's refine_bboxes: positives regress with their gt class, the rest with their top class.
+                    refine = torch.where(pos, labels, logits[:, 1:].argmax(1) + 1)
+                    picked = self._class_deltas(deltas.detach(), refine).split([len(r) for r in sampled])
                     # mmdet drops the ground-truth RoIs before refinement; the next sampler adds them again.
                     rois = [
-                        clip_boxes_to_image(b[~s["is_gt"]], shape) for b, s, shape in zip(boxes, samples, image_shapes)
+                        self.coders[stage].decode_single(d[~s["is_gt"]], r[~s["is_gt"]], shape)
+                        for d, r, s, shape in zip(picked, sampled, samples, image_shapes)
                     ]
         return losses
 
     # ------------------------------------------------------------------------------------------- inference
     def _detect(self, features, proposals, image_shapes) -> list[dict[str, torch.Tensor]]:
-        rois = proposals
+        rois = list(proposals)
         counts = [len(p) for p in proposals]
         logit_sum = None
         for stage in range(self.num_stages):
             logits, deltas = self.box_heads[stage](self.box_roi_pool(features, rois, image_shapes))
             logit_sum = logits if logit_sum is None else logit_sum + logits
-            decoded = self.coders[stage].decode_single(deltas, torch.cat(rois)).split(counts)
-            rois = [clip_boxes_to_image(b, shape) for b, shape in zip(decoded, image_shapes)]
+            if stage < self.num_stages - 1:  # mmdet's regress_by_class with the top foreground class
+                deltas = self._class_deltas(deltas, logits[:, 1:].argmax(1) + 1)
+            coder = self.coders[stage]
+            decoded = [coder.decode_single(d, r, s) for d, r, s in zip(deltas.split(counts), rois, image_shapes)]
+            if stage < self.num_stages - 1:
+                rois = decoded
+        # mmdet averages the stages' logits, then takes the softmax (BBoxHead.get_bboxes).
         scores = F.softmax(logit_sum / self.num_stages, -1).split(counts)
-        results = [self._postprocess(b, s) for b, s in zip(rois, scores)]
+        results = [self._postprocess(b, s) for b, s in zip(decoded, scores)]
         det_boxes = [r["boxes"] for r in results]
         if sum(len(b) for b in det_boxes) == 0:
             for r in results:
@@ -316,14 +344,12 @@ class CascadeRoIHeads(nn.Module):
         return results
 
     def _postprocess(self, boxes: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-class thresholding and NMS of class-agnostic boxes. Args: boxes (R, 4), scores (R, K + 1)."""
+        """mmdet's ``multiclass_nms``. Args: boxes (R, 4K) per class or (R, 4) shared, scores (R, K + 1)."""
         num_classes = scores.shape[1] - 1
         scores = scores[:, 1:].reshape(-1)
         labels = torch.arange(1, num_classes + 1, device=boxes.device).repeat(len(boxes))
-        boxes = boxes[:, None].expand(-1, num_classes, 4).reshape(-1, 4)
+        boxes = boxes.reshape(len(boxes), -1, 4).expand(-1, num_classes, 4).reshape(-1, 4)
         keep = torch.where(scores > self.score_thresh)[0]
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = remove_small_boxes(boxes, 1e-2)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
         return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
@@ -360,6 +386,7 @@ def build_cascade_mask_rcnn(
     stage_stds: Sequence[Sequence[float]] = DEFAULT_STAGE_STDS,
     box_loss: str = "giou",
     box_loss_weight: float = 10.0,
+    reg_class_agnostic: bool = False,
     rpn_pre_nms_top_n_train: int = 2000,
     rpn_post_nms_top_n_train: int = 2000,
     rpn_pre_nms_top_n_test: int = 1000,
@@ -373,21 +400,20 @@ def build_cascade_mask_rcnn(
 ) -> InternImageCascadeMaskRCNN:
     """Build Cascade Mask R-CNN with InternImage-FPN (arguments as :func:`build_mask_rcnn`, plus the stages').
 
-    Cascade configs keep 2000 RPN proposals per image in training (mmdet's ``cascade_rcnn`` default).
+    Cascade configs keep 2000 RPN proposals per image in training (mmdet's ``cascade_rcnn`` default), and their RPN
+    uses smooth-L1 (beta 1/9) with ``allowed_border=0``. ``reg_class_agnostic=True`` gives mmdet's R-50 Cascade head
+    (4 deltas shared by all classes) instead of the official InternImage one.
     """
     body = build_internimage_body(backbone, backbone_checkpoint, **(backbone_overrides or {}))
     fpn = InternImageFPN(body, fpn_channels)
-    anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
-    rpn = RegionProposalNetwork(
-        anchors,
-        RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
-        fg_iou_thresh=0.7,
-        bg_iou_thresh=0.3,
-        batch_size_per_image=rpn_batch_size_per_image,
-        positive_fraction=0.5,
+    rpn = build_rpn(
+        fpn_channels,
+        fpn.strides,
+        box_loss="smooth_l1",  # cascade_mask_rcnn_r50_fpn: SmoothL1Loss(beta=1/9), allowed_border=0
+        allowed_border=0,
         pre_nms_top_n=dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
         post_nms_top_n=dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
-        nms_thresh=0.7,
+        batch_size_per_image=rpn_batch_size_per_image,
     )
     n = len(stage_iou)
     heads = CascadeRoIHeads(
@@ -395,7 +421,15 @@ def build_cascade_mask_rcnn(
         build_roi_pool(("0", "1", "2", "3"), 14, roi_align, strides=fpn.strides[:4]),
         [
             ConvFCBoxHead(
-                fpn_channels, 7, num_classes, head_convs, head_conv_channels, head_fcs, head_fc_dim, head_norm
+                fpn_channels,
+                7,
+                num_classes,
+                head_convs,
+                head_conv_channels,
+                head_fcs,
+                head_fc_dim,
+                head_norm,
+                reg_class_agnostic,
             )
             for _ in range(n)
         ],

@@ -6,6 +6,12 @@
   ``aligned=False`` and ``sampling_ratio=2``; it remains available with ``roi_align='torchvision'``.
 * :class:`PassThroughTransform`: normalise and batch only; resizing and flipping are the data pipeline's job
   (mmdet order), which is what the 3x multi-scale + crop recipe needs.
+* mmdet 2.x numerics the official checkpoints were trained and evaluated with (``mmdet/core``):
+  :class:`DeltaXYWHCoder` (``DeltaXYWHBBoxCoder``: per-stage stds, dw/dh clamped both ways, decode clipped to the
+  image), :class:`MMDetAnchorGenerator` (``AnchorGenerator``: fixed strides 4..64, unrounded base anchors centred
+  at ``stride * i``), :class:`MaxIoUMatcher` (``MaxIoUAssigner`` with ``match_low_quality``), :class:`MMDetRPN`
+  (L1 or smooth-L1 box loss, ``allowed_border``), :func:`paste_masks` (``FCNMaskHead._do_paste_mask``) and
+  :func:`mask_targets` (``BitmapMasks.crop_and_resize``).
 * :func:`detector_forward`: torchvision's two-stage forward, with predictions returned at the original image
   size given by the data pipeline.
 """
@@ -16,16 +22,28 @@ import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection._utils import BoxCoder, Matcher
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 __all__ = [
+    "DeltaXYWHCoder",
     "LevelRoIAlign",
+    "MMDetAnchorGenerator",
+    "MMDetRPN",
+    "MaxIoUMatcher",
+    "mask_targets",
+    "paste_masks",
     "PassThroughTransform",
     "build_roi_pool",
+    "build_rpn",
     "detector_forward",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -33,6 +51,303 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+_WH_RATIO_CLIP = 16 / 1000  # mmdet's default: |dw|, |dh| <= log(1000 / 16)
+
+
+class DeltaXYWHCoder(BoxCoder):
+    """mmdet's ``DeltaXYWHBBoxCoder`` (zero means) behind torchvision's ``BoxCoder`` interface.
+
+    ``encode``: ``d = ((gx - px) / pw, (gy - py) / ph, log(gw / pw), log(gh / ph)) / stds``; ``decode`` inverts it
+    with ``dw, dh`` clamped to ``[-log(1000 / 16), log(1000 / 16)]`` (torchvision clamps only from above) and, given
+    ``max_shape``, clips x to ``[0, W]`` and y to ``[0, H]``. Deltas may hold one box per class (``(R, 4K)``).
+
+    Args:
+        stds: mmdet's ``target_stds`` (torchvision's weights are their inverses).
+    """
+
+    def __init__(self, stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> None:
+        if len(stds) != 4 or min(stds) <= 0:
+            raise ValueError(f"DeltaXYWHCoder needs 4 positive stds, got {tuple(stds)}")
+        super().__init__(tuple(1.0 / s for s in stds), bbox_xform_clip=abs(math.log(_WH_RATIO_CLIP)))
+        self.stds = tuple(float(s) for s in stds)
+
+    def encode_single(self, reference_boxes: torch.Tensor, proposals: torch.Tensor) -> torch.Tensor:
+        """Args: reference_boxes: (R, 4) targets; proposals: (R, 4) sources. Returns: (R, 4) normalised deltas."""
+        p = proposals.to(reference_boxes.dtype)
+        pxy, pwh = (p[:, :2] + p[:, 2:]) * 0.5, p[:, 2:] - p[:, :2]
+        gxy, gwh = (
+            (reference_boxes[:, :2] + reference_boxes[:, 2:]) * 0.5,
+            reference_boxes[:, 2:] - reference_boxes[:, :2],
+        )
+        deltas = torch.cat([(gxy - pxy) / pwh, torch.log(gwh / pwh)], 1)
+        return deltas / deltas.new_tensor(self.stds)
+
+    def decode_single(
+        self, rel_codes: torch.Tensor, boxes: torch.Tensor, max_shape: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Args:
+            rel_codes: (R, 4K) normalised deltas (K boxes per RoI, e.g. one per class).
+            boxes: (R, 4) xyxy sources.
+            max_shape: (H, W) to clip to, or None.
+
+        Returns:
+            (R, 4K) xyxy boxes.
+        """
+        n = rel_codes.shape[0]
+        d = rel_codes.reshape(n, -1, 4) * rel_codes.new_tensor(self.stds)
+        b = boxes.to(rel_codes.dtype)[:, None]
+        pxy, pwh = (b[..., :2] + b[..., 2:]) * 0.5, b[..., 2:] - b[..., :2]
+        gxy = pxy + pwh * d[..., :2]
+        gwh = pwh * d[..., 2:].clamp(-self.bbox_xform_clip, self.bbox_xform_clip).exp()
+        out = torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], -1)
+        if max_shape is not None:
+            h, w = max_shape
+            out = torch.stack([out[..., 0].clamp(0, w), out[..., 1].clamp(0, h), out[..., 2].clamp(0, w),
+                               out[..., 3].clamp(0, h)], -1)  # fmt: skip
+        return out.reshape(n, -1)
+
+
+class MMDetAnchorGenerator(nn.Module):
+    """mmdet's ``AnchorGenerator`` (``center_offset=0``) behind torchvision's ``AnchorGenerator`` interface.
+
+    Level l has a fixed stride s_l whatever the padded image size (torchvision derives it as
+    ``image_size // map_size``, 61 instead of 64 on the stride-64 level of most COCO images), base anchors of
+    side ``s_l * scale`` with ratios h/w = r (w = s_l * scale / sqrt(r), h = s_l * scale * sqrt(r)), not rounded,
+    centred at ``(s_l * j, s_l * i)``. Order: position-major, then ratio (mmdet's and torchvision's).
+
+    Args:
+        strides: Stride of each feature level.
+        scales: Anchor side in strides (``octave_base_scale``), one entry in the official configs.
+        ratios: Height / width ratios.
+    """
+
+    def __init__(
+        self,
+        strides: Sequence[int] = (4, 8, 16, 32, 64),
+        scales: Sequence[float] = (8.0,),
+        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    ) -> None:
+        super().__init__()
+        self.strides = list(strides)
+        self.scales = list(scales)
+        self.ratios = list(ratios)
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [len(self.scales) * len(self.ratios)] * len(self.strides)
+
+    def base_anchors(self, stride: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Returns: (A, 4) anchors centred at the origin, ratio-major."""
+        ratios = torch.tensor(self.ratios, dtype=dtype, device=device)
+        scales = torch.tensor(self.scales, dtype=dtype, device=device)
+        h_ratios = torch.sqrt(ratios)
+        w_ratios = 1 / h_ratios
+        ws = (stride * w_ratios[:, None] * scales[None, :]).reshape(-1)
+        hs = (stride * h_ratios[:, None] * scales[None, :]).reshape(-1)
+        return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], 1)
+
+    def grid_anchors(self, sizes: Sequence[tuple[int, int]], dtype: torch.dtype, device: torch.device):
+        """Args: sizes: (H_l, W_l) per level. Returns: per level (H_l * W_l * A, 4)."""
+        if len(sizes) != len(self.strides):
+            raise ValueError(f"MMDetAnchorGenerator: {len(sizes)} feature maps for {len(self.strides)} strides")
+        out = []
+        for (h, w), stride in zip(sizes, self.strides):
+            xs = torch.arange(w, device=device).to(dtype) * stride
+            ys = torch.arange(h, device=device).to(dtype) * stride
+            yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+            shifts = torch.stack([xx, yy, xx, yy], -1).reshape(-1, 1, 4)
+            out.append((shifts + self.base_anchors(stride, dtype, device)[None]).reshape(-1, 4))
+        return out
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Returns: per image the (sum_l H_l W_l A, 4) anchors of all levels (the same for every image)."""
+        sizes = [tuple(f.shape[-2:]) for f in feature_maps]
+        anchors = torch.cat(self.grid_anchors(sizes, feature_maps[0].dtype, feature_maps[0].device))
+        return [anchors for _ in range(len(image_list.image_sizes))]
+
+
+class MaxIoUMatcher(Matcher):
+    """mmdet's ``MaxIoUAssigner`` (``gt_max_assign_all=True``) behind torchvision's ``Matcher`` interface.
+
+    A prediction is negative (-1) if its best IoU is below ``neg_iou_thr``, positive (its best gt) from
+    ``pos_iou_thr``, ignored (-2) in between. With ``match_low_quality``, every prediction whose IoU with gt i equals
+    that gt's best IoU (if at least ``min_pos_iou``) is given to gt i, later gts overriding earlier ones
+    (torchvision instead keeps each such prediction's own best gt and has no ``min_pos_iou``).
+    """
+
+    def __init__(
+        self, pos_iou_thr: float, neg_iou_thr: float, min_pos_iou: float = 0.0, match_low_quality: bool = True
+    ) -> None:
+        super().__init__(pos_iou_thr, min(neg_iou_thr, pos_iou_thr), allow_low_quality_matches=match_low_quality)
+        self.pos_iou_thr, self.neg_iou_thr, self.min_pos_iou = pos_iou_thr, neg_iou_thr, min_pos_iou
+
+    def __call__(self, match_quality_matrix: torch.Tensor) -> torch.Tensor:
+        """Args: match_quality_matrix: (G, P) IoUs. Returns: (P,) gt index, -1 (negative) or -2 (ignored)."""
+        iou = match_quality_matrix
+        if iou.shape[0] == 0:
+            return torch.full((iou.shape[1],), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
+        best, best_gt = iou.max(0)
+        matches = torch.full_like(best_gt, self.BETWEEN_THRESHOLDS)
+        matches[(best >= 0) & (best < self.neg_iou_thr)] = self.BELOW_LOW_THRESHOLD
+        pos = best >= self.pos_iou_thr
+        matches[pos] = best_gt[pos]
+        if self.allow_low_quality_matches and iou.shape[1]:
+            gt_best = iou.max(1).values
+            hit = (iou == gt_best[:, None]) & (gt_best[:, None] >= self.min_pos_iou)  # (G, P)
+            last = iou.shape[0] - 1 - hit.flip(0).to(torch.uint8).argmax(0)  # the loop's last writer wins
+            anyhit = hit.any(0)
+            matches[anyhit] = last[anyhit]
+        return matches
+
+
+class MMDetRPN(RegionProposalNetwork):
+    """torchvision's RPN with the mmdet ``RPNHead`` training rules that differ.
+
+    Args:
+        *args, **kwargs: ``RegionProposalNetwork`` arguments.
+        box_loss: ``'l1'`` (Mask R-CNN configs) or ``'smooth_l1'`` (beta 1/9, Cascade configs), on the deltas of the
+            sampled positives, divided by the number of sampled anchors.
+        allowed_border: Anchors reaching further than this outside the (unpadded) image are left out of the loss
+            (mmdet's ``anchor_inside_flags``); -1 keeps every anchor.
+    """
+
+    def __init__(self, *args: Any, box_loss: str = "l1", allowed_border: float = -1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if box_loss not in ("l1", "smooth_l1"):
+            raise ValueError(f"RPN box_loss must be 'l1' or 'smooth_l1', got {box_loss!r}")
+        self.box_loss = box_loss
+        self.allowed_border = allowed_border
+        self._image_sizes: list[tuple[int, int]] = []
+
+    def forward(self, images: ImageList, features: dict[str, torch.Tensor], targets: Any = None):
+        self._image_sizes = list(images.image_sizes)
+        return super().forward(images, features, targets)
+
+    def assign_targets_to_anchors(self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]):
+        labels, matched = super().assign_targets_to_anchors(anchors, targets)
+        if self.allowed_border >= 0:
+            b = self.allowed_border
+            for lab, a, (h, w) in zip(labels, anchors, self._image_sizes):
+                inside = (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
+                lab[~inside] = -1.0  # left out of sampling, as mmdet never assigns them
+        return labels, matched
+
+    def compute_loss(
+        self,
+        objectness: torch.Tensor,
+        pred_bbox_deltas: torch.Tensor,
+        labels: list[torch.Tensor],
+        regression_targets: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sigmoid BCE over the sampled anchors and the box loss over the sampled positives, both per sample."""
+        pos_masks, neg_masks = self.fg_bg_sampler(labels)
+        pos = torch.where(torch.cat(pos_masks))[0]
+        sampled = torch.where(torch.cat(pos_masks) | torch.cat(neg_masks))[0]
+        objectness = objectness.flatten()
+        labels_all = torch.cat(labels)
+        targets = torch.cat(regression_targets)
+        num = max(sampled.numel(), 1)
+        if self.box_loss == "l1":
+            box = F.l1_loss(pred_bbox_deltas[pos], targets[pos], reduction="sum") / num
+        else:
+            box = F.smooth_l1_loss(pred_bbox_deltas[pos], targets[pos], beta=1 / 9, reduction="sum") / num
+        cls = F.binary_cross_entropy_with_logits(objectness[sampled], labels_all[sampled])
+        return cls, box
+
+
+def build_rpn(
+    channels: int,
+    strides: Sequence[int],
+    *,
+    box_loss: str,
+    allowed_border: float,
+    pre_nms_top_n: dict[str, int],
+    post_nms_top_n: dict[str, int],
+    batch_size_per_image: int = 256,
+) -> MMDetRPN:
+    """The RPN of the official configs: 3 anchors (scale 8, ratios 0.5/1/2) per location, one sigmoid logit each,
+    IoU 0.7/0.3 with low-quality matches from 0.3, 256 anchors at 50% positives, NMS 0.7 per level.
+
+    Args:
+        channels: FPN width.
+        strides: Stride of each FPN level (4..64).
+        box_loss: ``'l1'`` (Mask R-CNN) or ``'smooth_l1'`` (Cascade).
+        allowed_border: -1 (Mask R-CNN) or 0 (Cascade), see :class:`MMDetRPN`.
+        pre_nms_top_n: Per level ``{'training': n, 'testing': n}`` kept before NMS.
+        post_nms_top_n: Per image, after NMS.
+        batch_size_per_image: Anchors sampled per image for the loss.
+    """
+    anchors = MMDetAnchorGenerator(strides)
+    rpn = MMDetRPN(
+        anchors,
+        RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=0.7,
+        bg_iou_thresh=0.3,
+        batch_size_per_image=batch_size_per_image,
+        positive_fraction=0.5,
+        pre_nms_top_n=pre_nms_top_n,
+        post_nms_top_n=post_nms_top_n,
+        nms_thresh=0.7,
+        box_loss=box_loss,
+        allowed_border=allowed_border,
+    )
+    rpn.proposal_matcher = MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3, match_low_quality=True)
+    rpn.box_coder = DeltaXYWHCoder()
+    return rpn
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Paste RoI masks into the image as mmdet's ``FCNMaskHead._do_paste_mask`` (its CPU path) does.
+
+    Each image pixel centre ``(x + 0.5, y + 0.5)`` inside a box's 1-pixel margin samples the RoI mask bilinearly
+    (``grid_sample``, ``align_corners=False``, zero padding) at its position in the float box; pixels further out
+    are 0. Thresholding the result at ``>= 0.5`` gives mmdet's masks (its GPU path samples every pixel, but
+    outside the box the values stay below 0.5). torchvision's ``paste_masks_in_image`` instead pads the mask by
+    one pixel and resizes it into the box rounded to integers.
+
+    Args:
+        masks: (N, 1, M, M) probabilities.
+        boxes: (N, 4) xyxy in output pixels.
+        image_size: (H, W) of the output.
+
+    Returns:
+        (N, 1, H, W) probabilities (float32 or the input's float dtype).
+    """
+    h, w = image_size
+    dtype = masks.dtype if masks.dtype == torch.float64 else torch.float32
+    out = masks.new_zeros((len(masks), 1, h, w), dtype=dtype)
+    for i, box in enumerate(boxes.to(dtype)):
+        x0, y0, x1, y1 = box.unbind()
+        xa, ya = (max(int(torch.floor(v)) - 1, 0) for v in (x0, y0))
+        xb, yb = min(int(torch.ceil(x1)) + 1, w), min(int(torch.ceil(y1)) + 1, h)
+        if xb <= xa or yb <= ya:
+            continue
+        gx = (torch.arange(xa, xb, device=masks.device, dtype=dtype) + 0.5 - x0) / (x1 - x0) * 2 - 1
+        gy = (torch.arange(ya, yb, device=masks.device, dtype=dtype) + 0.5 - y0) / (y1 - y0) * 2 - 1
+        gx, gy = gx.masked_fill(torch.isinf(gx), 0), gy.masked_fill(torch.isinf(gy), 0)  # degenerate box, as mmdet
+        grid = torch.stack([gx[None, :].expand(len(gy), -1), gy[:, None].expand(-1, len(gx))], -1)
+        out[i, 0, ya:yb, xa:xb] = F.grid_sample(masks[i : i + 1].to(dtype), grid[None], align_corners=False)[0, 0]
+    return out
+
+
+def mask_targets(gt_masks: torch.Tensor, rois: torch.Tensor, gt_index: torch.Tensor, size: int) -> torch.Tensor:
+    """Mask R-CNN training targets as mmdet's ``BitmapMasks.crop_and_resize`` (binarised ``roi_align``).
+
+    Args:
+        gt_masks: (G, H, W) instance masks of one image.
+        rois: (P, 4) xyxy positive RoIs.
+        gt_index: (P,) the gt each RoI is assigned to.
+        size: Side of the target (28).
+
+    Returns:
+        (P, size, size) float 0/1: RoIAlign (``aligned=True``, adaptive sampling) of the gt mask, ``>= 0.5``.
+    """
+    if len(rois) == 0:
+        return rois.new_zeros((0, size, size))
+    batch = torch.cat([gt_index.to(rois.dtype)[:, None], rois], 1)
+    crops = roi_align(gt_masks[:, None].to(rois.dtype), batch, (size, size), 1.0, 0, True)[:, 0]
+    return (crops >= 0.5).to(rois.dtype)
 
 
 class LevelRoIAlign(nn.Module):
@@ -137,6 +452,27 @@ class PassThroughTransform(GeneralizedRCNNTransform):
         self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         return image, target
+
+    def postprocess(
+        self,
+        result: list[dict[str, torch.Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, torch.Tensor]]:
+        """Map detections back to the original sizes as mmdet's ``rescale=True`` does.
+
+        Boxes are divided by the resize factors (``new / original`` per axis); masks (RoI probabilities,
+        (D, 1, M, M)) are pasted into the original image with :func:`paste_masks`.
+        """
+        if self.training:
+            return result
+        for pred, (h, w), (oh, ow) in zip(result, image_shapes, original_image_sizes):
+            boxes = pred["boxes"]
+            scale = boxes.new_tensor([w / ow, h / oh, w / ow, h / oh])
+            pred["boxes"] = boxes / scale
+            if "masks" in pred:
+                pred["masks"] = paste_masks(pred["masks"], pred["boxes"], (oh, ow))
+        return result
 
 
 def detector_forward(

@@ -14,7 +14,10 @@ Renames, and the layout changes between mmdet and torchvision:
 * Mask R-CNN mask head: ``convs.i.conv`` -> ``mask_head.i.0``, ``upsample`` -> ``mask_predictor.conv5_mask``,
   ``conv_logits`` (one map per foreground class) -> ``mask_fcn_logits`` (background map first, zero, never used).
 * Cascade: ``roi_head.bbox_head.s.*`` -> ``roi_heads.box_heads.s.*`` and ``roi_head.mask_head.s.*`` ->
-  ``roi_heads.mask_heads.s.*`` (our module names follow mmdet's); only ``fc_cls`` rows are rotated.
+  ``roi_heads.mask_heads.s.*`` (our module names follow mmdet's); ``fc_cls`` rows are rotated. ``fc_reg`` keeps
+  mmdet's rows: the official InternImage configs regress per class (``reg_class_agnostic=False``, 4 x 80 rows,
+  class c of our 1..K at rows 4(c-1)..4c-1, no background rows); a class-agnostic head (mmdet's R-50 Cascade
+  configs, 4 rows) loaded into a class-specific one is repeated for every class, which predicts the same boxes.
 
 mmdet's ``target_stds`` (0.1, 0.1, 0.2, 0.2) equal torchvision's box-coder weights (10, 10, 5, 5), so regression
 weights need no rescaling.
@@ -111,6 +114,8 @@ def _convert(ours: str, t: torch.Tensor, target: torch.Tensor | None) -> torch.T
     if ours.startswith("roi_heads.box_predictor.bbox_pred."):
         num_fg = target.shape[0] // 4 - 1 if target is not None else t.shape[0] // 4
         return _with_background_rows(t, 4, num_fg)
+    if re.search(r"box_heads\.\d+\.fc_reg\.", ours) and target is not None and t.shape[0] == 4 < target.shape[0]:
+        return t.repeat(target.shape[0] // 4, *([1] * (t.dim() - 1)))  # class-agnostic -> the same deltas per class
     if ours.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
         return _with_background_rows(t, 1, t.shape[0])
     if ours.startswith("rpn.head.cls_logits.") and target is not None and t.shape[0] == 2 * target.shape[0]:
