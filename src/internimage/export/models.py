@@ -255,8 +255,6 @@ def _segmentation(name: str, checkpoint: str | None, num_classes: int | None, **
 def _detection(
     name: str, checkpoint: str | None, num_classes: int | None, detector: str = "mask_rcnn", **overrides: Any
 ) -> ExportableModel:
-    from ..models.checkpoint import CheckpointError, read_checkpoint
-
     num_classes = num_classes if num_classes is not None else 80
     if detector == "mask_rcnn":
         from ..models.detection.mask_rcnn import build_mask_rcnn as build
@@ -264,16 +262,14 @@ def _detection(
         from ..models.detection.cascade import build_cascade_mask_rcnn as build
     else:
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
-    model = build(name, num_classes, backbone_overrides=overrides or None)
+    overrides.setdefault("layer_scale", 1.0)  # every official detection config (and `eval`'s default)
+    model = build(name, num_classes, backbone_overrides=overrides)
     if checkpoint is not None:
-        ckpt = read_checkpoint(checkpoint)
-        state = ckpt.get("state_dict", ckpt.get("model", ckpt))
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys:
-            raise CheckpointError(
-                f"{checkpoint} does not fit {detector} on {name}: {len(result.missing_keys)} missing keys, "
-                f"e.g. {result.missing_keys[:3]}"
-            )
+        # The loader `internimage eval` uses: ours, training checkpoints and official mmdet files, strictly.
+        from ..models.detection import load_detector_weights
+
+        result = load_detector_weights(model, checkpoint, strict=True)
+        logger.info("loaded %s (%s) into %s on %s", checkpoint, result.format, detector, name)
     model.eval()
     names = [f"fpn_{k}" for k in _FPN_LEVELS]
     names += [f"rpn_objectness_{k}" for k in _FPN_LEVELS] + [f"rpn_deltas_{k}" for k in _FPN_LEVELS]
