@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from internimage.ops import DCNv3, dcnv3, dcnv3_reference, dcnv3_reference_backward, make_args
+from nonfinite_cases import INF, NAN, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 
 D64 = torch.float64
 
@@ -315,3 +316,64 @@ def test_module_fuses_projections_and_softmax_exactly():
     want = torch.autograd.grad(expected.sum(), [x, *module.parameters()])
     for g, e in zip(grads, want):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+# --- NaN and Inf: the reference's rule, which every backend follows (tests/nonfinite_cases.py) -------------------
+
+
+@pytest.mark.parametrize("softmax", [False, True], ids=["weights", "softmax"])
+@pytest.mark.parametrize("poisoned,value", POISONS, ids=POISON_IDS)
+def test_reference_backward_propagates_nonfinite_like_autograd(poisoned, value, softmax):
+    """The analytic backward puts NaN/Inf exactly where autograd through the grid_sample forward does.
+
+    Exactly NaN for NaN inputs; for infinities the same non-finite positions (autograd sums ``m * go_c * dv_c``
+    over channels where the analytic form computes ``m * sum_c go_c * dv_c``, so one may give NaN where the other
+    gives an infinity).
+
+    (Before: a corner outside the image read its clamped index times 0, so NaN/Inf landed in arbitrary grad_input
+    rows and in the offset/mask gradients of samples that never read them.)
+    """
+    x, off, mask, grad, args = nonfinite_case(poisoned, value, softmax)
+    leaves = [t.clone().requires_grad_() for t in (x, off, mask)]
+    out = dcnv3_reference(*leaves, args)
+    expected = torch.autograd.grad(out, leaves, grad)
+    got = dcnv3_reference_backward(grad, x, off, mask, args)
+    # A logit of -inf is a weight of exactly 0: the one case that stays finite.
+    assert torch.isfinite(out).all().item() == (poisoned == "mask" and value == -INF and softmax)
+    for name, g, e in zip(("grad_input", "grad_offset", "grad_mask"), got, expected):
+        assert_same_nonfinite(name, g, e, rtol=1e-10, atol=1e-10, kinds=value != value)
+
+
+def test_reference_nonfinite_rule_by_hand():
+    """One sample at a NaN or Inf location: the output of its (pixel, group) is NaN; it reads and writes no pixel;
+    its mask gradient is NaN and its offset gradient NaN in the component that multiplies the non-finite
+    fraction (the x derivative of the bilinear sample uses only y fractions and vice versa), 0 in the other."""
+    x, off, mask, grad, args = nonfinite_case("input", 1.0, softmax=False)  # all finite
+    p = args.num_points
+    for value in (NAN, INF, -INF):
+        bad = off.clone()
+        bad[0, 1, 2, 2 * p + 2 * 4] = value  # group 1, centre point, x
+        out = dcnv3_reference(x, bad, mask, args)
+        assert out[0, 1, 2, 3:].isnan().all() and torch.isfinite(out[0, 1, 2, :3]).all()
+        assert (torch.isfinite(out).sum() == out.numel() - 3).item()
+        grad_x, grad_off, grad_mask = dcnv3_reference_backward(grad, x, bad, mask, args)
+        # grad_input is that of the same op with the sample's weight set to 0.
+        silenced = mask.clone()
+        silenced[0, 1, 2, p + 4] = 0
+        torch.testing.assert_close(grad_x, dcnv3_reference_backward(grad, x, off, silenced, args)[0])
+        assert grad_mask[0, 1, 2, p + 4].isnan() and torch.isfinite(grad_mask).sum() == grad_mask.numel() - 1
+        assert grad_off[0, 1, 2, 2 * p + 9].isnan() and grad_off[0, 1, 2, 2 * p + 8] == 0
+        assert torch.isfinite(grad_off).sum() == grad_off.numel() - 1
+
+
+def test_reference_nonfinite_mask_counts_even_outside():
+    """A NaN weight makes its output NaN even when its sample falls outside the image (0 * NaN, as in
+    ``mask * grid_sample(...)``), and so its offset gradient; its own mask gradient stays 0 there."""
+    x, off, mask, grad, args = nonfinite_case("input", 1.0, softmax=False)
+    off[0, 0, 0, :2] = -40.0  # group 0, point 0: far outside
+    mask[0, 0, 0, 0] = NAN
+    out = dcnv3_reference(x, off, mask, args)
+    assert out[0, 0, 0, :3].isnan().all() and torch.isfinite(out).sum() == out.numel() - 3
+    grad_x, grad_off, grad_mask = dcnv3_reference_backward(grad, x, off, mask, args)
+    assert torch.isfinite(grad_x).all() and grad_mask[0, 0, 0, 0] == 0
+    assert grad_off[0, 0, 0, :2].isnan().all() and torch.isfinite(grad_off).sum() == grad_off.numel() - 2

@@ -140,12 +140,14 @@ def dcnv3_reference_backward(
     grad_ly = torch.zeros_like(loc_y)
     for cy, cx, weight, gx, gy, valid in _corners(loc_x, loc_y, h, w):
         index = ((batch * h + cy) * w + cx) * g + group  # (N, Ho, Wo, G, P)
-        corner = rows[index] * valid.unsqueeze(-1).to(dtype)  # (N, Ho, Wo, G, P, D)
+        # `where`, not a multiply by `valid`: a corner outside the image reads the clamped index, whose value (or a
+        # non-finite weight) times 0 would be NaN where the forward reads nothing.
+        corner = torch.where(valid.unsqueeze(-1), rows[index], 0)  # (N, Ho, Wo, G, P, D)
         sample += weight.unsqueeze(-1) * corner
         dot = (go * corner).sum(-1)
         grad_lx += gx * dot
         grad_ly += gy * dot
-        contrib = (m * weight * valid.to(dtype)).unsqueeze(-1) * go
+        contrib = torch.where(valid.unsqueeze(-1), (m * weight).unsqueeze(-1) * go, 0)
         grad_rows.index_add_(0, index.reshape(-1), contrib.reshape(-1, d))
     grad_mask = (go * sample).sum(-1)
     if args.softmax:
