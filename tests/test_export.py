@@ -173,8 +173,13 @@ def test_detection_pt2_and_postprocess(out_dir):
     with torch.no_grad():
         want = detector([image])[0]
     assert got["boxes"].shape == want["boxes"].shape
-    torch.testing.assert_close(got["boxes"], want["boxes"], atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(got["scores"], want["scores"], atol=1e-4, rtol=1e-4)
+    # The untrained head scores many boxes near 1/3: a 1e-7 difference may swap two of them, so compare in a
+    # canonical order (label, then left edge).
+    got_order = torch.argsort(got["labels"] * 1e4 + got["boxes"][:, 0])
+    want_order = torch.argsort(want["labels"] * 1e4 + want["boxes"][:, 0])
+    assert torch.equal(got["labels"][got_order], want["labels"][want_order])
+    torch.testing.assert_close(got["boxes"][got_order], want["boxes"][want_order], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(got["scores"][got_order], want["scores"][want_order], atol=1e-4, rtol=1e-4)
 
 
 def test_export_rejects_bad_input(cls32, tmp_path):
