@@ -543,11 +543,53 @@ def test_rpn_losses_follow_the_configs():
     torch.testing.assert_close(box, (deltas[pos] - targets[0][pos]).abs().sum() / 5)
     want = torch.nn.functional.binary_cross_entropy_with_logits(obj[sampled, 0], labels[0][sampled])
     torch.testing.assert_close(cls, want)
-    # allowed_border=0: anchors crossing the image border are left out of the loss.
-    anchors = [torch.tensor([[-5.0, 0, 20, 20], [0, 0, 20, 20], [50, 50, 101, 90]])]
-    cascade.rpn._image_sizes = [(100, 100)]
-    got, _ = cascade.rpn.assign_targets_to_anchors(anchors, [{"boxes": torch.tensor([[0.0, 0, 20, 20]])}])
-    assert got[0].tolist() == [-1.0, 1.0, -1.0]
+
+
+def ref_valid_flags(sizes, strides, image, allowed_border):
+    """mmdet ``AnchorGenerator.valid_flags`` (this image's ``pad_shape``) & ``anchor_inside_flags`` (``img_shape``)."""
+    h, w = image
+    ph, pw = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
+    flags = []
+    for (fh, fw), s in zip(sizes, strides):
+        vh, vw = min(math.ceil(ph / s), fh), min(math.ceil(pw / s), fw)
+        grid = torch.zeros(fh, fw, dtype=torch.bool)
+        grid[:vh, :vw] = True
+        flags.append(grid.reshape(-1)[:, None].expand(-1, 3).reshape(-1))
+    valid = torch.cat(flags)
+    anchors = torch.cat([ref_anchors(s, fh, fw) for s, (fh, fw) in zip(strides, sizes)])
+    if allowed_border >= 0:
+        b = allowed_border
+        valid &= (anchors[:, 0] >= -b) & (anchors[:, 1] >= -b) & (anchors[:, 2] < w + b) & (anchors[:, 3] < h + b)
+    return anchors, valid
+
+
+@pytest.mark.parametrize("arch", ["mask_rcnn", "cascade_mask_rcnn"])
+def test_rpn_assigns_only_mmdet_valid_anchors(arch):
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.ops import box_iou
+
+    extra = dict(head_convs=0) if arch == "cascade_mask_rcnn" else {}
+    model = build_detector(arch, "internimage_test_32", 3, fpn_channels=16, **extra)
+    rpn = model.rpn.double()
+    strides = (4, 8, 16, 32, 64)
+    sizes = [(32, 40), (16, 20), (8, 10), (4, 5), (2, 3)]  # a batch padded to 128 x 160
+    image = (100, 90)  # this image pads to 128 x 96: columns past 96 are batch padding
+    feats = {str(i): torch.zeros(1, 16, fh, fw, dtype=torch.float64) for i, (fh, fw) in enumerate(sizes)}
+    rpn._map_sizes, rpn._image_sizes = sizes, [image]
+    anchors = rpn.anchor_generator(ImageList(torch.zeros(1, 3, 128, 160), [image]), list(feats.values()))
+    ref_a, ref_valid = ref_valid_flags(sizes, strides, image, rpn.allowed_border)
+    torch.testing.assert_close(anchors[0], ref_a)
+    assert torch.equal(rpn.valid_anchors(anchors[0], image), ref_valid)
+    # A gt at the border: its best anchor overall may be invalid; mmdet matches among the valid ones only.
+    gt = torch.tensor([[0.0, 40, 30, 100], [60, 2, 90, 50]], dtype=torch.float64)
+    labels, matched = rpn.assign_targets_to_anchors(anchors, [{"boxes": gt}])
+    ref = torch.full((len(ref_a),), -1.0, dtype=torch.float64)  # -1: not used
+    assigned = ref_max_iou_assign(box_iou(gt, ref_a[ref_valid]), 0.7, 0.3, 0.3, True)
+    ref[ref_valid] = torch.where(assigned > 0, 1.0, torch.where(assigned == 0, 0.0, -1.0)).double()
+    assert torch.equal(labels[0], ref) and (labels[0] == 1).any()
+    pos = labels[0] == 1
+    torch.testing.assert_close(matched[0][pos], gt[assigned[assigned > 0] - 1])
+    assert isinstance(rpn.box_coder, DeltaXYWHCoder)  # stds 1, mmdet's RPN bbox_coder
 
 
 # --------------------------------------------------------------------------------- export loading

@@ -208,29 +208,64 @@ class MMDetRPN(RegionProposalNetwork):
         *args, **kwargs: ``RegionProposalNetwork`` arguments.
         box_loss: ``'l1'`` (Mask R-CNN configs) or ``'smooth_l1'`` (beta 1/9, Cascade configs), on the deltas of the
             sampled positives, divided by the number of sampled anchors.
-        allowed_border: Anchors reaching further than this outside the (unpadded) image are left out of the loss
-            (mmdet's ``anchor_inside_flags``); -1 keeps every anchor.
+        allowed_border: Anchors reaching further than this outside the (unpadded) image are left out of matching
+            and of the loss (mmdet's ``anchor_inside_flags``); -1 keeps them.
+        size_divisible: Each image's own padding (mmdet's ``pad_shape``): anchors at map positions beyond it (the
+            extra padding of a batch of unequal images) are left out too (mmdet's ``valid_flags``).
     """
 
-    def __init__(self, *args: Any, box_loss: str = "l1", allowed_border: float = -1, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        box_loss: str = "l1",
+        allowed_border: float = -1,
+        size_divisible: int = 32,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if box_loss not in ("l1", "smooth_l1"):
             raise ValueError(f"RPN box_loss must be 'l1' or 'smooth_l1', got {box_loss!r}")
         self.box_loss = box_loss
         self.allowed_border = allowed_border
+        self.size_divisible = size_divisible
         self._image_sizes: list[tuple[int, int]] = []
+        self._map_sizes: list[tuple[int, int]] = []
 
     def forward(self, images: ImageList, features: dict[str, torch.Tensor], targets: Any = None):
-        self._image_sizes = list(images.image_sizes)
+        self._image_sizes = [tuple(s) for s in images.image_sizes]
+        self._map_sizes = [tuple(f.shape[-2:]) for f in features.values()]
         return super().forward(images, features, targets)
 
-    def assign_targets_to_anchors(self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]):
-        labels, matched = super().assign_targets_to_anchors(anchors, targets)
+    def valid_anchors(self, anchors: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Args: anchors: (N, 4) of all levels; image_size: (H, W) unpadded. Returns: (N,) bool, mmdet's flags."""
+        h, w = image_size
+        ph, pw = (math.ceil(v / self.size_divisible) * self.size_divisible for v in (h, w))
+        per_loc = self.anchor_generator.num_anchors_per_location()
+        flags = []
+        for (fh, fw), stride, a in zip(self._map_sizes, self.anchor_generator.strides, per_loc):
+            rows = torch.arange(fh, device=anchors.device) < min(math.ceil(ph / stride), fh)
+            cols = torch.arange(fw, device=anchors.device) < min(math.ceil(pw / stride), fw)
+            flags.append((rows[:, None] & cols[None, :]).reshape(-1).repeat_interleave(a))
+        valid = torch.cat(flags)
+        if valid.shape[0] != anchors.shape[0]:
+            raise ValueError(f"MMDetRPN: {anchors.shape[0]} anchors for maps {self._map_sizes}")
         if self.allowed_border >= 0:
             b = self.allowed_border
-            for lab, a, (h, w) in zip(labels, anchors, self._image_sizes):
-                inside = (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
-                lab[~inside] = -1.0  # left out of sampling, as mmdet never assigns them
+            valid &= (anchors[:, 0] >= -b) & (anchors[:, 1] >= -b) & (anchors[:, 2] < w + b) & (anchors[:, 3] < h + b)
+        return valid
+
+    def assign_targets_to_anchors(self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]):
+        """Match only the valid anchors (as mmdet, so a gt's best anchor is its best valid one); the rest get -1."""
+        labels, matched = [], []
+        for a, t, size in zip(anchors, targets, self._image_sizes):
+            valid = self.valid_anchors(a, size)
+            sub_labels, sub_matched = super().assign_targets_to_anchors([a[valid]], [t])
+            lab = a.new_full((len(a),), -1.0)
+            lab[valid] = sub_labels[0].to(lab.dtype)
+            boxes = a.clone()  # left-out anchors regress to themselves (never used: never sampled)
+            boxes[valid] = sub_matched[0].to(boxes.dtype)
+            labels.append(lab)
+            matched.append(boxes)
         return labels, matched
 
     def compute_loss(
