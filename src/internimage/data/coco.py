@@ -335,7 +335,7 @@ def predictions_to_coco(
 
     Args:
         predictions: Per image ``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) in 1..K, optional ``masks``
-            (D, 1, H, W) probabilities (thresholded at 0.5, mmdet's ``mask_thr_binary``).
+            (D, 1, H, W) probabilities (kept where ``>= 0.5``, mmdet's ``mask_thr_binary``).
         image_ids: COCO image id of each prediction.
         cat_ids: COCO category id of label 1..K (``dataset.cat_ids``).
     """
@@ -348,7 +348,7 @@ def predictions_to_coco(
         masks = pred.get("masks")
         if masks is not None:
             mask_api = mask_api or _mask_api()
-            binary = (masks[:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+            binary = (masks[:, 0] >= 0.5).cpu().numpy().astype(np.uint8)
         for i, (box, score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
             entry = {
                 "image_id": int(image_id),
