@@ -3,7 +3,9 @@
 Built on torchvision's detection components (mmdet/mmcv do not install with current torch): the one
 :class:`~internimage.models.internimage.InternImage` class is the backbone (read through ``forward_intermediates``),
 torchvision's FPN (with ``LastLevelMaxPool``), RPN and ``MaskRCNN``, and a Cascade head written on torchvision ops.
-Official mmdet 2.x checkpoints load through :func:`load_mmdet_detector`.
+Where official weights depend on it the numerics are mmdet 2.x's (anchors, box coder, RoI levels and sampling,
+matching, Cascade's per-class refinement, mask pasting; see :mod:`.common`), so official mmdet checkpoints, loaded
+through :func:`load_detector_weights` / :func:`load_mmdet_detector`, give the official predictions.
 """
 
 from __future__ import annotations

@@ -352,10 +352,11 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
     h, w = image_size
     dtype = masks.dtype if masks.dtype == torch.float64 else torch.float32
     out = masks.new_zeros((len(masks), 1, h, w), dtype=dtype)
-    for i, box in enumerate(boxes.to(dtype)):
-        x0, y0, x1, y1 = box.unbind()
-        xa, ya = (max(int(torch.floor(v)) - 1, 0) for v in (x0, y0))
-        xb, yb = min(int(torch.ceil(x1)) + 1, w), min(int(torch.ceil(y1)) + 1, h)
+    boxes = boxes.to(dtype)
+    for i, (bx0, by0, bx1, by1) in enumerate(boxes.tolist()):  # one device sync for all the regions
+        x0, y0, x1, y1 = boxes[i].unbind()
+        xa, ya = max(math.floor(bx0) - 1, 0), max(math.floor(by0) - 1, 0)
+        xb, yb = min(math.ceil(bx1) + 1, w), min(math.ceil(by1) + 1, h)
         if xb <= xa or yb <= ya:
             continue
         gx = (torch.arange(xa, xb, device=masks.device, dtype=dtype) + 0.5 - x0) / (x1 - x0) * 2 - 1
