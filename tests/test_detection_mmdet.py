@@ -610,3 +610,16 @@ def test_export_loads_official_mmdet_weights(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "partial.pth")
     with pytest.raises(Exception, match="missing"):
         build_exportable("detection", "internimage_test_32", str(tmp_path / "partial.pth"))
+
+
+@pytest.mark.parametrize("arch", ["mask_rcnn", "cascade_mask_rcnn"])
+def test_heads_accept_images_without_proposals(arch):
+    extra = dict(head_convs=0) if arch == "cascade_mask_rcnn" else {}
+    model = build_detector(arch, "internimage_test_32", 3, fpn_channels=16, mask_channels=8, **extra).eval()
+    feats = {str(i): torch.randn(2, 16, 64 // 2**i, 64 // 2**i) for i in range(4)}
+    proposals = [torch.zeros(0, 4), torch.tensor([[4.0, 4, 40, 40]])]
+    with torch.no_grad():
+        dets, _ = model.roi_heads(feats, proposals, [(256, 256)] * 2)
+    assert len(dets[0]["boxes"]) == 0 and dets[0]["masks"].shape[0] == 0
+    assert dets[1]["boxes"].shape[1] == 4 and dets[1]["masks"].shape[1:] == (1, 28, 28)
+    assert DeltaXYWHCoder().decode_single(torch.zeros(0, 12), torch.zeros(0, 4)).shape == (0, 12)

@@ -348,7 +348,7 @@ class CascadeRoIHeads(nn.Module):
         num_classes = scores.shape[1] - 1
         scores = scores[:, 1:].reshape(-1)
         labels = torch.arange(1, num_classes + 1, device=boxes.device).repeat(len(boxes))
-        boxes = boxes.reshape(len(boxes), -1, 4).expand(-1, num_classes, 4).reshape(-1, 4)
+        boxes = boxes.reshape(len(boxes), boxes.shape[1] // 4, 4).expand(-1, num_classes, 4).reshape(-1, 4)
         keep = torch.where(scores > self.score_thresh)[0]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]

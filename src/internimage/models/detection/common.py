@@ -96,7 +96,7 @@ class DeltaXYWHCoder(BoxCoder):
             (R, 4K) xyxy boxes.
         """
         n = rel_codes.shape[0]
-        d = rel_codes.reshape(n, -1, 4) * rel_codes.new_tensor(self.stds)
+        d = rel_codes.reshape(n, rel_codes.shape[1] // 4, 4) * rel_codes.new_tensor(self.stds)
         b = boxes.to(rel_codes.dtype)[:, None]
         pxy, pwh = (b[..., :2] + b[..., 2:]) * 0.5, b[..., 2:] - b[..., :2]
         gxy = pxy + pwh * d[..., :2]
@@ -106,7 +106,7 @@ class DeltaXYWHCoder(BoxCoder):
             h, w = max_shape
             out = torch.stack([out[..., 0].clamp(0, w), out[..., 1].clamp(0, h), out[..., 2].clamp(0, w),
                                out[..., 3].clamp(0, h)], -1)  # fmt: skip
-        return out.reshape(n, -1)
+        return out.reshape(n, rel_codes.shape[1])
 
 
 class MMDetAnchorGenerator(nn.Module):
