@@ -623,3 +623,22 @@ def test_heads_accept_images_without_proposals(arch):
     assert len(dets[0]["boxes"]) == 0 and dets[0]["masks"].shape[0] == 0
     assert dets[1]["boxes"].shape[1] == 4 and dets[1]["masks"].shape[1:] == (1, 28, 28)
     assert DeltaXYWHCoder().decode_single(torch.zeros(0, 12), torch.zeros(0, 4)).shape == (0, 12)
+
+
+def test_class_agnostic_checkpoints_load_as_the_same_class_specific_head(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    kwargs = dict(fpn_channels=16, head_convs=0, mask_channels=8)
+    agnostic = build_detector("cascade_mask_rcnn", "internimage_test_32", 3, reg_class_agnostic=True, **kwargs).eval()
+    save_file({k: v.contiguous() for k, v in agnostic.state_dict().items()}, str(tmp_path / "old.safetensors"))
+    specific = build_detector("cascade_mask_rcnn", "internimage_test_32", 3, **kwargs).eval()
+    assert load_detector_weights(specific, tmp_path / "old.safetensors").format == "ours"
+    feats = {str(i): torch.randn(1, 16, 64 // 2**i, 64 // 2**i) for i in range(4)}
+    proposals = [torch.tensor([[4.0, 4, 40, 40], [100, 30, 200, 160], [10, 120, 90, 250]])]
+    with torch.no_grad():
+        want = agnostic.roi_heads(feats, proposals, [(256, 256)])[0][0]
+        got = specific.roi_heads(feats, proposals, [(256, 256)])[0][0]
+    assert len(want["boxes"]) > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(got[key], want[key])

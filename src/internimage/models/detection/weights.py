@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,17 @@ def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _class_specific_regression(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our Cascade checkpoints from before class-specific regression had 4 ``fc_reg`` rows per stage: repeating them
+    for every class predicts exactly the same boxes."""
+    own = model.state_dict()
+    out = dict(sd)
+    for k, v in sd.items():
+        if re.search(r"box_heads\.\d+\.fc_reg\.", k) and k in own and v.shape[0] == 4 < own[k].shape[0]:
+            out[k] = v.repeat(own[k].shape[0] // 4, *([1] * (v.dim() - 1)))
+    return out
+
+
 def load_detector_weights(
     model: nn.Module, path: str | os.PathLike, strict: bool = True, use_ema: bool = False
 ) -> DetectorLoadResult:
@@ -68,6 +80,7 @@ def load_detector_weights(
     sd = _strip(sd)
     if any(k.startswith(_OUR_HEADS[1:]) for k in sd):
         kind = "ours"
+        sd = _class_specific_regression(sd, model)
     elif any(k.startswith(_MMDET_HEADS) for k in sd):
         kind = "mmdet"
         sd = map_mmdet_state_dict(sd, model).state_dict
