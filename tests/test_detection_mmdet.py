@@ -642,3 +642,48 @@ def test_class_agnostic_checkpoints_load_as_the_same_class_specific_head(tmp_pat
     assert len(want["boxes"]) > 0
     for key in ("boxes", "scores", "labels", "masks"):
         torch.testing.assert_close(got[key], want[key])
+
+
+def test_mask_rcnn_test_path_is_mmdet_get_bboxes():
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    from internimage.models.detection.mask_rcnn import MMDetRoIHeads
+
+    torch.manual_seed(0)
+    predictor = FastRCNNPredictor(4, K + 1).double()
+    with torch.no_grad():  # class 1 on the left, class 2 on the right; random per-class regression
+        predictor.cls_score.weight.zero_()
+        predictor.cls_score.weight[1, 0], predictor.cls_score.weight[2, 0] = -10.0, 10.0
+        predictor.cls_score.bias.copy_(torch.tensor([0.0, 2.0, -2.0]))
+        predictor.bbox_pred.weight.mul_(20)
+    mask_predictor = MaskRCNNPredictor(4, 2, K + 1).double()
+    heads = MMDetRoIHeads(
+        BoxFeatures(1), nn.Flatten(), predictor, 0.5, 0.5, 512, 0.25, None, 0.05, 0.5, 100,
+        BoxFeatures(2), nn.Identity(), mask_predictor,
+    ).eval()  # fmt: skip
+    proposals = torch.tensor(
+        [[10.0, 10, 30, 30], [12, 9, 31, 33], [50, 50, 80, 90], [60, 5, 99, 40], [35, 40, 55, 60], [0, 0, 99, 99]],
+        dtype=torch.float64,
+    )
+    with torch.no_grad():
+        det = heads({}, [proposals], [IMAGE])[0][0]
+        x = proposals / 100
+        logits = predictor.cls_score(x)
+        scores = torch.softmax(torch.cat([logits[:, 1:], logits[:, :1]], 1), -1)  # mmdet order: background last
+        deltas = predictor.bbox_pred(x)[:, 4:]  # mmdet's fc_reg: foreground classes only
+        boxes = ref_delta2bbox(proposals, deltas, (0.1, 0.1, 0.2, 0.2), IMAGE).view(len(proposals), K, 4)
+    ref = []
+    for c in range(K):
+        idx = torch.where(scores[:, c] > 0.05)[0]
+        ref += [
+            (float(scores[idx[i], c]), c + 1, boxes[idx[i], c]) for i in ref_nms(boxes[idx, c], scores[idx, c], 0.5)
+        ]
+    ref.sort(key=lambda d: -d[0])
+    assert len(det["boxes"]) == len(ref) > 2 and set(det["labels"].tolist()) == {1, 2}
+    torch.testing.assert_close(det["scores"], torch.tensor([d[0] for d in ref], dtype=torch.float64))
+    assert det["labels"].tolist() == [d[1] for d in ref]
+    torch.testing.assert_close(det["boxes"], torch.stack([d[2] for d in ref]), rtol=0, atol=1e-9)
+    with torch.no_grad():
+        want = mask_predictor(BoxFeatures(2)({}, [det["boxes"]], [IMAGE])).sigmoid()
+    torch.testing.assert_close(det["masks"][:, 0], want[torch.arange(len(det["labels"])), det["labels"]])
