@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import pickle
 
 import pytest
@@ -9,6 +10,7 @@ import timm
 import torch
 
 from internimage.cli import main as cli_main
+from internimage.engine import CheckpointManager
 from internimage.models import CheckpointError, convert_checkpoint, create_model, load_checkpoint
 from internimage.models.checkpoint import normalize_state_dict, read_checkpoint
 
@@ -154,9 +156,20 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"model": _Payload()}, f)
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError) as info:
         read_checkpoint(path)
     assert "pickled code ran" not in capsys.readouterr().out
+    # Not PyTorch's first line, which suggests the unsafe weights_only=False: what the file holds, and why not.
+    message = str(info.value)
+    assert message.startswith(f"refused {path}: it holds pickled Python objects (builtins.print)"), message
+    assert "not loaded for safety" in message and "weights_only" not in message and "\n" not in message
+    torch.save({"model": {"w": torch.ones(1)}, "args": argparse.Namespace(lr=1)}, tmp_path / "ns.pth")
+    with pytest.raises(CheckpointError, match=r"ns.pth: it holds pickled Python objects \(argparse.Namespace\)"):
+        read_checkpoint(tmp_path / "ns.pth")
+    with pytest.raises(RuntimeError, match=r"refused .*ns.pth: .*\(argparse.Namespace\)"):
+        CheckpointManager.load(tmp_path / "ns.pth")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        read_checkpoint(tmp_path)
 
 
 def test_normalize_leaves_our_layout_unchanged(source):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
 import signal
@@ -13,12 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import TensorDataset
 
 import internimage
 from internimage.engine import (
     CheckpointManager,
+    Task,
     TrainConfig,
+    Trainer,
     apply_overrides,
     build_optimizer,
     build_scheduler,
@@ -186,7 +193,7 @@ def test_config_round_trip_and_overrides(tmp_path: Path) -> None:
     assert load_config(TrainConfig, tmp_path / "c.yaml") == cfg
     with pytest.raises(ValueError, match="unknown config keys"):
         apply_overrides(cfg, ["lrr=1"])
-    with pytest.raises(ValueError, match="expected float"):
+    with pytest.raises(TypeError, match="lr must be a number, got 'fast'"):
         apply_overrides(cfg, ["lr=fast"])
     with pytest.raises(ValueError, match="amp must be"):
         apply_overrides(cfg, ["amp=fp8"]).validate()
@@ -305,3 +312,145 @@ def test_torchrun_two_processes_match_one_process(
     if strategy == "ddp":
         w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
         assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+# ------------------------------------------------------------------------------------------ bad input and faults
+def test_config_values_are_checked_when_the_config_is_built(tmp_path: Path) -> None:
+    from internimage.configs import ClassificationConfig
+
+    cases = [
+        (TypeError, "epochs must be an integer, got 1.7", ["epochs=1.7"]),  # was silently 1
+        (TypeError, "batch_size must be an integer, got True", ["batch_size=true"]),  # was a batch of 1
+        (TypeError, "ema must be true or false, got 'maybe'", ["ema=maybe"]),
+        (TypeError, "betas must have 2 values", ["betas=[0.9]"]),
+        (ValueError, "img_size must be > 0, got 0", ["img_size=0"]),
+        (ValueError, r"drop_path_rate must be in \[0, 1\), got 1.0", ["drop_path_rate=1.0"]),
+        (ValueError, "weight_decay must be >= 0, got -0.1", ["weight_decay=-0.1"]),
+        (ValueError, "workers must be >= 0, got -2", ["workers=-2"]),
+        (ValueError, "mean has 2 values but std has 3", ["mean=[0.5, 0.5]"]),
+        (ValueError, "mean and std have 3 values but the input has 1 channel", ["model_kwargs={in_chans: 1}"]),
+        (ValueError, "amp must be one of", ["amp=fp8"]),
+    ]
+    for err, message, overrides in cases:
+        with pytest.raises(err, match=message):
+            apply_overrides(ClassificationConfig(), overrides)
+    with pytest.raises(TypeError, match="epochs must be an integer"):
+        TrainConfig(epochs=1.7)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="img_size must be > 0"):
+        ClassificationConfig(img_size=-3)
+    ok = apply_overrides(ClassificationConfig(), ["epochs=2.0", "lr=1", "image_mode=L", "mean=[0.5]", "std=[0.5]"])
+    assert ok.epochs == 2 and isinstance(ok.epochs, int) and ok.lr == 1.0 and isinstance(ok.lr, float)
+    assert 1 <= TrainConfig().workers <= min(4, os.cpu_count() or 1)
+    (tmp_path / "bad.yaml").write_text("epochs: 3\nlr: [0.1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml is not valid YAML \(line \d+\)"):
+        load_config(TrainConfig, tmp_path / "bad.yaml")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        load_config(TrainConfig, tmp_path)
+
+
+class _LinearTask(Task):
+    """A linear classifier on 32 fixed random vectors: a whole training run takes a fraction of a second."""
+
+    def __init__(self, cfg: TrainConfig, classes: int = 4) -> None:
+        super().__init__(cfg)
+        self.classes = classes
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(8, self.classes))
+
+    def build_datasets(self, info):  # noqa: ANN001, ANN201
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+        return TensorDataset(x, y), TensorDataset(x[:8], y[:8])
+
+    def training_step(self, model: nn.Module, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"loss": F.cross_entropy(model(x + 0.1 * torch.randn_like(x)), y)}
+
+    def evaluate(self, model, loader, info) -> dict[str, float]:  # noqa: ANN001
+        right = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader)
+        return {"acc": right / 8}
+
+
+def _linear_cfg(out: Path, **kw: object) -> TrainConfig:
+    base = dict(output=str(out), epochs=2, batch_size=8, ckpt_every=2, keep_last=3, log_every=1, workers=0)
+    base.update(lr=0.1, lr_base_batch=0, warmup_epochs=0, clip_grad=None, device="cpu", **kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_resume_after_a_damaged_kill(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "run"
+    old_umask = os.umask(0o027)
+    try:
+        first = Trainer(_linear_cfg(out), _LinearTask(_linear_cfg(out))).fit()
+    finally:
+        os.umask(old_umask)
+    assert first["step"] == 8
+    # Every file the run wrote honours the umask (mkstemp alone would have made the atomic writes 0600).
+    written = [p for p in out.rglob("*") if p.is_file() and "tb" not in p.parts]
+    assert {p.name for p in written} >= {"config.yaml", "metrics.csv", "metrics.jsonl", "latest", "result.json"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o640)}
+
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.pth")) == ["epoch_0002.pth", "step_00000006.pth", "step_00000008.pth"]
+    original = {(r["split"], r["step"]): r for r in read_metrics(out)}
+    # What a kill can leave behind: damaged newest checkpoints, temporaries of interrupted writes, a cut line.
+    for name in ("epoch_0002.pth", "step_00000008.pth"):
+        (ckpts / name).write_bytes((ckpts / name).read_bytes()[:100])
+    stale = [ckpts / ".step_00000010.pth.x1y2.tmp", out / ".config.yaml.a1b2.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "st')
+
+    cfg = _linear_cfg(out, resume="auto")
+    with caplog.at_level(logging.INFO, logger="internimage.engine"):
+        resumed = Trainer(cfg, _LinearTask(cfg)).fit()
+    assert resumed["step"] == 8
+    assert "cannot read training checkpoint" in caplog.text and "epoch_0002.pth" in caplog.text
+    assert "resuming from step_00000006.pth, the newest checkpoint that could be read" in caplog.text
+    assert not any(p.exists() for p in stale)
+    rows = read_metrics(out)
+    keys = [(r["split"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a step was logged twice after the resume"
+    assert sorted(keys) == sorted(original)  # train 1..8 and val 4, 8: each once
+    # The re-run steps 7 and 8 are the same computation as before the kill.
+    for key in (("train", 7), ("train", 8)):
+        assert {r["split"]: r for r in rows if r["step"] == key[1]}["train"]["loss"] == pytest.approx(
+            original[key]["loss"], rel=1e-6
+        )
+    import csv
+
+    with open(out / "metrics.csv", newline="") as f:
+        csv_keys = [(r["split"], int(r["step"])) for r in csv.DictReader(f)]
+    assert sorted(csv_keys) == sorted(keys)
+
+    # Resuming into another architecture: one line that says so, not PyTorch's key-by-key report.
+    cfg5 = _linear_cfg(out, resume="auto")
+    with pytest.raises(ValueError) as info:
+        Trainer(cfg5, _LinearTask(cfg5, classes=5)).setup()
+    message = str(info.value)
+    assert "\n" not in message and "was written for another architecture" in message
+    assert "1.weight: checkpoint [4, 8] vs model [5, 8]" in message
+
+
+def test_checkpoint_save_on_a_full_disk_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    mgr.save({"step": 1, "w": torch.ones(3)}, "step_00000001.pth")
+
+    def full_disk(obj: object, f: object) -> None:
+        # What torch.save does on ENOSPC: a RuntimeError whose context is the file's OSError.
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"no space left on device while writing .*step_00000002.pth"):
+        mgr.save({"step": 2, "w": torch.ones(3)}, "step_00000002.pth")
+    monkeypatch.undo()
+    assert mgr.latest() == tmp_path / "step_00000001.pth"
+    assert CheckpointManager.load(mgr.latest())["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001.pth"]  # no temporary left
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        CheckpointManager.load(tmp_path)

@@ -172,6 +172,24 @@ def test_create_model_overrides_and_errors():
     assert internimage.list_models("internimage_t*") == ["internimage_t_1k_224"]
 
 
+def test_forward_names_the_expected_input():
+    model = create_model("internimage_test_32", depths=(1, 1, 1, 1), num_classes=4).eval()
+    bad = {
+        "rank": torch.rand(3, 32, 32),  # a single image without the batch dimension
+        "channels": torch.rand(1, 1, 32, 32),
+        "dtype": torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8),  # raw pixels, not normalised floats
+    }
+    for what, x in bad.items():
+        for call in (model, model.forward_features, lambda t: model.forward_intermediates(t, intermediates_only=True)):
+            with pytest.raises(ValueError) as info:
+                call(x)
+            expected = "InternImage expects a float image batch (N, C, H, W) with C=3, got a "
+            assert str(info.value) == expected + f"{str(x.dtype)[6:]} tensor of shape {tuple(x.shape)}", what
+    assert model(torch.rand(2, 3, 32, 32, dtype=torch.float64).float()).shape == (2, 4)
+    traced = torch.jit.trace(model, torch.rand(1, 3, 32, 32), check_trace=False)  # the check costs tracing nothing
+    assert traced(torch.rand(1, 3, 32, 32)).shape == (1, 4)
+
+
 def test_bf16_autocast_gradients_are_finite_and_repeatable_on_tiny_maps():
     """16 px inputs make 1x1 maps at the last downsample, where torch's CPU bf16 conv backward misbehaves."""
     torch.manual_seed(0)

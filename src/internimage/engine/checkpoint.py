@@ -8,11 +8,12 @@ A training checkpoint is a ``torch.save`` dict readable with ``weights_only=True
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import re
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io import atomic_path, atomic_write
+
 __all__ = [
     "CheckpointManager",
     "capture_rng_state",
+    "check_model_state",
+    "refusal_message",
     "full_model_state",
     "full_optimizer_state",
     "load_model_state",
@@ -105,6 +110,126 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Raise one ValueError line when ``state`` (a full state dict) was written for another architecture.
+
+    Compares key names and (global) shapes with the model's own state dict, so a resume into a different model
+    fails before anything is loaded, instead of with PyTorch's many-line ``load_state_dict`` report.
+    """
+    from .distributed import unwrap_model
+
+    own = unwrap_model(model).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    conflicts = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or conflicts):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({_preview(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({_preview(unexpected)})")
+    if conflicts:
+        k = conflicts[0]
+        shapes = f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}"
+        parts.append(f"{len(conflicts)} shape conflicts ({shapes}{', ...' if len(conflicts) > 1 else ''})")
+    raise ValueError(
+        f"checkpoint {source} was written for another architecture: {'; '.join(parts)}. Resume with the same "
+        "model settings, or train into a new output folder"
+    )
+
+
+def saved_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The run config stored in a training checkpoint (empty when absent or unreadable)."""
+    try:
+        cfg = json.loads(state.get("config", "{}"))
+    except (TypeError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _preview(keys: list[str], n: int = 3) -> str:
+    more = f", +{len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _pickled_globals(path: Path, limit: int = 16 << 20) -> list[str]:
+    """``module.name`` of the Python objects a pickled (or zipped ``torch.save``) file would import."""
+    import io
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # a damaged archive: nothing more to say than the load error
+            return []
+    with open(path, "rb") as f:
+        data = f.read(limit)
+    names: list[str] = []
+    strings: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):  # the legacy torch format is several pickles in a row
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # tensor data after the pickles, or a cut file
+            break
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except Exception:  # private helper of torch; without it every name is reported
+        allowed = set()
+    return list(dict.fromkeys(n for n in names if n not in allowed))
+
+
+def refusal_message(path: str | os.PathLike, err: BaseException) -> str | None:
+    """One line for a file ``torch.load(weights_only=True)`` refused; None for any other load error.
+
+    PyTorch's own message starts by suggesting ``weights_only=False``, which would run the file's pickled code;
+    this one names what the file holds instead.
+    """
+    import pickle
+
+    if not (isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower()):
+        return None
+    path = Path(path)
+    names = _pickled_globals(path)
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if not names and match:
+        names = [match.group(1)]
+    if not names:  # not a refused object but a damaged or foreign file: the caller's "cannot read" fits
+        return None
+    return (
+        f"refused {path}: it holds pickled Python objects ({_preview(names)}), not only tensors, and is not loaded "
+        "for safety (pickled objects can run code); save the weights as a state dict or .safetensors"
+    )
+
+
+def _save_tensors(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a Python file, so that a full disk surfaces as OSError(ENOSPC), not RuntimeError."""
+    with open(path, "wb") as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:
+            # torch reports a failed write as "[enforce fail at inline_container.cc] unexpected pos ..." with the
+            # file's OSError as context; the OSError is what the caller (and the user) can act on.
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from err
+            raise
+
+
 class CheckpointManager:
     """Writes ``step_XXXXXXXX.pth`` / ``epoch_XXXX.pth`` into ``directory`` and keeps the last ``keep_last``.
 
@@ -121,18 +246,16 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     def save(self, state: dict[str, Any], name: str) -> Path:
-        """Atomically write ``state`` as ``name`` (e.g. ``step_00000100.pth``), update ``latest``, rotate."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Atomically write ``state`` as ``name`` (e.g. ``step_00000100.pth``), update ``latest``, rotate.
+
+        Raises:
+            OSError: The folder cannot be written (full disk: "no space left on device while writing <path>");
+                the previous checkpoints and ``latest`` are then untouched.
+        """
         path = self.directory / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        _write_text_atomic(self.directory / "latest", name + "\n")
+        with atomic_path(path) as tmp:
+            _save_tensors(state, tmp)
+        atomic_write(self.directory / "latest", name + "\n")
         self._rotate()
         logger.info("saved checkpoint %s", path)
         return path
@@ -157,20 +280,49 @@ class CheckpointManager:
         ckpts = self.list()
         return ckpts[-1] if ckpts else None
 
+    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that can be read, with its state; None when there is none.
+
+        A latest checkpoint that cannot be read (a damaged file, a disk error) is logged and the next older kept
+        checkpoint is tried, so one bad file costs the steps since the previous checkpoint, not the run.
+
+        Raises:
+            RuntimeError: Checkpoints exist but none can be read (names the newest and why).
+        """
+        newest = self.latest()
+        candidates = ([newest] if newest is not None else []) + [p for p in reversed(self.list()) if p != newest]
+        first_error: RuntimeError | None = None
+        for path in candidates:
+            try:
+                state = self.load(path)
+            except RuntimeError as err:
+                first_error = first_error or err
+                logger.warning("%s; trying the previous checkpoint", err)
+                continue
+            if path != newest:
+                logger.warning("resuming from %s, the newest checkpoint that could be read", path.name)
+            return path, state
+        if first_error is not None:
+            raise RuntimeError(f"no readable checkpoint in {self.directory} ({first_error})")
+        return None
+
     @staticmethod
     def load(path: str | os.PathLike) -> dict[str, Any]:
         """Read a training checkpoint (``weights_only=True``)."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"checkpoint to resume from is a directory: {path}")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise RuntimeError(f"cannot read training checkpoint {path}: {str(err).splitlines()[0]}") from err
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+            refused = refusal_message(path, err)
+            if refused is not None:
+                raise RuntimeError(refused) from err
+            raise RuntimeError(f"cannot read training checkpoint {path}: {_first_line(err)}") from err
+        if not isinstance(state, dict):
+            raise RuntimeError(f"cannot read training checkpoint {path}: it holds a {type(state).__name__}, not a dict")
+        return state

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ..io import atomic_write
 
 __all__ = ["TrainConfig", "apply_overrides", "load_config", "save_config"]
 
@@ -58,7 +60,7 @@ class TrainConfig:
         ema_decay: EMA decay per optimizer step.
         strategy: ``ddp`` | ``fsdp`` (FSDP2 ``fully_shard``); single-process runs ignore it.
         device: ``auto`` | ``cpu`` | ``cuda``.
-        workers: DataLoader workers per process.
+        workers: DataLoader workers per process (default: 4, at most the machine's core count).
         seed: Base seed (each rank adds its rank).
         deterministic: ``torch.use_deterministic_algorithms(True)`` and no cuDNN benchmarking.
         log_every: Steps between log lines / metric rows.
@@ -101,7 +103,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     strategy: str = "ddp"
     device: str = "auto"
-    workers: int = 4
+    workers: int = field(default_factory=lambda: _default_workers())
     seed: int = 0
     deterministic: bool = False
     log_every: int = 50
@@ -111,6 +113,13 @@ class TrainConfig:
     resume: str = ""
     max_steps: int = 0
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        """Check every field's type and range as soon as the config is built (subclasses' fields included)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(hints[f.name], getattr(self, f.name), f.name))
+        self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
@@ -131,6 +140,33 @@ class TrainConfig:
             raise ValueError("set epochs > 0 or iters > 0")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        for name in _NON_NEGATIVE:
+            value = getattr(self, name, None)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
+        self._validate_task_fields()
+
+    def _validate_task_fields(self) -> None:
+        """Ranges of the fields most task configs share (image size, drop path, normalisation)."""
+        img_size = getattr(self, "img_size", None)
+        if img_size is not None and img_size <= 0:
+            raise ValueError(f"img_size must be > 0, got {img_size}")
+        drop_path = getattr(self, "drop_path_rate", None)
+        if drop_path is not None and not 0 <= drop_path < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path}")
+        mean, std = getattr(self, "mean", None), getattr(self, "std", None)
+        if mean is not None and std is not None:
+            if len(mean) != len(std):
+                raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
+            if any(s <= 0 for s in std):
+                raise ValueError(f"std must be > 0, got {list(std)}")
+            chans = _input_channels(self)
+            if chans is not None and len(mean) != chans:
+                raise ValueError(f"mean and std have {len(mean)} values but the input has {chans} channel(s)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples become lists) suitable for YAML/JSON."""
@@ -149,28 +185,129 @@ class TrainConfig:
         return cls(**values)
 
 
+# Counts, steps and rates for which a negative value has no meaning.
+_NON_NEGATIVE = (
+    "epochs",
+    "iters",
+    "lr",
+    "lr_base_batch",
+    "min_lr",
+    "warmup_lr",
+    "warmup_ratio",
+    "warmup_epochs",
+    "warmup_iters",
+    "weight_decay",
+    "eps",
+    "momentum",
+    "offset_lr_mul",
+    "clip_grad",
+    "workers",
+    "eval_every",
+    "ckpt_every",
+    "max_steps",
+)
+
+
+def _default_workers() -> int:
+    """Four loader processes, fewer on a machine with fewer cores."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _input_channels(cfg: Any) -> int | None:
+    """Input channels where the config states them: ``model_kwargs['in_chans']``, else the PIL image mode."""
+    kwargs = getattr(cfg, "model_kwargs", None)
+    if isinstance(kwargs, dict) and isinstance(kwargs.get("in_chans"), int):
+        return kwargs["in_chans"]
+    return {"L": 1, "RGB": 3}.get(getattr(cfg, "image_mode", None))
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _check_type(hint: Any, value: Any, name: str) -> Any:
+    """``value`` if it is of the annotated type (ints accepted as floats, lists as tuples), else TypeError.
+
+    A float where an int is expected is refused unless it is integral (``epochs=1.7`` must not become 1), and a
+    boolean is never taken for a number (``batch_size=true``).
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for inner in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(inner, value, name)
+            except TypeError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            raise TypeError(f"{name} must have {len(args)} values, got {len(value)}: {list(value)!r}")
+        if not args:
+            return tuple(value) if origin is tuple else list(value)
+        fixed = origin is tuple and args[-1] is not Ellipsis
+        inner_hints = list(args) if fixed else [args[0]] * len(value)
+        items = [_check_type(h, v, f"{name}[{i}]") for i, (h, v) in enumerate(zip(inner_hints, value))]
+        return tuple(items) if origin is tuple else list(items)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{name} must be a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
 def _coerce(hint: Any, value: Any, name: str) -> Any:
-    """Convert YAML/CLI values to the annotated type (tuples from lists, floats from ints/strings)."""
+    """Convert YAML/CLI values to the annotated type (tuples from lists, numbers from strings).
+
+    Only conversions that lose nothing happen here; :meth:`TrainConfig.__post_init__` refuses the rest.
+    """
     if value is None:
         return None
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, name) if len(inner) == 1 else value
-    if origin is tuple:
-        return tuple(_coerce(args[0], v, name) for v in value)
-    if origin is list:
-        return [(_coerce(args[0], v, name) if args else v) for v in value]
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) == len(value):
+            return tuple(_coerce(a, v, name) for a, v in zip(args, value))
+        return origin(_coerce(args[0], v, name) for v in value) if args else origin(value)
     if hint is bool and isinstance(value, str):
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{name}: expected a boolean, got {value!r}")
+            raise TypeError(f"{name} must be true or false, got {value!r}")
         return value.lower() in ("true", "1", "yes")
-    if hint in (int, float, str) and not isinstance(value, bool):
+    if hint in (int, float) and isinstance(value, str):
         try:
             return hint(value)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{name}: expected {hint.__name__}, got {value!r}") from err
+        except ValueError as err:
+            kind = "an integer" if hint is int else "a number"
+            raise TypeError(f"{name} must be {kind}, got {value!r}") from err
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # a YAML scalar such as `resume: 100` or `model: 1`
     return value
 
 
@@ -196,13 +333,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     """Write ``cfg`` as YAML atomically."""
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def load_config(cls: type[C], path: str | os.PathLike) -> C:
@@ -210,10 +341,18 @@ def load_config(cls: type[C], path: str | os.PathLike) -> C:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"config {path} is a directory, not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"config {path} is not valid YAML{line}: {problem}") from err
     if not isinstance(data, dict):
         raise ValueError(f"config {path} is not a mapping")
     return cls.from_dict(data)

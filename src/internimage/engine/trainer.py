@@ -25,14 +25,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..io import atomic_write, remove_stale_temporaries
 from .checkpoint import (
     CheckpointManager,
     capture_rng_state,
+    check_model_state,
     full_model_state,
     full_optimizer_state,
     load_model_state,
     load_optimizer_state,
     restore_rng_state,
+    saved_config,
 )
 from .config import TrainConfig, save_config
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, unwrap_model, wrap_model
@@ -186,6 +189,12 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
         self.ckpt = CheckpointManager(self.output / "checkpoints", cfg.keep_last)
+        if info.is_main:
+            # Temporary files of writes a kill interrupted (checkpoint, config, metrics) are garbage.
+            for folder in (self.output, self.ckpt.directory):
+                for stale in remove_stale_temporaries(folder):
+                    logger.info("removed %s, left by an interrupted write", stale)
+        barrier()
         self.metrics = MetricLogger(self.output, enabled=info.is_main)
         logger.info(
             "%d process(es) on %s, global batch %d (%d x %d x %d accum), lr %.3g, %d steps (%d per epoch), "
@@ -247,12 +256,21 @@ class Trainer:
         cfg = self.cfg
         if not cfg.resume:
             return
-        path = self.ckpt.latest() if cfg.resume == "auto" else Path(cfg.resume)
-        if path is None:
-            logger.info("resume=auto: no checkpoint in %s, starting fresh", self.ckpt.directory)
-            return
-        state = CheckpointManager.load(path)
+        if cfg.resume == "auto":
+            found = self.ckpt.load_latest()
+            if found is None:
+                logger.info("resume=auto: no checkpoint in %s, starting fresh", self.ckpt.directory)
+                self.metrics.rewind(0)  # rows a run killed before its first checkpoint logged
+                return
+            path, state = found
+        else:
+            path = Path(cfg.resume)
+            state = CheckpointManager.load(path)
         assert self.info is not None and self.model is not None
+        for key in ("model", "optimizer", "step", "epoch", "rng"):
+            if key not in state:
+                raise ValueError(f"{path} is not a training checkpoint of this package (no {key!r} entry)")
+        self._check_architecture(path, state)
         load_model_state(self.model, state["model"])
         load_optimizer_state(unwrap_model(self.model), self.optimizer, state["optimizer"])
         if self.ema is not None:
@@ -269,7 +287,19 @@ class Trainer:
         else:
             logger.warning("resuming with a different number of processes: RNG streams are re-seeded")
             seed_everything(self.cfg.seed + self.info.rank + self.step)
+        self.metrics.rewind(self.step)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+    def _check_architecture(self, path: Path, state: dict[str, Any]) -> None:
+        """One line when the checkpoint's weights do not fit the model (names the saved ``model`` if it differs)."""
+        try:
+            check_model_state(self.model, state["model"], path)
+        except ValueError as err:
+            saved = saved_config(state).get("model")
+            current = getattr(self.cfg, "model", None)
+            if saved is not None and current is not None and saved != current:
+                raise ValueError(f"{err} (it was saved with model={saved}, this run has model={current})") from None
+            raise
 
     # ------------------------------------------------------------------ loop
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -514,14 +544,7 @@ class Trainer:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=float)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, default=float))
 
 
 def _save_safetensors(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

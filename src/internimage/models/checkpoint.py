@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +92,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         CheckpointError: missing file, unreadable/corrupt file, or content that is not a dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -99,8 +101,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             from safetensors.torch import load_file
 
             return dict(load_file(str(path), device="cpu"))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Raw pickles (protocol > 2) make torch warn before it refuses them; the refusal says it all.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch/safetensors raise many types for corrupt files
+        from ..engine.checkpoint import refusal_message
+
+        refused = refusal_message(path, err)
+        if refused is not None:
+            raise CheckpointError(refused) from err
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from err
     if not isinstance(obj, Mapping):
@@ -254,21 +264,13 @@ def load_checkpoint(
 def save_state_dict(
     sd: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Write a state dict as safetensors atomically (temporary file in the same folder, then rename)."""
+    """Write a state dict as safetensors with :func:`internimage.io.atomic_write` (umask honoured, no partial file)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..io import atomic_write
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata or {})))
 
 
 def convert_checkpoint(

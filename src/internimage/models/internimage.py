@@ -385,6 +385,7 @@ class InternImage(nn.Module):
         if use_dcn_v4_op and core_op != "DCNv3":
             raise ValueError("InternImage: use_dcn_v4_op applies to core_op='DCNv3' only")
         self.core_op = core_op
+        self.in_chans = in_chans  # read by the input check of every forward
         self.num_classes = num_classes
         self.num_levels = len(depths)
         self.depths = tuple(depths)
@@ -556,8 +557,20 @@ class InternImage(nn.Module):
         return take
 
     # ----------------------------------------------------------------------------------------- forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        """One clear line for a batch the stem cannot take (it would fail deep inside a conv, or not at all)."""
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            return
+        chans = self.in_chans
+        if x.dim() != 4 or x.shape[1] != chans or not x.is_floating_point():
+            raise ValueError(
+                f"InternImage expects a float image batch (N, C, H, W) with C={chans}, "
+                f"got a {str(x.dtype).replace('torch.', '')} tensor of shape {tuple(x.shape)}"
+            )
+
     def _run_levels(self, x: torch.Tensor, last: int) -> list[torch.Tensor]:
         """Run stem and levels 0..last; returns their NHWC outputs (pre-downsample)."""
+        self._check_input(x)
         x = self.pos_drop(self.patch_embed(x))
         feats = []
         for i, level in enumerate(self.levels[: last + 1]):
