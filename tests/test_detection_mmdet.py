@@ -687,3 +687,12 @@ def test_mask_rcnn_test_path_is_mmdet_get_bboxes():
     with torch.no_grad():
         want = mask_predictor(BoxFeatures(2)({}, [det["boxes"]], [IMAGE])).sigmoid()
     torch.testing.assert_close(det["masks"][:, 0], want[torch.arange(len(det["labels"])), det["labels"]])
+
+
+def test_rpn_drops_only_empty_proposals():
+    # mmdet RPNHead._bbox_post_process with min_bbox_size=0: keep w > 0 and h > 0, NMS 0.7 per level.
+    model = build_detector("mask_rcnn", "internimage_test_32", 3, fpn_channels=16).eval()
+    proposals = torch.tensor([[[10.0, 10, 10.0005, 30], [40, 40, 40, 60], [50, 50, 70, 70]]])
+    objectness = torch.tensor([[3.0, 2.0, 1.0]])
+    boxes, _ = model.rpn.filter_proposals(proposals, objectness, [(100, 100)], [3])
+    assert torch.equal(boxes[0], proposals[0, [0, 2]])  # the 5e-4 px wide one stays (torchvision drops < 1e-3)

@@ -329,6 +329,8 @@ def build_rpn(
     )
     rpn.proposal_matcher = MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3, match_low_quality=True)
     rpn.box_coder = DeltaXYWHCoder()
+    # mmdet's min_bbox_size=0 drops only empty proposals (w or h <= 0); torchvision drops w or h < min_size (1e-3).
+    rpn.min_size = torch.finfo(torch.float32).tiny
     return rpn
 
 
