@@ -32,10 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from .configs import ClassificationConfig, list_presets, load_preset
 from .engine import DistInfo, Task, all_reduce_sum, real_sample_count
 from .engine.distributed import unwrap_model
+from .models.internimage import InternImageBlock
 
 __all__ = [
     "ClassificationConfig",
     "ClassificationTask",
+    "build_val_dataset",
     "class_names",
     "extract_features",
     "image_loader",
@@ -105,6 +107,7 @@ class ClassificationTask(Task):
     """
 
     primary_metric = "top1"
+    fsdp_unit_types = (InternImageBlock,)
 
     def __init__(
         self,
@@ -129,7 +132,9 @@ class ClassificationTask(Task):
         if not c.train_data:
             raise ValueError("no training data: pass --train-data (an image folder or a 'path label' list)")
         tf = build_train_transform(c.img_size, c.auto_augment, c.color_jitter, c.reprob, c.interpolation, c.mean, c.std)
-        return build_image_dataset(c.train_data, tf, c.image_mode, c.data_root or None)
+        dataset = build_image_dataset(c.train_data, tf, c.image_mode, c.data_root or None)
+        _check_training_classes(dataset.classes, c.num_classes, c.train_data)
+        return dataset
 
     def _build_val(self) -> Dataset | None:
         from .data import build_eval_transform, build_image_dataset
@@ -280,14 +285,69 @@ class ClassificationTask(Task):
         return mapped.masked_fill(index[None] < 0, float("-inf"))
 
 
+def _check_training_classes(classes: list[str], num_classes: int, where: str) -> None:
+    """Refuse training data whose classes cannot fit the head (no silent 8-class head from one stray label)."""
+    shown = ", ".join(classes[:5]) + (f", +{len(classes) - 5} more" if len(classes) > 5 else "")
+    if num_classes > 0 and len(classes) > num_classes:
+        raise ValueError(f"{where} has {len(classes)} classes ({shown}) but num_classes is {num_classes}")
+    if num_classes <= 0 and len(classes) < 2:
+        raise ValueError(f"{where} has a single class ({shown}): a classifier needs two or more")
+
+
+def build_val_dataset(
+    path: str | Path, transform: Callable[[Any], torch.Tensor], info: dict[str, Any], map22kto1k: bool = False
+) -> Dataset:
+    """An evaluation set labelled in the model's class order.
+
+    The sub-folders of an image folder are matched by name to the class names stored with the checkpoint (a
+    folder holding only ``dog`` images is labelled ``dog``, not class 0); a folder name that is not a class of the
+    checkpoint is refused. Without stored names (official weights) folders are taken in sorted order, the ImageNet
+    convention. A ``path label`` list's labels are class indices of the model.
+
+    Args:
+        path: Image folder or list file.
+        transform: PIL image -> tensor.
+        info: The second result of :func:`load_classifier`.
+        map22kto1k: Labels are ImageNet-1k indices (a 22k model evaluated on 1k).
+
+    Raises:
+        ValueError: folder names or labels that are not classes of the model (one line naming them).
+    """
+    from .data import build_image_dataset
+
+    classes = class_names(IMAGENET_1K) if map22kto1k else list(info["classes"])
+    root = Path(path)
+    if root.is_dir() and info.get("classes_stored") and not map22kto1k:
+        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        unknown = [name for name in found if name not in classes]
+        if unknown:
+            raise ValueError(
+                f"{root}: folder(s) {', '.join(unknown[:5])} are not classes of the checkpoint "
+                f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); name the folders after them"
+            )
+        return build_image_dataset(root, transform, info["image_mode"], classes=classes)
+    if root.is_dir():
+        dataset = build_image_dataset(root, transform, info["image_mode"])
+        if len(dataset.classes) > len(classes):
+            raise ValueError(f"{root} has {len(dataset.classes)} classes, the model predicts {len(classes)}")
+        logger.info("%s: the checkpoint stores no class names; folders are labelled in sorted order", root)
+        return dataset
+    return build_image_dataset(root, transform, info["image_mode"], classes=classes)
+
+
 # ----------------------------------------------------------------------------------------------- model loading
 def _checkpoint_metadata(path: Path) -> dict[str, str]:
     """Metadata our runs store: safetensors header, or ``metadata``/``config`` of a training checkpoint."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
+        from .models.checkpoint import CheckpointError
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return dict(f.metadata() or {})
+        except Exception as err:  # SafetensorError, OSError: a damaged or truncated file
+            raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip() or type(err).__name__}") from err
     from .models.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(path)
@@ -319,14 +379,16 @@ def load_classifier(
     classes from the checkpoint's head.
 
     Returns:
-        ``(model in eval mode, info)`` with ``info`` keys ``classes``, ``img_size``, ``mean``, ``std``,
-        ``image_mode``.
+        ``(model in eval mode, info)`` with ``info`` keys ``classes``, ``classes_stored`` (the names come from the
+        checkpoint, not a default), ``img_size``, ``mean``, ``std``, ``image_mode``.
     """
     from .models import create_model
 
     meta: dict[str, str] = {}
     path = Path(checkpoint) if checkpoint else None
     if path is not None:
+        if path.is_dir():
+            raise IsADirectoryError(f"checkpoint {path} is a directory, not a weights file")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         meta = _checkpoint_metadata(path)
@@ -350,6 +412,7 @@ def load_classifier(
     classes = json.loads(meta["classes"]) if "classes" in meta else class_names(net.num_classes)
     info = {
         "classes": classes,
+        "classes_stored": "classes" in meta,
         "img_size": int(meta.get("img_size", default_size)),
         "mean": tuple(json.loads(meta["mean"])) if "mean" in meta else (0.485, 0.456, 0.406),
         "std": tuple(json.loads(meta["std"])) if "std" in meta else (0.229, 0.224, 0.225),
@@ -390,6 +453,8 @@ def image_loader(
     """
     from .data import SkipCollate, build_eval_transform
 
+    if img_size is not None and img_size <= 0:
+        raise ValueError(f"image size must be > 0, got {img_size}")
     size = img_size or info["img_size"]
     tf = build_eval_transform(size, mean=info["mean"], std=info["std"])
     return DataLoader(ImagePaths(paths, tf, info["image_mode"]), batch_size=batch_size, collate_fn=SkipCollate())
@@ -401,6 +466,9 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Top-k ``[{'image', 'top': [{'label', 'index', 'score'}, ...]}]`` for every readable image."""
     from tqdm.auto import tqdm
+
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
 
     out = []
     for batch in tqdm(loader, desc="predict", leave=False, disable=len(loader) < 2):

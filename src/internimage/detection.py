@@ -29,6 +29,7 @@ import torch
 from .engine import Task, TrainConfig
 from .engine.config import apply_overrides
 from .engine.task import checkpoint_fields
+from .models.internimage import InternImageBlock
 
 __all__ = [
     "META_KEY",
@@ -239,6 +240,7 @@ class DetTask(Task):
     """COCO instance detection / segmentation for the engine's :class:`~internimage.engine.Trainer`."""
 
     primary_metric = "bbox_mAP"
+    fsdp_unit_types = (InternImageBlock,)
 
     def __init__(self, cfg: DetTrainConfig) -> None:
         super().__init__(cfg)

@@ -32,6 +32,7 @@ import torch
 from .engine import Task, TrainConfig
 from .engine.config import apply_overrides
 from .engine.task import checkpoint_fields
+from .models.internimage import InternImageBlock
 
 __all__ = [
     "META_KEY",
@@ -291,6 +292,7 @@ class SegTask(Task):
     """Semantic segmentation for the engine's :class:`~internimage.engine.Trainer`."""
 
     primary_metric = "mIoU"
+    fsdp_unit_types = (InternImageBlock,)
 
     def __init__(self, cfg: SegTrainConfig) -> None:
         super().__init__(cfg)

@@ -2,7 +2,8 @@
 
 A task owns everything specific to a problem (model, data, loss, metrics); the trainer owns the loop
 (distribution, AMP, accumulation, clipping, EMA, schedules, checkpoints, resume, logging). Subclass :class:`Task`
-and implement the four abstract methods; the rest have working defaults.
+and implement the four abstract methods; the rest have working defaults. The engine knows no model: what it needs
+to know of one (the block type sharded as FSDP units) the task says in :attr:`Task.fsdp_unit_types`.
 
 Batches can be anything the collate function returns; :meth:`Task.batch_to_device` moves tensors found in
 tuples/lists/dicts. A dict batch may carry ``num_skipped`` (unreadable samples dropped by the collate function);
@@ -11,6 +12,7 @@ the trainer sums it into the ``skipped`` metric and the log.
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +40,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class Task:
+class Task(abc.ABC):
     """Base class of a trainable task.
 
     Args:
@@ -47,19 +49,24 @@ class Task:
 
     #: Metric (key of :meth:`evaluate`'s result) where higher is better; logged as the run's headline.
     primary_metric: str = "loss"
+    #: Module types sharded as separate FSDP2 units (e.g. the backbone's block class); empty: the root only.
+    fsdp_unit_types: tuple[type[nn.Module], ...] = ()
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
 
     # ------------------------------------------------------------------ must implement
+    @abc.abstractmethod
     def build_model(self) -> nn.Module:
         """The model to train, on CPU, in train mode."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def build_datasets(self, info: DistInfo) -> tuple[Dataset, Dataset | None]:
         """``(train, val)`` map-style datasets (``val`` may be None). Called on every rank."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         """Forward + loss of one micro-batch (already on the device, inside autocast).
 
@@ -68,6 +75,7 @@ class Task:
         """
         raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, model: nn.Module, loader: DataLoader, info: DistInfo) -> dict[str, float]:
         """Metrics over the whole ``loader`` (already sharded per rank), reduced over ranks.
 
@@ -90,10 +98,9 @@ class Task:
         return param_groups(model, c.weight_decay, c.layer_decay, c.layer_decay_rule, c.offset_lr_mul)
 
     def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
-        """Submodules sharded as separate FSDP2 units (default: every InternImage block)."""
-        from ..models.internimage import InternImageBlock
-
-        return [m for m in model.modules() if isinstance(m, InternImageBlock)]
+        """Submodules sharded as separate FSDP2 units (default: every instance of :attr:`fsdp_unit_types`)."""
+        types = self.fsdp_unit_types
+        return [m for m in model.modules() if isinstance(m, types)] if types else []
 
     def export_metadata(self) -> dict[str, str]:
         """String metadata stored in the exported ``model.safetensors`` (e.g. model name, class names)."""
