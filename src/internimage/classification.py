@@ -509,8 +509,16 @@ def extract_features(
     return out
 
 
-def save_features(feats: dict[str, dict[str, torch.Tensor]], output: str | Path) -> int:
+def save_features(
+    feats: dict[str, dict[str, torch.Tensor]], output: str | Path, stems: dict[str, Path] | None = None
+) -> int:
     """Write :func:`extract_features`' result: one ``.safetensors`` file, or ``<stem>_<key>.npy`` files in a folder.
+
+    Args:
+        feats: ``{image path: {key: tensor}}``.
+        output: A ``.safetensors`` file or a folder.
+        stems: Relative output name (no suffix) per image path, e.g. ``a/x`` to keep images of different folders
+            apart (default: the file's stem).
 
     Returns:
         The number of tensors written.
@@ -527,10 +535,10 @@ def save_features(feats: dict[str, dict[str, torch.Tensor]], output: str | Path)
         return len(flat)
     n = 0
     for img, d in feats.items():
-        stem = Path(img).stem
+        stem = stems[img] if stems is not None else Path(Path(img).stem)
         for k, v in d.items():
             buf = io.BytesIO()  # np.save to a path would append ".npy" to the temporary name
             np.save(buf, v.numpy())
-            atomic_write(out / f"{stem}_{k}.npy", buf.getvalue())
+            atomic_write(out / stem.with_name(f"{stem.name}_{k}.npy"), buf.getvalue())
             n += 1
     return n

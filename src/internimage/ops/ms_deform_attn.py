@@ -135,7 +135,9 @@ class MultiScaleDeformableAttention(nn.Module):
             reference_points = reference_points[:, :, None].expand(-1, -1, lv, -1)
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: divide by (w, h).
-            norm = torch.tensor([[w, hh] for hh, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            # Built from tensor arithmetic, not torch.tensor(), so symbolic sizes stay symbolic under torch.export.
+            one = query.new_ones(())
+            norm = torch.stack([torch.stack((one * w, one * hh)) for hh, w in spatial_shapes])
             loc = reference_points[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             ref = reference_points[:, :, None, :, None]

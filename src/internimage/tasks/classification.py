@@ -33,6 +33,7 @@ from ..classification import (
 )
 from ..data.datasets import collect_images
 from ..engine import Trainer, apply_overrides, load_config
+from ._common import add_output, add_overrides, output_stems
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -42,7 +43,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model name (default: the preset's)")
     parser.add_argument("--train-data", default=None, help="image folder (root/<class>/<img>) or 'path label' list")
     parser.add_argument("--val-data", default=None, help="image folder or list for evaluation")
-    parser.add_argument("--output", default=None, help="run folder")
+    add_output(parser, "run folder")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="per process")
     parser.add_argument("--lr", type=float, default=None, help="lr per lr_base_batch images")
@@ -54,7 +55,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="auto", default=None, help="'auto' or a checkpoint path")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config field")
+    add_overrides(parser)
     parser.add_argument("--print-config", action="store_true", help="print the effective config and exit")
 
 
@@ -197,7 +198,7 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model name (needed unless the checkpoint is ours)")
     parser.add_argument("--pretrained", action="store_true")
     parser.add_argument("--stages", default="0,1,2,3", help="comma-separated levels 0-3, and/or 'pooled'")
-    parser.add_argument("--output", required=True, help="folder (.npy files) or a .safetensors file")
+    add_output(parser, "folder (<relative path>_<stage>.npy files) or a .safetensors file", required=True)
     parser.add_argument("--img-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -216,7 +217,8 @@ def _run_extract(args: argparse.Namespace) -> int:
     feats = extract_features(
         model, image_loader(paths, meta, args.img_size, args.batch_size), paths, stages, info.device
     )
-    n = save_features(feats, args.output)
+    stems = dict(zip(map(str, paths), output_stems(paths)))
+    n = save_features(feats, args.output, stems)
     if Path(args.output).suffix == ".safetensors":
         print(f"{len(feats)} images, {n} tensors -> {args.output}")
     else:

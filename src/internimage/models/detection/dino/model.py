@@ -201,7 +201,8 @@ class InternImageDINO(nn.Module):
         """
         feats = self.features(x)[-1]
         classes, boxes, _, _ = self.bbox_head(feats, None)
-        sizes = x.new_tensor([x.shape[-2], x.shape[-1]]).expand(x.shape[0], 2)
+        one = x.new_ones(())
+        sizes = torch.stack((one * x.shape[-2], one * x.shape[-1])).expand(x.shape[0], 2)
         return self.bbox_head.decode(classes[-1], boxes[-1], sizes)
 
     @staticmethod

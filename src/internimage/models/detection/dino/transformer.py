@@ -258,7 +258,8 @@ class DinoTransformer(nn.Module):
         props, start = [], 0
         for lvl, (h, w) in enumerate(shapes):
             if padding is None:
-                scale = memory.new_tensor([w, h]).view(1, 1, 1, 2)
+                one = memory.new_ones(())
+                scale = torch.stack((one * w, one * h)).view(1, 1, 1, 2)
             else:
                 m = padding[:, start : start + h * w].view(n, h, w)
                 valid = torch.stack(((~m[:, 0, :]).sum(1), (~m[:, :, 0]).sum(1)), -1).to(memory.dtype)
@@ -304,7 +305,7 @@ class DinoTransformer(nn.Module):
             topk anchors (N, Q, 4))``.
         """
         n = feats[0].shape[0]
-        shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+        shapes = [(f.shape[-2], f.shape[-1]) for f in feats]  # no int(): sizes stay symbolic under torch.export
         tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)
         pos = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embeds[i].view(1, 1, -1) for i, p in enumerate(pos_embeds)], 1
