@@ -21,6 +21,8 @@ from internimage import create_model
 from internimage.models import ARCHS
 from internimage.ops import DCNv3, DCNv4, available_backends, dcnv3, dcnv4, make_args, pack_offset_mask
 from internimage.ops.dcnv4 import offset_mask_channels, split_offset_mask
+from internimage.ops.reference import dcnv3_reference, dcnv3_reference_backward
+from nonfinite_cases import POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 
 D64 = torch.float64
 CPU_BACKENDS = available_backends("cpu", torch.float32)  # reference, and cpu where the C++ kernel builds
@@ -359,3 +361,20 @@ def test_use_dcn_v4_op_gives_the_dcnv3_outputs_on_a_whole_model():
         torch.testing.assert_close(grads[1][key], grad, rtol=1e-8, atol=1e-10, msg=key)
     with pytest.raises(ValueError, match="use_dcn_v4_op"):
         _tiny_flash(use_dcn_v4_op=True)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("poisoned,value", POISONS, ids=POISON_IDS)
+def test_nonfinite_values_propagate_like_the_dcnv3_reference(poisoned, value, backend):
+    """NaN/Inf in input, offsets or masks of the fused tensor: output and gradients are non-finite exactly where
+    the float64 DCNv3 reference's are (NaN where NaN), through the public op and autograd."""
+    x, off, mask, grad, args = nonfinite_case(poisoned, value, softmax=False)
+    om = pack_offset_mask(off, mask, args.group)
+    leaves = [t.clone().requires_grad_() for t in (x, om)]
+    out = _call(*leaves, args, backend)
+    out.backward(grad)
+    ref_grads = dcnv3_reference_backward(grad, x, off, mask, args)
+    expected_om = pack_offset_mask(ref_grads[1], ref_grads[2], args.group)
+    pairs = ((out, dcnv3_reference(x, off, mask, args)), (leaves[0].grad, ref_grads[0]), (leaves[1].grad, expected_om))
+    for name, (got, want) in zip(("output", "grad_input", "grad_offset_mask"), pairs):
+        assert_same_nonfinite(name, got, want, rtol=1e-10, atol=1e-10, kinds=value != value)

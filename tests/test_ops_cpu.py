@@ -14,6 +14,7 @@ from internimage.ops import dcnv3, make_args, use_backend
 from internimage.ops.args import DCNv3Args
 from internimage.ops.backends import resolve_backend
 from internimage.ops.reference import dcnv3_reference, dcnv3_reference_backward
+from nonfinite_cases import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -247,3 +248,19 @@ def test_fused_softmax_extreme_logits_stay_finite():
     x, offset, mask, grad = make_case(1, 5, 6, args, 4, torch.float32)
     mask = (mask - 0.5) * 1e4  # exp would overflow / underflow without the max shift
     check_against_reference((x, offset, mask, grad), args, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("softmax", [False, True], ids=["weights", "softmax"])
+@pytest.mark.parametrize("poisoned,value", POISONS, ids=POISON_IDS)
+def test_nonfinite_values_propagate_like_the_reference(poisoned, value, softmax, dtype):
+    """NaN/Inf in input, offset or mask give NaN/Inf exactly where the reference has them (output and all three
+    gradients; an infinity may come out as NaN where the reference, associating differently, has an infinity);
+    before, a NaN or Inf offset failed the inside test and its sample read as 0 with 0 gradients."""
+    x, off, mask, grad, args = nonfinite_case(poisoned, value, softmax)
+    x, off, mask, grad = (t.to(dtype) for t in (x, off, mask, grad))
+    ref_out, ref_grads = reference64(x, off, mask, grad, args)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    got = [cpu_backend.forward(x, off, mask, args), *cpu_backend.backward(grad, x, off, mask, args)]
+    for name, g, want in zip(NAMES, got, (ref_out, *ref_grads)):
+        assert_same_nonfinite(name, g, want, rtol=tol, atol=tol, kinds=value != value)

@@ -21,6 +21,7 @@ import torch
 from internimage.ops import dcnv3, dcnv3_reference, dcnv3_reference_backward, make_args
 from internimage.ops.args import DCNv3Args
 from internimage.ops.backends import resolve_backend
+from nonfinite_cases import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -389,3 +390,21 @@ def test_kernels_compile_for_sm90_other_dtypes(monkeypatch, triton_mod, backward
     args = make_args((3, 5), 2, (1, 2), (1, 2), group=1, offset_scale=2.0, softmax=True)
     monkeypatch.setattr(triton_mod, "_INT32_LIMIT", 0)
     assert _compile_for_sm90(triton_mod, backward, dtype, args, d=30)
+
+
+# --- NaN and Inf ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("softmax", [False, True], ids=["weights", "softmax"])
+@pytest.mark.parametrize("poisoned,value", POISONS, ids=POISON_IDS)
+def test_nonfinite_values_propagate_like_the_reference(poisoned, value, softmax, device):
+    """NaN/Inf in input, offset or mask give NaN (non-finite for Inf) exactly where the float64 reference does,
+    in the output and all three gradients; before, the clamp of the sampling position hid NaN/Inf offsets."""
+    from internimage.ops.triton_dcnv3 import BACKEND
+
+    x, off, mask, grad, args = nonfinite_case(poisoned, value, softmax)
+    expected = [dcnv3_reference(x, off, mask, args), *dcnv3_reference_backward(grad, x, off, mask, args)]
+    dev = [t.to(device) for t in (x, off, mask, grad)]
+    got = [BACKEND.forward(*dev[:3], args), *BACKEND.backward(dev[3], *dev[:3], args)]
+    for name, g, e in zip(NAMES, got, expected):
+        assert_same_nonfinite(name, g, e, rtol=1e-10, atol=1e-10, kinds=value != value)

@@ -38,6 +38,7 @@ __all__ = [
     "ClassificationConfig",
     "ClassificationTask",
     "build_val_dataset",
+    "build_val_dataset",
     "class_names",
     "extract_features",
     "image_loader",
@@ -393,6 +394,8 @@ def load_classifier(
             raise FileNotFoundError(f"checkpoint not found: {path}")
         meta = _checkpoint_metadata(path)
     name = model or meta.get("model")
+    if name is None and path is None:
+        raise ValueError("no model: pass --model NAME (see `internimage info`)")
     if name is None:
         raise ValueError(f"{path} does not name its architecture: pass --model (see `internimage info`)")
     kwargs = json.loads(meta.get("model_kwargs", "{}")) if not model or model == meta.get("model") else {}
@@ -466,6 +469,9 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Top-k ``[{'image', 'top': [{'label', 'index', 'score'}, ...]}]`` for every readable image."""
     from tqdm.auto import tqdm
+
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
 
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")

@@ -44,10 +44,16 @@ def _main_parser() -> argparse.ArgumentParser:
 
 
 def _task_of(argv: Sequence[str]) -> str:
+    """``--task``, else the task of ``--preset`` (any task's preset names its task), else classification."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task", default="classification", choices=_TASKS)
+    pre.add_argument("--task", default=None, choices=_TASKS)
+    pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args(argv)
-    return known.task
+    if known.task is None and known.preset:
+        from .configs import preset_task
+
+        return preset_task(known.preset) or "classification"
+    return known.task or "classification"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,8 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in _COMMANDS:
         _main_parser().parse_args([command])  # argparse prints the choices and exits 2
     module_name, text = _COMMANDS[command]
+    task = _task_of(rest)
     if module_name == "{task}":
-        module_name = f"internimage.tasks.{_task_of(rest)}"
+        module_name = f"internimage.tasks.{task}"
     try:
         module = importlib.import_module(module_name)
         add_arguments, run = module.COMMANDS[command]
@@ -70,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = argparse.ArgumentParser(prog=f"internimage {command}", description=text)
     if module_name.startswith("internimage.tasks.") and command in ("train", "eval", "predict"):
-        parser.add_argument("--task", default="classification", choices=_TASKS, help="task (default: %(default)s)")
+        parser.add_argument("--task", default=task, choices=_TASKS, help="default: the preset's, else classification")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     add_arguments(parser)
     args = parser.parse_args(rest)

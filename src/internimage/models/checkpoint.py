@@ -274,7 +274,11 @@ def save_state_dict(
 
 
 def convert_checkpoint(
-    src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = False, backbone_only: bool = False
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    use_ema: bool = False,
+    backbone_only: bool = False,
+    verify_model: nn.Module | None = None,
 ) -> tuple[str, Path, int]:
     """Convert any supported checkpoint to a safetensors file in our (official) layout.
 
@@ -283,9 +287,14 @@ def convert_checkpoint(
         dst: Destination ``.safetensors`` path.
         use_ema: Take the EMA weights of a training checkpoint.
         backbone_only: Drop the classifier (``conv_head``, ``head``, H/G projector) keys.
+        verify_model: Check, before anything is written, that the converted weights load into this model (it may
+            live on the meta device): strictly, or without the head keys when ``backbone_only``.
 
     Returns:
         ``(source format, destination path, number of tensors written)``.
+
+    Raises:
+        CheckpointError: unreadable source, or weights that do not fit ``verify_model`` (``dst`` is not written).
     """
     fmt, sd = detect_format(read_checkpoint(src), use_ema=use_ema)
     sd, set_aside = normalize_state_dict(sd, fmt)
@@ -294,5 +303,14 @@ def convert_checkpoint(
     elif set_aside:
         # Keep detection/segmentation heads under their original names so nothing is lost.
         sd.update(set_aside)
+    if verify_model is not None:
+        # What load_checkpoint would see when reading the written file back, checked before writing it.
+        fitted, _ = normalize_state_dict(sd)
+        result = compare(verify_model.state_dict(), fitted, fmt)
+        if backbone_only:
+            result.missing = [k for k in result.missing if k.startswith(("patch_embed.", "levels."))]
+        if not result.ok:
+            name = type(verify_model).__name__
+            raise CheckpointError(f"{Path(src).name} ({fmt}) does not fit the {name} model: {result.summary()}")
     out = save_state_dict(sd, dst, metadata={"format": "internimage", "source_format": fmt})
     return fmt, out, len(sd)

@@ -3,8 +3,9 @@
 This module imports ``triton.language`` and is therefore only imported lazily, by the Triton backend. The
 functions are deliberately *not* decorated with ``@triton.jit``: Triton decides between compiling and
 interpreting (``TRITON_INTERPRET=1``) when the decorator runs, so the backend wraps them with ``triton.jit``
-itself, once per mode, at first use. That keeps the interpreter usable from a test that sets the variable after
-something else in the process already imported this module.
+itself, once per mode, at first use (:data:`HELPERS`, the device functions both kernels call, are wrapped too and
+bound into the kernels' globals per mode). That keeps the interpreter usable from a test that sets the variable
+after something else in the process already imported this module.
 
 Work decomposition (both kernels): the output is viewed as ``rows = N*Ho*Wo*G`` rows of ``D`` channels, row
 ``r = ((n*Ho + y)*Wo + x)*G + g``. One program owns ``BLOCK_R`` consecutive rows and all ``D`` channels of each,
@@ -25,19 +26,150 @@ each probability from one more load and exp. The backward returns the gradient w
 ``prob_p * (grad_prob_p - sum_j prob_j * grad_prob_j)``: the main loop stores ``grad_prob_p`` and accumulates the
 sum, a second pass (after a block barrier, so the stores are visible to whichever thread reloads them) rewrites
 them in place.
+
+NaN and Inf propagate as in :mod:`internimage.ops.reference`: a NaN/Inf sampling position fails the inside test
+like a far one (no pixel read or written) but its bilinear fractions are NaN, so the sample is NaN as
+``grid_sample`` gives; weights are never masked, so a NaN/Inf weight of an outside sample gives NaN (``0 * NaN``).
 """
 
 from __future__ import annotations
 
 import triton.language as tl
 
-__all__ = ["dcnv3_forward_kernel", "dcnv3_backward_kernel"]
+__all__ = ["HELPERS", "dcnv3_forward_kernel", "dcnv3_backward_kernel"]
 
 # Library helpers such as ``tl.zeros`` and ``tl.sum`` are themselves ``@triton.jit`` functions, frozen in compile
 # or interpret mode when triton is first imported, so the kernels use only builtins (``tl.full``, ``tl.reduce``)
 # and stay runnable in both modes whatever the import order. ``_sum_combine`` is the combine function behind
 # ``tl.sum``; the interpreter recognises it and reduces with numpy.
 _SUM_COMBINE = tl.standard._sum_combine
+
+
+def row_geometry(
+    start,
+    rows,
+    groups,
+    height,
+    width,
+    out_h,
+    out_w,
+    offset_stride,
+    mask_stride,
+    GROUP_CHANNELS: tl.constexpr,
+    KERNEL_H: tl.constexpr,
+    KERNEL_W: tl.constexpr,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr,
+    PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr,
+    DIL_W: tl.constexpr,
+    NUM_POINTS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """Where the rows ``start + arange(BLOCK_R)`` read and write (device function of both kernels).
+
+    Returns:
+        ``(r, row_ok, image_base, base_x, base_y, off_base, mask_base)``: row indices, rows in range, element index
+        of (n, 0, 0, g, 0) in the input, the kernel-centre location of the output pixel, and where the row's
+        offsets and masks start.
+    """
+    r = start + tl.arange(0, BLOCK_R)
+    row_ok = r < rows
+    g = r % groups
+    q = r // groups
+    ox = q % out_w
+    t = q // out_w
+    oy = t % out_h
+    n = t // out_h
+    # Element index of (n, 0, 0, g, 0); corners add y*row_stride + x*C.
+    image_base = n * height * (width * (groups * GROUP_CHANNELS)) + g * GROUP_CHANNELS
+    base_x = (ox * STRIDE_W + ((DIL_W * (KERNEL_W - 1)) // 2 - PAD_W)).to(ACC)
+    base_y = (oy * STRIDE_H + ((DIL_H * (KERNEL_H - 1)) // 2 - PAD_H)).to(ACC)
+    off_base = q * offset_stride + g * (2 * NUM_POINTS)
+    mask_base = q * mask_stride + g * NUM_POINTS
+    return r, row_ok, image_base, base_x, base_y, off_base, mask_base
+
+
+def softmax_stats(mask_ptr, mask_base, row_ok, NUM_POINTS: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Row max and sum of exponentials of the P logits of each row (masked-off rows see logits of 0)."""
+    logit_max = tl.full((BLOCK_R,), float("-inf"), ACC)
+    for p in tl.static_range(NUM_POINTS):
+        logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+        logit_max = tl.maximum(logit_max, logit)
+    exp_sum = tl.full((BLOCK_R,), 0, ACC)
+    for p in tl.static_range(NUM_POINTS):
+        logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+        exp_sum += tl.exp(logit - logit_max)
+    return logit_max, exp_sum
+
+
+def sample_point(
+    offset_ptr,
+    mask_ptr,
+    row_ok,
+    off_base,
+    mask_base,
+    image_base,
+    base_x,
+    base_y,
+    logit_max,
+    exp_sum,
+    height,
+    width,
+    row_stride,
+    pixel_stride,
+    offset_scale,
+    p: tl.constexpr,
+    KERNEL_H: tl.constexpr,
+    KERNEL_W: tl.constexpr,
+    DIL_H: tl.constexpr,
+    DIL_W: tl.constexpr,
+    SKIP_FROM: tl.constexpr,
+    SOFTMAX: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The sampling block of point ``p`` (device function of both kernels): weight, location, corners.
+
+    Returns:
+        ``(m, lx, ly, ok00, ok01, ok10, ok11, i00)``: the point weight (softmaxed with ``SOFTMAX``), the position
+        within the corner square (NaN on an axis whose location is NaN/Inf), which of the four corners (dy, dx) are
+        read, and the element index of corner (0, 0); the others are ``+ pixel_stride`` / ``+ row_stride``.
+    """
+    k = p + (p >= SKIP_FROM)
+    kx = (k // KERNEL_H) * DIL_W - (DIL_W * (KERNEL_W - 1)) // 2
+    ky = (k % KERNEL_H) * DIL_H - (DIL_H * (KERNEL_H - 1)) // 2
+    off_x = tl.load(offset_ptr + off_base + 2 * p, mask=row_ok, other=0.0).to(ACC)
+    off_y = tl.load(offset_ptr + off_base + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
+    m = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
+    if SOFTMAX:
+        m = tl.exp(m - logit_max) / exp_sum
+    x = (off_x + kx) * offset_scale + base_x
+    y = (off_y + ky) * offset_scale + base_y
+    inside = row_ok & (x > -1) & (x < width) & (y > -1) & (y < height)
+    # Samples outside (-1, size), NaN/Inf ones included, read no corner: any in-range position serves them, and
+    # keeps floor / int conversion defined.
+    xs = tl.where(inside, x, 0.0)
+    ys = tl.where(inside, y, 0.0)
+    x0f = tl.floor(xs)
+    y0f = tl.floor(ys)
+    # A NaN/Inf location samples NaN in the reference (grid_sample), not 0: NaN fractions make every bilinear weight
+    # NaN. One compare and select per point on finite data.
+    lx = tl.where(tl.abs(x) < float("inf"), xs - x0f, float("nan"))
+    ly = tl.where(tl.abs(y) < float("inf"), ys - y0f, float("nan"))
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
+    ok_x0 = x0 >= 0
+    ok_x1 = x0 + 1 < width
+    ok_y0 = inside & (y0 >= 0)
+    ok_y1 = inside & (y0 + 1 < height)
+    i00 = image_base + y0 * row_stride + x0 * pixel_stride
+    return m, lx, ly, ok_y0 & ok_x0, ok_y0 & ok_x1, ok_y1 & ok_x0, ok_y1 & ok_x1, i00
+
+
+#: Device functions called by the kernels, wrapped with ``triton.jit`` per mode by the backend.
+HELPERS = ("row_geometry", "softmax_stats", "sample_point")
 
 
 def dcnv3_forward_kernel(
@@ -91,75 +223,36 @@ def dcnv3_forward_kernel(
     """
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * BLOCK_R if USE_INT64 else pid * BLOCK_R
-    r = start + tl.arange(0, BLOCK_R)
-    row_ok = r < rows
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < GROUP_CHANNELS
-
-    g = r % groups
-    q = r // groups
-    ox = q % out_w
-    t = q // out_w
-    oy = t % out_h
-    n = t // out_h
-    row_stride = width * (groups * GROUP_CHANNELS)  # elements per input image row
-    # Element index of (n, 0, 0, g, 0); corners add y*row_stride + x*C.
-    image_base = n * height * row_stride + g * GROUP_CHANNELS
+    r, row_ok, image_base, base_x, base_y, off_base, mask_base = row_geometry(
+        start, rows, groups, height, width, out_h, out_w, offset_stride, mask_stride, GROUP_CHANNELS, KERNEL_H,
+        KERNEL_W, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, NUM_POINTS, ACC, BLOCK_R
+    )  # fmt: skip
     pixel_stride = groups * GROUP_CHANNELS
-    base_x = (ox * STRIDE_W + ((DIL_W * (KERNEL_W - 1)) // 2 - PAD_W)).to(ACC)
-    base_y = (oy * STRIDE_H + ((DIL_H * (KERNEL_H - 1)) // 2 - PAD_H)).to(ACC)
+    row_stride = width * pixel_stride  # elements per input image row
+    d = tl.arange(0, BLOCK_D)
     d_cols = d[None, :]
-    d_mask = d_ok[None, :]
-    off_base = q * offset_stride + g * (2 * NUM_POINTS)
-    mask_base = q * mask_stride + g * NUM_POINTS
+    d_mask = (d < GROUP_CHANNELS)[None, :]
+    logit_max = tl.full((BLOCK_R,), 0, ACC)
+    exp_sum = tl.full((BLOCK_R,), 1, ACC)
     if SOFTMAX:
-        # Row max then sum of exponentials; masked-off rows see logits of 0 and stay finite.
-        logit_max = tl.full((BLOCK_R,), float("-inf"), ACC)
-        for p in tl.static_range(NUM_POINTS):
-            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
-            logit_max = tl.maximum(logit_max, logit)
-        exp_sum = tl.full((BLOCK_R,), 0, ACC)
-        for p in tl.static_range(NUM_POINTS):
-            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
-            exp_sum += tl.exp(logit - logit_max)
+        logit_max, exp_sum = softmax_stats(mask_ptr, mask_base, row_ok, NUM_POINTS, ACC, BLOCK_R)
 
     acc = tl.full((BLOCK_R, BLOCK_D), 0, ACC)
     for p in tl.static_range(NUM_POINTS):
-        k = p + (p >= SKIP_FROM)
-        kx = (k // KERNEL_H) * DIL_W - (DIL_W * (KERNEL_W - 1)) // 2
-        ky = (k % KERNEL_H) * DIL_H - (DIL_H * (KERNEL_H - 1)) // 2
-        off_x = tl.load(offset_ptr + off_base + 2 * p, mask=row_ok, other=0.0).to(ACC)
-        off_y = tl.load(offset_ptr + off_base + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
-        m = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
-        if SOFTMAX:
-            m = tl.exp(m - logit_max) / exp_sum
-        x = (off_x + kx) * offset_scale + base_x
-        y = (off_y + ky) * offset_scale + base_y
-        inside = row_ok & (x > -1) & (x < width) & (y > -1) & (y < height)
-        # Clamp before floor/int conversion so wild or non-finite offsets never produce huge indices; samples
-        # outside (-1, size) are masked out entirely, so the clamp never changes a value that is used.
-        x = tl.minimum(tl.maximum(x, -2.0), width + 1)
-        y = tl.minimum(tl.maximum(y, -2.0), height + 1)
-        x0f = tl.floor(x)
-        y0f = tl.floor(y)
-        lx = x - x0f
-        ly = y - y0f
+        m, lx, ly, ok00, ok01, ok10, ok11, i00 = sample_point(
+            offset_ptr, mask_ptr, row_ok, off_base, mask_base, image_base, base_x, base_y, logit_max, exp_sum,
+            height, width, row_stride, pixel_stride, offset_scale, p, KERNEL_H, KERNEL_W, DIL_H, DIL_W, SKIP_FROM,
+            SOFTMAX, ACC
+        )  # fmt: skip
         hx = 1 - lx
         hy = 1 - ly
-        x0 = x0f.to(tl.int32)
-        y0 = y0f.to(tl.int32)
-        ok_x0 = x0 >= 0
-        ok_x1 = x0 + 1 < width
-        ok_y0 = inside & (y0 >= 0)
-        ok_y1 = inside & (y0 + 1 < height)
-        i00 = image_base + y0 * row_stride + x0 * pixel_stride
         i01 = i00 + pixel_stride
         i10 = i00 + row_stride
         i11 = i10 + pixel_stride
-        v00 = tl.load(input_ptr + (i00[:, None] + d_cols), mask=(ok_y0 & ok_x0)[:, None] & d_mask, other=0.0)
-        v01 = tl.load(input_ptr + (i01[:, None] + d_cols), mask=(ok_y0 & ok_x1)[:, None] & d_mask, other=0.0)
-        v10 = tl.load(input_ptr + (i10[:, None] + d_cols), mask=(ok_y1 & ok_x0)[:, None] & d_mask, other=0.0)
-        v11 = tl.load(input_ptr + (i11[:, None] + d_cols), mask=(ok_y1 & ok_x1)[:, None] & d_mask, other=0.0)
+        v00 = tl.load(input_ptr + (i00[:, None] + d_cols), mask=ok00[:, None] & d_mask, other=0.0)
+        v01 = tl.load(input_ptr + (i01[:, None] + d_cols), mask=ok01[:, None] & d_mask, other=0.0)
+        v10 = tl.load(input_ptr + (i10[:, None] + d_cols), mask=ok10[:, None] & d_mask, other=0.0)
+        v11 = tl.load(input_ptr + (i11[:, None] + d_cols), mask=ok11[:, None] & d_mask, other=0.0)
         # Fold the point weight into the four bilinear weights: 4 scalar products per row instead of a tile-wide
         # multiply.
         acc += (m * hy * hx)[:, None] * v00.to(ACC)
@@ -222,79 +315,36 @@ def dcnv3_backward_kernel(
     """
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * BLOCK_R if USE_INT64 else pid * BLOCK_R
-    r = start + tl.arange(0, BLOCK_R)
-    row_ok = r < rows
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < GROUP_CHANNELS
-
-    g = r % groups
-    q = r // groups
-    ox = q % out_w
-    t = q // out_w
-    oy = t % out_h
-    n = t // out_h
-    row_stride = width * (groups * GROUP_CHANNELS)
-    image_base = n * height * row_stride + g * GROUP_CHANNELS
+    r, row_ok, image_base, base_x, base_y, off_base, mask_base = row_geometry(
+        start, rows, groups, height, width, out_h, out_w, offset_stride, mask_stride, GROUP_CHANNELS, KERNEL_H,
+        KERNEL_W, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, NUM_POINTS, ACC, BLOCK_R
+    )  # fmt: skip
     pixel_stride = groups * GROUP_CHANNELS
-    base_x = (ox * STRIDE_W + ((DIL_W * (KERNEL_W - 1)) // 2 - PAD_W)).to(ACC)
-    base_y = (oy * STRIDE_H + ((DIL_H * (KERNEL_H - 1)) // 2 - PAD_H)).to(ACC)
+    row_stride = width * pixel_stride
+    d = tl.arange(0, BLOCK_D)
     d_cols = d[None, :]
-    d_mask = d_ok[None, :]
-    off_base = q * offset_stride + g * (2 * NUM_POINTS)
-    mask_base = q * mask_stride + g * NUM_POINTS
+    d_mask = (d < GROUP_CHANNELS)[None, :]
+    logit_max = tl.full((BLOCK_R,), 0, ACC)
+    exp_sum = tl.full((BLOCK_R,), 1, ACC)
     if SOFTMAX:
-        # Row max then sum of exponentials; masked-off rows see logits of 0 and stay finite.
-        logit_max = tl.full((BLOCK_R,), float("-inf"), ACC)
-        for p in tl.static_range(NUM_POINTS):
-            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
-            logit_max = tl.maximum(logit_max, logit)
-        exp_sum = tl.full((BLOCK_R,), 0, ACC)
-        for p in tl.static_range(NUM_POINTS):
-            logit = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
-            exp_sum += tl.exp(logit - logit_max)
+        logit_max, exp_sum = softmax_stats(mask_ptr, mask_base, row_ok, NUM_POINTS, ACC, BLOCK_R)
 
     go_ptrs = grad_output_ptr + (r * GROUP_CHANNELS)[:, None] + d_cols
     go = tl.load(go_ptrs, mask=row_ok[:, None] & d_mask, other=0.0).to(ACC)
     prob_dot_grad = tl.full((BLOCK_R,), 0, ACC)  # sum_p prob_p * grad_prob_p (SOFTMAX only)
 
     for p in tl.static_range(NUM_POINTS):
-        k = p + (p >= SKIP_FROM)
-        kx = (k // KERNEL_H) * DIL_W - (DIL_W * (KERNEL_W - 1)) // 2
-        ky = (k % KERNEL_H) * DIL_H - (DIL_H * (KERNEL_H - 1)) // 2
-        off_x = tl.load(offset_ptr + off_base + 2 * p, mask=row_ok, other=0.0).to(ACC)
-        off_y = tl.load(offset_ptr + off_base + (2 * p + 1), mask=row_ok, other=0.0).to(ACC)
-        m = tl.load(mask_ptr + mask_base + p, mask=row_ok, other=0.0).to(ACC)
-        if SOFTMAX:
-            m = tl.exp(m - logit_max) / exp_sum
-        x = (off_x + kx) * offset_scale + base_x
-        y = (off_y + ky) * offset_scale + base_y
-        inside = row_ok & (x > -1) & (x < width) & (y > -1) & (y < height)
-        x = tl.minimum(tl.maximum(x, -2.0), width + 1)
-        y = tl.minimum(tl.maximum(y, -2.0), height + 1)
-        x0f = tl.floor(x)
-        y0f = tl.floor(y)
-        lx = x - x0f
-        ly = y - y0f
+        m, lx, ly, ok00, ok01, ok10, ok11, i00 = sample_point(
+            offset_ptr, mask_ptr, row_ok, off_base, mask_base, image_base, base_x, base_y, logit_max, exp_sum,
+            height, width, row_stride, pixel_stride, offset_scale, p, KERNEL_H, KERNEL_W, DIL_H, DIL_W, SKIP_FROM,
+            SOFTMAX, ACC
+        )  # fmt: skip
         hx = 1 - lx
         hy = 1 - ly
-        x0 = x0f.to(tl.int32)
-        y0 = y0f.to(tl.int32)
-        ok_x0 = x0 >= 0
-        ok_x1 = x0 + 1 < width
-        ok_y0 = inside & (y0 >= 0)
-        ok_y1 = inside & (y0 + 1 < height)
-        ok00 = ok_y0 & ok_x0
-        ok01 = ok_y0 & ok_x1
-        ok10 = ok_y1 & ok_x0
-        ok11 = ok_y1 & ok_x1
-        i00 = image_base + y0 * row_stride + x0 * pixel_stride
-        i01 = i00 + pixel_stride
-        i10 = i00 + row_stride
-        i11 = i10 + pixel_stride
         p00 = i00[:, None] + d_cols
-        p01 = i01[:, None] + d_cols
-        p10 = i10[:, None] + d_cols
-        p11 = i11[:, None] + d_cols
+        p01 = p00 + pixel_stride
+        p10 = p00 + row_stride
+        p11 = p10 + pixel_stride
         v00 = tl.load(input_ptr + p00, mask=ok00[:, None] & d_mask, other=0.0).to(ACC)
         v01 = tl.load(input_ptr + p01, mask=ok01[:, None] & d_mask, other=0.0).to(ACC)
         v10 = tl.load(input_ptr + p10, mask=ok10[:, None] & d_mask, other=0.0).to(ACC)

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 import os
+import types
 from typing import Any
 
 import torch
@@ -92,9 +93,17 @@ def _jit_kernels(interpret: bool) -> tuple[Any, Any]:
     # GROUP_CHANNELS and 16-byte-aligned pointers, so the sizes stay plain runtime ints.
     # The pixel strides of offset and mask vary with how the caller sliced them, so they stay dynamic too.
     dynamic = ["rows", "groups", "height", "width", "out_h", "out_w", "offset_stride", "mask_stride"]
+    # The kernels find their device functions among their globals: give them a copy of the module's namespace in
+    # which those are jitted in this mode (a module-level @triton.jit would freeze one mode for the process).
+    namespace = dict(vars(kernels))
+    namespace.update({name: triton.jit(getattr(kernels, name)) for name in kernels.HELPERS})
+
+    def bind(fn):
+        return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+
     return (
-        triton.jit(kernels.dcnv3_forward_kernel, do_not_specialize=dynamic),
-        triton.jit(kernels.dcnv3_backward_kernel, do_not_specialize=dynamic),
+        triton.jit(bind(kernels.dcnv3_forward_kernel), do_not_specialize=dynamic),
+        triton.jit(bind(kernels.dcnv3_backward_kernel), do_not_specialize=dynamic),
     )
 
 

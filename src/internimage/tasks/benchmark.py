@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from ..export.benchmark import benchmark, format_table, write_csv
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.size < 1:
+        raise ValueError(f"--size must be >= 1, got {args.size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA device is available")
     if args.onnx is not None and not os.path.isfile(args.onnx):

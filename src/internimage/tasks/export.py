@@ -61,8 +61,12 @@ def run(args: argparse.Namespace) -> int:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"--format must be among {', '.join(FORMATS)}, got {args.format!r}")
+    if args.checkpoint is not None and Path(args.checkpoint).is_dir():
+        raise IsADirectoryError(f"checkpoint {args.checkpoint} is a directory, not a weights file")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    if args.size < 1:
+        raise ValueError(f"--size must be >= 1, got {args.size}")
     model = build_exportable(args.task, args.model, args.checkpoint, args.num_classes, args.detector)
     shapes = [] if args.no_verify else default_verify_shapes(model, args.size)
     print(f"{args.task} model {args.model}: {sum(p.numel() for p in model.module.parameters()) / 1e6:.2f} M params")

@@ -81,16 +81,20 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     if not args.dst.endswith(".safetensors"):
         raise ValueError(f"destination must end in .safetensors, got {args.dst}")
-    fmt, path, count = convert_checkpoint(args.src, args.dst, use_ema=args.ema, backbone_only=args.backbone_only)
-    print(f"{args.src} ({fmt}) -> {path}: {count} tensors")
+    model = None
     if args.model:
         import torch
 
-        from ..models import create_model, load_checkpoint
+        from ..models import create_model
 
         with torch.device("meta"):
             model = create_model(args.model)
-        load_checkpoint(model, path, strict=not args.backbone_only)
+    # With --model the weights are checked against it before the destination is written.
+    fmt, path, count = convert_checkpoint(
+        args.src, args.dst, use_ema=args.ema, backbone_only=args.backbone_only, verify_model=model
+    )
+    print(f"{args.src} ({fmt}) -> {path}: {count} tensors")
+    if args.model:
         print(f"verified: loads into {args.model}")
     return 0
 

@@ -3,6 +3,8 @@
 // Semantics are those of internimage/ops/reference.py (ORIGINAL.md section 2):
 //   loc_x = (offset_x + i*dil_w - cx) * offset_scale + (w*stride_w - pad_w + cx), the same for y;
 //   a sample counts only if -1 < loc_x < W and -1 < loc_y < H; corners outside the image read zero;
+//   NaN and Inf propagate as in the reference: a NaN/Inf position samples NaN, a NaN/Inf weight of an outside sample
+//   still gives NaN (0 * NaN);
 //   out[n, ho, wo, g, :] = sum_p mask[p] * bilinear(input[n, :, :, g, :], loc_p),
 // where with `softmax` the mask holds logits and the weights are their softmax over the P points of (pixel, group)
 // (the DCNv3 module's softmax, fused so it costs no separate pass over memory).
@@ -24,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <utility>
 #include <type_traits>
@@ -294,6 +297,15 @@ inline void group_weights(const Geometry& geo, const T* mask_row, int64_t g_begi
   }
 }
 
+// The fraction of a sampling position within its corner square, or NaN if the position is NaN or infinite.
+// Such a position fails the inside test like a far one, but the reference (grid_sample) gives NaN, not 0: with a
+// NaN fraction every bilinear weight is NaN, so the sample, its mask gradient and the offset gradient of the other
+// axis are NaN (NaN * zero row), while it still reads and writes no pixel. One select on the fast path.
+template <typename A>
+inline A nan_unless_finite(A loc, A fraction) {
+  return std::isfinite(loc) ? fraction : std::numeric_limits<A>::quiet_NaN();
+}
+
 // ----------------------------------------------------------------------------------------------------------
 // The sampling plan of a tile of (pixel, group) pairs (backward): for each sample (P per pair) the input rows of
 // its 4 bilinear corners (order (dy, dx) = (0,0), (0,1), (1,0), (1,1), as in the reference), the matching
@@ -337,8 +349,8 @@ struct Plan {
       const A px = inside ? loc_x : A(0), py = inside ? loc_y : A(0);
       const A fx = std::floor(px), fy = std::floor(py);
       const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
-      lx[s] = px - fx;
-      ly[s] = py - fy;
+      lx[s] = nan_unless_finite(loc_x, px - fx);
+      ly[s] = nan_unless_finite(loc_y, py - fy);
       const bool x_in[2] = {inside && x0 >= 0, inside && x0 + 1 < geo.w};
       const bool y_in[2] = {y0 >= 0, y0 + 1 < geo.h};
       for (int q = 0; q < 4; ++q) {
@@ -372,7 +384,7 @@ struct PixelBase {
 // geometry is computed inline, right before its four row loads: interleaving that arithmetic with the loads
 // hides their L1-miss latency, and measured faster than precomputing a plan or a group-major order. Two groups
 // of a pixel share one pass when each is a single channel block (5-11% faster than one; four were slower).
-// Masked corners (and samples outside -1 < loc < size, whose weight becomes 0) read a zero row instead of
+// Masked corners (and all four corners of samples outside -1 < loc < size) read a zero row instead of
 // branching, which keeps the loop free of data-dependent branches near the image borders.
 
 template <typename T>
@@ -408,14 +420,17 @@ void forward_kernel(const Geometry& geo, const T* __restrict__ input, const T* _
               const A loc_y = (to_acc(off[2 * pt + 1]) + A(geo.point_y[pt])) * scale + base.y;
               const bool inside = loc_x > A(-1) && loc_x < width && loc_y > A(-1) && loc_y < height;
               const A px = inside ? loc_x : A(0), py = inside ? loc_y : A(0);
-              const A m = inside ? pixel_weights[gg * P + pt] : A(0);
+              // Unmasked: an outside sample reads zero rows (x0_in, x1_in below), so a finite weight adds 0 and a
+              // NaN/Inf one NaN, as `mask * 0` does in the reference.
+              const A m = pixel_weights[gg * P + pt];
               const A fx = std::floor(px), fy = std::floor(py);
               const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
-              const A lx = px - fx, ly = py - fy;
+              const A lx = nan_unless_finite(loc_x, px - fx), ly = nan_unless_finite(loc_y, py - fy);
               const A mhy = m * (A(1) - ly), mly = m * ly;
               const T* base_row = image + gg * D + c0;
               const int64_t r0 = y0 * row_stride + x0 * geo.c;
-              const bool x0_in = x0 >= 0, x1_in = x0 + 1 < geo.w, y0_in = y0 >= 0, y1_in = y0 + 1 < geo.h;
+              const bool x0_in = inside && x0 >= 0, x1_in = inside && x0 + 1 < geo.w;
+              const bool y0_in = y0 >= 0, y1_in = y0 + 1 < geo.h;
               const T* p0 = (y0_in && x0_in) ? base_row + r0 : zero_row.data();
               const T* p1 = (y0_in && x1_in) ? base_row + r0 + geo.c : zero_row.data();
               const T* p2 = (y1_in && x0_in) ? base_row + r0 + row_stride : zero_row.data();
