@@ -38,7 +38,6 @@ __all__ = [
     "ClassificationConfig",
     "ClassificationTask",
     "build_val_dataset",
-    "build_val_dataset",
     "class_names",
     "extract_features",
     "image_loader",
@@ -469,9 +468,6 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Top-k ``[{'image', 'top': [{'label', 'index', 'score'}, ...]}]`` for every readable image."""
     from tqdm.auto import tqdm
-
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
 
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")

@@ -91,12 +91,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("internimage").setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except Exception as err:
         # User errors surface as one line, not a traceback; --verbose shows the traceback.
-        if getattr(args, "verbose", False):
+        if getattr(args, "verbose", False) or not _is_user_error(err):
             raise
-        print(f"internimage {command}: error: {err}", file=sys.stderr)  # noqa: T201
+        print(f"internimage {command}: error: {_first_line(err)}", file=sys.stderr)  # noqa: T201
         return 1
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors that bad input or the environment cause (bad values, files, disks, configs), not bugs."""
+    if isinstance(err, (ValueError, TypeError, OSError, RuntimeError)):
+        return True
+    # Checked through sys.modules: an error of a library can only come from it once it is imported.
+    yaml, safetensors = sys.modules.get("yaml"), sys.modules.get("safetensors")
+    return (yaml is not None and isinstance(err, yaml.YAMLError)) or (
+        safetensors is not None and isinstance(err, getattr(safetensors, "SafetensorError", ()))
+    )
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":

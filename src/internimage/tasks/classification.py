@@ -22,7 +22,7 @@ from ..classification import (
     IMAGENET_1K,
     ClassificationConfig,
     ClassificationTask,
-    class_names,
+    build_val_dataset,
     extract_features,
     image_loader,
     list_presets,
@@ -121,21 +121,36 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _check_sizes(args: argparse.Namespace) -> None:
+    """One line for sizes and counts that cannot be right (argparse only checks that they are integers)."""
+    for flag in ("img_size", "batch_size", "topk"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if getattr(args, "workers", None) is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+
+
+def _require_weights(args: argparse.Namespace) -> None:
+    """Results of an untrained model look like results: run one only when asked to."""
+    if not args.checkpoint and not args.pretrained and not getattr(args, "random_weights", False):
+        raise ValueError("pass --checkpoint FILE or --pretrained (--random-weights runs an untrained model)")
+
+
 def _run_eval(args: argparse.Namespace) -> int:
-    from ..data import SkipCollate, build_eval_transform, build_image_dataset
+    from ..data import SkipCollate, build_eval_transform
     from ..engine import EvalShardSampler, init_distributed
 
     if not args.checkpoint and not args.pretrained:
         raise ValueError("pass --checkpoint FILE or --pretrained")
+    _check_sizes(args)
     info = init_distributed(args.device)
     model, meta = load_classifier(args.checkpoint, args.model, args.use_ema, args.pretrained)
     model.to(info.device)
     size = args.img_size or meta["img_size"]
     tf = build_eval_transform(size, mean=meta["mean"], std=meta["std"])
-    classes = meta["classes"] if not args.map22kto1k else class_names(IMAGENET_1K)
-    dataset = build_image_dataset(args.val_data, tf, meta["image_mode"])
-    if len(dataset.classes) > len(classes):
-        raise ValueError(f"{args.val_data} has {len(dataset.classes)} classes, the model predicts {len(classes)}")
+    dataset = build_val_dataset(args.val_data, tf, meta, args.map22kto1k)
+    classes = list(meta["classes"]) if not args.map22kto1k else [str(i) for i in range(IMAGENET_1K)]
     loader = DataLoader(
         dataset,
         batch_size=args.batch_size,
@@ -145,6 +160,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     )
     cfg = ClassificationConfig(map22kto1k=args.map22kto1k, num_classes=len(classes))
     metrics = ClassificationTask(cfg, classes=classes).evaluate(model, loader, info)
+    if metrics["samples"] == 0:
+        raise RuntimeError(f"none of the {len(dataset)} images of {args.val_data} could be read")
     if info.is_main:
         if args.json:
             print(json.dumps(metrics))
@@ -161,6 +178,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="weights in any supported format")
     parser.add_argument("--model", default=None, help="model name (needed unless the checkpoint is ours)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the hub")
+    parser.add_argument("--random-weights", action="store_true", help="run an untrained model (no weights)")
     parser.add_argument("--use-ema", action="store_true")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--img-size", type=int, default=None)
@@ -172,12 +190,16 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from ..engine import init_distributed
 
+    _require_weights(args)
+    _check_sizes(args)
     info = init_distributed(args.device)
     model, meta = load_classifier(args.checkpoint, args.model, args.use_ema, args.pretrained)
     model.to(info.device)
     paths = collect_images(args.inputs, recursive=True)
     loader = image_loader(paths, meta, args.img_size, args.batch_size)
     results = predict(model, loader, paths, meta["classes"], args.topk, info.device)
+    if not results:
+        raise RuntimeError(f"none of the {len(paths)} images could be read")
     if args.json:
         for r in results:
             print(json.dumps(r))
@@ -197,6 +219,7 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="weights in any supported format")
     parser.add_argument("--model", default=None, help="model name (needed unless the checkpoint is ours)")
     parser.add_argument("--pretrained", action="store_true")
+    parser.add_argument("--random-weights", action="store_true", help="run an untrained model (no weights)")
     parser.add_argument("--stages", default="0,1,2,3", help="comma-separated levels 0-3, and/or 'pooled'")
     add_output(parser, "folder (<relative path>_<stage>.npy files) or a .safetensors file", required=True)
     parser.add_argument("--img-size", type=int, default=None)
@@ -210,6 +233,8 @@ def _run_extract(args: argparse.Namespace) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if not stages or any(s != "pooled" and not s.isdigit() for s in stages):
         raise ValueError(f"--stages must list level numbers and/or 'pooled', got {args.stages!r}")
+    _require_weights(args)
+    _check_sizes(args)
     info = init_distributed(args.device)
     model, meta = load_classifier(args.checkpoint, args.model, False, args.pretrained)
     model.to(info.device)
@@ -217,12 +242,16 @@ def _run_extract(args: argparse.Namespace) -> int:
     feats = extract_features(
         model, image_loader(paths, meta, args.img_size, args.batch_size), paths, stages, info.device
     )
+    if not feats:
+        raise RuntimeError(f"none of the {len(paths)} images could be read")
     stems = dict(zip(map(str, paths), output_stems(paths)))
     n = save_features(feats, args.output, stems)
     if Path(args.output).suffix == ".safetensors":
         print(f"{len(feats)} images, {n} tensors -> {args.output}")
     else:
         print(f"{len(feats)} images, {n} .npy files -> {args.output}/")
+    if len(paths) > len(feats):
+        print(f"{len(paths) - len(feats)} unreadable image(s) skipped")
     return 0
 
 
