@@ -1,4 +1,4 @@
-"""Instance detection and segmentation with InternImage-FPN: Mask R-CNN and Cascade Mask R-CNN.
+"""Instance detection and segmentation with InternImage-FPN: Mask R-CNN and Cascade Mask R-CNN; DINO (:mod:`.dino`).
 
 Built on torchvision's detection components (mmdet/mmcv do not install with current torch): the one
 :class:`~internimage.models.internimage.InternImage` class is the backbone (read through ``forward_intermediates``),
@@ -17,6 +17,7 @@ from torch import nn
 from .backbone import InternImageFPN, build_internimage_body
 from .cascade import CascadeRoIHeads, InternImageCascadeMaskRCNN, build_cascade_mask_rcnn
 from .common import LevelRoIAlign, PassThroughTransform
+from .dino import InternImageDINO, build_cb_dino, build_dino
 from .mask_rcnn import InternImageMaskRCNN, build_mask_rcnn
 from .mmdet_keys import MappedState, load_mmdet_detector, map_mmdet_state_dict
 from .weights import DetectorLoadResult, load_detector_weights
@@ -26,13 +27,16 @@ __all__ = [
     "CascadeRoIHeads",
     "DetectorLoadResult",
     "InternImageCascadeMaskRCNN",
+    "InternImageDINO",
     "InternImageFPN",
     "InternImageMaskRCNN",
     "LevelRoIAlign",
     "MappedState",
     "PassThroughTransform",
     "build_cascade_mask_rcnn",
+    "build_cb_dino",
     "build_detector",
+    "build_dino",
     "build_internimage_body",
     "build_mask_rcnn",
     "load_detector_weights",
@@ -40,11 +44,16 @@ __all__ = [
     "map_mmdet_state_dict",
 ]
 
-ARCHITECTURES = {"mask_rcnn": build_mask_rcnn, "cascade_mask_rcnn": build_cascade_mask_rcnn}
+ARCHITECTURES = {
+    "mask_rcnn": build_mask_rcnn,
+    "cascade_mask_rcnn": build_cascade_mask_rcnn,
+    "dino": build_dino,
+    "cb_dino": build_cb_dino,
+}
 
 
 def build_detector(arch: str, backbone: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build ``'mask_rcnn'`` or ``'cascade_mask_rcnn'`` (keyword arguments of the matching builder)."""
+    """Build ``'mask_rcnn'``, ``'cascade_mask_rcnn'``, ``'dino'`` or ``'cb_dino'`` (arguments of the builder)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown detector {arch!r}; known: {', '.join(ARCHITECTURES)}")
     try:

@@ -76,6 +76,10 @@ def load_detector_weights(
     Raises:
         CheckpointError: unreadable file, or (strict) a one-line list of what does not fit.
     """
+    from .dino import InternImageDINO, load_dino_weights
+
+    if isinstance(model, InternImageDINO):  # official key layout: no mapping needed
+        return load_dino_weights(model, path, strict=strict, use_ema=use_ema)
     _, sd = detect_format(read_checkpoint(path), use_ema=use_ema)
     sd = _strip(sd)
     if any(k.startswith(_OUR_HEADS[1:]) for k in sd):

@@ -8,7 +8,7 @@ The official ``dino_4scale_internimage_*`` / ``dino_4scale_cbinternimage_*`` det
 from .denoising import CdnQueryGenerator, DenoisingMeta
 from .head import DINOHead
 from .matching import generalized_iou, hungarian_assign, match_cost, sigmoid_focal_loss
-from .model import CBInternImage, ChannelMapper, InternImageDINO, build_cb_dino, build_dino
+from .model import CBInternImage, ChannelMapper, InternImageDINO, build_cb_dino, build_dino, load_dino_weights
 from .transformer import DinoTransformer
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "build_cb_dino",
     "build_dino",
     "generalized_iou",
+    "load_dino_weights",
     "hungarian_assign",
     "match_cost",
     "sigmoid_focal_loss",

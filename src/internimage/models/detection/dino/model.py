@@ -13,6 +13,7 @@ Parameter names are the official ones (``backbone.*``, ``neck.convs.i.conv/gn``,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..backbone import build_internimage_body
 from ..common import PassThroughTransform
 from .head import DINOHead
 
-__all__ = ["CBInternImage", "ChannelMapper", "InternImageDINO", "build_cb_dino", "build_dino"]
+__all__ = ["CBInternImage", "ChannelMapper", "InternImageDINO", "build_cb_dino", "build_dino", "load_dino_weights"]
 
 OUT_INDICES = [1, 2, 3]  # backbone levels fed to the neck (strides 8, 16, 32), the official ``out_indices``
 
@@ -220,8 +221,9 @@ class InternImageDINO(nn.Module):
         targets: list[dict[str, torch.Tensor]] | None = None,
         orig_sizes: list[tuple[int, int]] | None = None,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Training: the official loss dict (CB: ``*0_w0.5`` assisting and ``*1`` lead terms) plus ``loss``, their
-        sum. Eval: per image ``boxes`` (D, 4), ``labels`` (D,) in 1..K, ``scores`` (D,) at ``orig_sizes``."""
+        """Training: the official loss dict (CB: ``*0_w0.5`` assisting and ``*1`` lead terms, already weighted);
+        the training loss is their sum. Eval: per image ``boxes`` (D, 4), ``labels`` (D,) in 1..K, ``scores`` (D,) at
+        ``orig_sizes``."""
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -243,7 +245,6 @@ class InternImageDINO(nn.Module):
                     suffix = f"{idx}" + (f"_w{weight}" if weight != 1 else "")
                     part = {f"{k}{suffix}": v * weight for k, v in part.items()}
                 losses.update(part)
-            losses["loss"] = sum(losses.values())
             return losses
         classes, boxes, _, _ = self.bbox_head(all_feats[-1], masks)
         size_t = x.new_tensor(sizes)
@@ -298,3 +299,51 @@ def build_cb_dino(
     cb = CBInternImage(backbone, **(backbone_overrides or {}))
     neck = nn.ModuleList([ChannelMapper(cb.out_channels, neck_channels, 4)])
     return InternImageDINO(cb, neck, _head(num_classes, dict(head_kwargs, dim=neck_channels)), cb_first_weight)
+
+
+def _backbone_bodies(model: InternImageDINO) -> list[nn.Module]:
+    return list(model.backbone.cb_modules) if model.composite else [model.backbone]
+
+
+def load_dino_weights(model: InternImageDINO, path: str | os.PathLike, strict: bool = True, use_ema: bool = False):
+    """Load an official mmdet DINO / CB-DINO checkpoint, one of ours, or a classification backbone.
+
+    Our parameter names are the official ones, so detector files (official ``state_dict`` or ours) load as they
+    are. A file without ``bbox_head.*`` tensors is a backbone checkpoint: it goes into the InternImage (both
+    InternImages of CB, the lead without stem), non-strictly.
+
+    Args:
+        model: From :func:`build_dino` / :func:`build_cb_dino`.
+        path: Checkpoint file.
+        strict: Raise if a model tensor is missing or a file tensor does not fit (detector files only).
+        use_ema: Take the EMA weights of a training checkpoint.
+
+    Returns:
+        A :class:`~internimage.models.detection.weights.DetectorLoadResult`.
+    """
+    from ...checkpoint import CheckpointError, detect_format, load_checkpoint, read_checkpoint
+    from ..weights import DetectorLoadResult
+
+    _, sd = detect_format(read_checkpoint(path), use_ema=use_ema)
+    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+    if not any(k.startswith("bbox_head.") for k in sd):
+        missing, skipped = [], []
+        for i, body in enumerate(_backbone_bodies(model)):
+            res = load_checkpoint(body, path, strict=False, use_ema=use_ema, ignore_head=True)
+            if res.mismatched or len(res.missing) == len(body.state_dict()):
+                raise CheckpointError(f"{os.fspath(path)} does not fit the DINO backbone: {res.summary()}")
+            prefix = f"backbone.cb_modules.{i}." if model.composite else "backbone."
+            missing += [prefix + k for k in res.missing]
+            skipped = list(res.unexpected)
+        return DetectorLoadResult("backbone", missing=missing, skipped=skipped)
+    own = model.state_dict()
+    fits = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    result = DetectorLoadResult("dino", [k for k in own if k not in fits], [k for k in sd if k not in fits])
+    if strict and (result.missing or result.skipped):
+        shown = (result.missing or result.skipped)[:4]
+        raise CheckpointError(
+            f"{os.fspath(path)} does not fit the DINO detector: {len(result.missing)} missing, "
+            f"{len(result.skipped)} not fitting (e.g. {', '.join(shown)})"
+        )
+    model.load_state_dict(fits, strict=False)
+    return result
