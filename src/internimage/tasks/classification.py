@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -114,7 +115,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-data", required=True, help="image folder or 'path label' list")
     parser.add_argument("--img-size", type=int, default=None, help="default: the model's")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=None, help="loader processes (default: 4, at most the cores)")
     parser.add_argument("--use-ema", action="store_true", help="EMA weights of a training checkpoint")
     parser.add_argument("--map22kto1k", action="store_true", help="evaluate a 22k model on ImageNet-1k labels")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -155,7 +156,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         dataset,
         batch_size=args.batch_size,
         sampler=EvalShardSampler(len(dataset), info.rank, info.world_size),
-        num_workers=args.workers,
+        num_workers=args.workers if args.workers is not None else min(4, os.cpu_count() or 1),
         collate_fn=SkipCollate(),
     )
     cfg = ClassificationConfig(map22kto1k=args.map22kto1k, num_classes=len(classes))
