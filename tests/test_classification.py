@@ -12,13 +12,11 @@ import torch
 import yaml
 
 import internimage
+from conftest import make_folder
 from internimage.classification import imagenet_22k_to_1k_indices, topk_correct
 from internimage.cli import main
 from internimage.configs import ClassificationConfig, list_presets, load_preset
 from internimage.engine import load_config, read_metrics, save_config
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_data import make_folder  # noqa: E402
 
 TRAIN_SET = [
     "model=internimage_test_32",
@@ -187,3 +185,47 @@ def test_torchrun_training_with_unreadable_images_does_not_hang(tmp_path: Path) 
     assert result["step"] == 8 and result["samples"] == 12 and result["skipped"] == 3  # 15 files, 8 per rank
     train = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
     assert train[-1]["skipped"] >= 1
+
+
+def test_set_accumulates_across_occurrences_for_every_task(capsys: pytest.CaptureFixture) -> None:
+    """Issue #14: ``--set a=1 --set b=2`` used to keep only the last occurrence."""
+    argv = ["train", "--preset", "internimage_t_1k_224", "--set", "lr=1e-3", "--set", "epochs=5", "amp=bf16"]
+    assert main([*argv, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["lr"], printed["epochs"], printed["amp"]) == (1e-3, 5, "bf16")
+    for task, preset in (("detection", "mask_rcnn_internimage_t_fpn_1x_coco"), ("segmentation", "")):
+        argv = ["train", "--task", task, *(["--preset", preset] if preset else [])]
+        assert main([*argv, "--set", "lr=2e-4", "--set", "warmup_iters=7", "--print-config"]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert (printed["lr"], printed["warmup_iters"]) == (2e-4, 7), task
+    # A preset names its task: no --task needed.
+    assert main(["train", "--preset", "upernet_internimage_s_512_160k_ade20k", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["head"] == "upernet" and printed["model"] == "internimage_s_1k_224"
+
+
+def test_extract_mirrors_relative_paths_and_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue #14: ``a/x.jpg`` and ``b/x.jpg`` used to write the same ``x_*.npy`` (the second silently won)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for rel in ("a/x.jpg", "b/x.jpg", "x.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / rel)
+    ckpt = tmp_path / "official.pth"
+    torch.save({"model": internimage.create_model("internimage_test_32", num_classes=3).state_dict()}, ckpt)
+    out = tmp_path / "feats"
+    inputs = [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "x.png")]
+    argv = ["extract", *inputs, "--checkpoint", str(ckpt), "--model", "internimage_test_32", "--img-size", "32"]
+    assert main([*argv, "--stages", "pooled", "--output", str(out)]) == 0
+    assert "3 images, 3 .npy files" in capsys.readouterr().out
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy"))
+    assert written == ["a/x_pooled.npy", "b/x_pooled.npy", "x_pooled.npy"]
+    vectors = [np.load(out / w) for w in written]
+    assert not np.allclose(vectors[0], vectors[1])  # two different images, two different files
+    # Same folder, same stem, different suffix: the suffix stays in the names.
+    from internimage.tasks._common import output_stems
+
+    assert output_stems([tmp_path / "d" / "x.jpg", tmp_path / "d" / "x.png"]) == [Path("x_jpg"), Path("x_png")]
+    with pytest.raises(ValueError, match="given twice"):
+        output_stems([tmp_path / "x.png", tmp_path / "x.png"])

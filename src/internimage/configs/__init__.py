@@ -14,7 +14,7 @@ from typing import Any
 
 from ..engine.config import TrainConfig, load_config
 
-__all__ = ["ClassificationConfig", "list_presets", "load_preset"]
+__all__ = ["ClassificationConfig", "list_presets", "load_preset", "preset_task"]
 
 
 @dataclass
@@ -85,3 +85,17 @@ def load_preset(name: str) -> ClassificationConfig:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(names)}")
     with resources.as_file(resources.files(__name__) / f"{name}.yaml") as path:
         return load_config(ClassificationConfig, path)
+
+
+def preset_task(name: str) -> str | None:
+    """The task of a preset of any task (``classification``, ``detection``, ``segmentation``), None if unknown."""
+    from . import detection, segmentation
+
+    for task, names in (
+        ("classification", list_presets()),
+        ("detection", detection.list_presets()),
+        ("segmentation", segmentation.list_presets()),
+    ):
+        if name in names:
+            return task
+    return None

@@ -1,8 +1,10 @@
-"""Glue shared by the commands: the ``--device`` choice and writing PNGs."""
+"""Glue shared by the commands: the ``--device`` choice, common options, output names, writing PNGs."""
 
 from __future__ import annotations
 
+import argparse
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +27,54 @@ def save_png(image: Any, path: Path) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write(path, buf.getvalue())
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE ...``, repeatable: every occurrence adds to the list (``--set a=1 --set b=2`` keeps both)."""
+    parser.add_argument(
+        "--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="override any config field"
+    )
+
+
+def add_output(parser: argparse.ArgumentParser, text: str, **kwargs: Any) -> None:
+    """``--output`` (``--out`` and ``-o`` are accepted as hidden aliases of the same option)."""
+    parser.add_argument("--output", help=text, **kwargs)
+    parser.add_argument("--out", "-o", dest="output", help=argparse.SUPPRESS)
+
+
+def output_stems(paths: list[Path]) -> list[Path]:
+    """Distinct output names for input images: their paths below the inputs' common folder, without suffix.
+
+    ``a/x.jpg``, ``b/x.jpg`` and ``x.png`` give ``a/x``, ``b/x`` and ``x``; two images that differ only by suffix
+    (``x.jpg``, ``x.png``) keep it in the name (``x_jpg``, ``x_png``), so no output of a run overwrites another.
+
+    Raises:
+        ValueError: the same image given twice.
+    """
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        dup = next(p for p, r in zip(paths, resolved) if resolved.count(r) > 1)
+        raise ValueError(f"image given twice: {dup}")
+    root = Path(os.path.commonpath([r.parent for r in resolved])) if resolved else Path()
+    stems = [r.relative_to(root).with_suffix("") for r in resolved]
+    clash = {s for s in stems if stems.count(s) > 1}
+    return [s.with_name(f"{s.name}_{r.suffix.lstrip('.')}") if s in clash else s for s, r in zip(stems, resolved)]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable) and ``--print-config``; bare ``key=value`` words are still read as ``--set``."""
+    add_overrides(parser)
+    parser.add_argument("items", nargs="*", metavar="key=value", help=argparse.SUPPRESS)
+    parser.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` overrides of a command line, in order (bare words first, then ``--set``)."""
+    return [*(getattr(args, "items", None) or []), *(getattr(args, "set", None) or [])]
+
+
+def print_config(cfg: Any) -> None:
+    """The effective config as YAML on stdout."""
+    import yaml
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")  # noqa: T201

@@ -32,7 +32,16 @@ from ..detection import (
 from ..engine.config import apply_overrides, load_config
 from ..engine.task import checkpoint_fields
 from ..io import atomic_write
-from ._common import resolve_device, save_png
+from ._common import (
+    add_config_arguments,
+    add_output,
+    add_overrides,
+    output_stems,
+    overrides,
+    print_config,
+    resolve_device,
+    save_png,
+)
 
 # ------------------------------------------------------------------------------------------------- config resolution
 
@@ -55,7 +64,7 @@ def _resolve_config(args: argparse.Namespace, train: bool) -> DetTrainConfig:
         "data_root": getattr(args, "data_root", None),
     }
     cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
-    cfg = apply_overrides(cfg, list(getattr(args, "set", None) or []))
+    cfg = apply_overrides(cfg, overrides(args))
     cfg.validate()
     return cfg
 
@@ -77,11 +86,11 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--data-root", help="folder the annotation / image paths are relative to")
     parser.add_argument("--pretrained", help="classification, mmdet or our checkpoint to start from")
-    parser.add_argument("--output", help="run directory (default: runs/<preset or model>)")
+    add_output(parser, "run directory (default: runs/<preset or model>)")
     parser.add_argument("--epochs", type=int, help="training epochs (12 for 1x, 36 for 3x)")
     parser.add_argument("--batch-size", type=int, help="images per process")
     parser.add_argument("--resume", help="'auto' or a checkpoint path")
-    parser.add_argument("set", nargs="*", metavar="key=value", help="any other config field, e.g. lr=2e-4")
+    add_config_arguments(parser)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -98,6 +107,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.device != "auto":
         extra["device"] = args.device
     cfg = apply_overrides(cfg, {k: v for k, v in extra.items() if v is not None})
+    if args.print_config:
+        print_config(cfg)
+        return 0
     result = Trainer(cfg, DetTask(cfg)).fit()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -113,8 +125,8 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="our model.safetensors, a training or an mmdet checkpoint")
     parser.add_argument("--data-root", help="folder the annotation / image paths are relative to")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
-    parser.add_argument("--out", help="folder for det_metrics.json")
-    parser.add_argument("set", nargs="*", metavar="key=value", help="any other config field, e.g. val_ann=...")
+    add_output(parser, "folder for det_metrics.json")
+    add_config_arguments(parser)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -123,6 +135,9 @@ def _eval(args: argparse.Namespace) -> int:
     from ..data.coco import collate_detection
 
     cfg = _resolve_config(args, train=False)
+    if args.print_config:
+        print_config(cfg)
+        return 0
     device = resolve_device(args.device)
     model = load_detector(cfg, args.checkpoint, device)
     ds = build_dataset(cfg, train=False)
@@ -132,8 +147,8 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = evaluate_detector(model, loader)
     for key, value in metrics.items():
         print(f"{key:<14} {value:.4f}")
-    if args.out:
-        out = Path(args.out)
+    if args.output:
+        out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "det_metrics.json", json.dumps(metrics, indent=2))
         print(f"metrics: {out / 'det_metrics.json'}")
@@ -143,9 +158,10 @@ def _eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------- predict
 def _predict_args(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
+    add_overrides(parser)
     parser.add_argument("--checkpoint", required=True, help="our model.safetensors, a training or an mmdet checkpoint")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--output", default="predictions", help="folder for the PNGs and predictions.json")
+    add_output(parser, "folder for the PNGs and predictions.json", default="predictions")
     parser.add_argument("--score-thresh", type=float, help="minimum score drawn (default: the config's, 0.3)")
 
 
@@ -159,16 +175,16 @@ def _predict(args: argparse.Namespace) -> int:
     model = load_detector(cfg, args.checkpoint, device)
     names = cfg.class_names()
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    paths = collect_images(args.inputs)
     records = []
-    for path in tqdm(collect_images(args.inputs), desc="predict"):
+    for path, stem in zip(tqdm(paths, desc="predict"), output_stems(paths)):
         try:
             with Image.open(path) as im:
                 rgb = np.asarray(im.convert("RGB")).copy()
         except OSError as err:
             raise ValueError(f"cannot read image {path}: {err}") from err
         pred = detect(model, rgb, cfg, args.score_thresh)
-        target = out / f"{path.stem}.png"
+        target = out / stem.with_name(stem.name + ".png")
         save_png(render_detections(rgb, pred, names), target)
         records.append(
             {
@@ -182,6 +198,7 @@ def _predict(args: argparse.Namespace) -> int:
         )
         print(f"{path}: {len(records[-1]['detections'])} objects -> {target}")
     atomic_write(out / "predictions.json", json.dumps(records, indent=2))
+    print(f"{len(records)} images: {len(records)} PNGs and predictions.json -> {out}/")
     return 0
 
 

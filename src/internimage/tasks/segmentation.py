@@ -35,7 +35,16 @@ from ..segmentation import (
     render_overlay,
     segment,
 )
-from ._common import resolve_device, save_png
+from ._common import (
+    add_config_arguments,
+    add_output,
+    add_overrides,
+    output_stems,
+    overrides,
+    print_config,
+    resolve_device,
+    save_png,
+)
 
 # ------------------------------------------------------------------------------------------------- config resolution
 
@@ -62,7 +71,7 @@ def _resolve_config(args: argparse.Namespace, train: bool, extra: dict[str, Any]
         flags["num_classes"] = flags["num_classes"] or len(flags["classes"])
     flags.update(extra or {})
     cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
-    cfg = apply_overrides(cfg, list(getattr(args, "set", None) or []))
+    cfg = apply_overrides(cfg, overrides(args))
     cfg.validate()
     return cfg
 
@@ -91,11 +100,11 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="dataset root")
     parser.add_argument("--dataset", choices=("ade20k", "cityscapes"), help="dataset layout")
     parser.add_argument("--pretrained", help="classification or segmentation checkpoint to start from")
-    parser.add_argument("--output", help="run directory (default: runs/<preset or model>)")
+    add_output(parser, "run directory (default: runs/<preset or model>)")
     parser.add_argument("--iters", type=int, help="optimizer steps (160000 officially)")
     parser.add_argument("--batch-size", type=int, help="images per process")
     parser.add_argument("--resume", help="'auto' or a checkpoint path")
-    parser.add_argument("set", nargs="*", metavar="key=value", help="any other config field, e.g. lr=1e-4")
+    add_config_arguments(parser)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -110,6 +119,9 @@ def _train(args: argparse.Namespace) -> int:
         "device": None if args.device == "auto" else args.device,
     }
     cfg = _resolve_config(args, train=True, extra=extra)
+    if args.print_config:
+        print_config(cfg)
+        return 0
     result = Trainer(cfg, SegTask(cfg)).fit()
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not per torchrun process
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
@@ -129,8 +141,8 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ms", action="store_true", help="official multi-scale test (ratios 0.5 .. 1.75)")
     parser.add_argument("--flip", action="store_true", help="add horizontally flipped views")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
-    parser.add_argument("--out", help="folder for seg_metrics.json and per_class_iou.png")
-    parser.add_argument("set", nargs="*", metavar="key=value", help="any other config field")
+    add_output(parser, "folder for seg_metrics.json and per_class_iou.png")
+    add_config_arguments(parser)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -147,6 +159,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.flip:
         over["test_flip"] = True
     cfg = apply_overrides(cfg, over)
+    if args.print_config:
+        print_config(cfg)
+        return 0
     device = resolve_device(args.device)
     model = load_segmentor(cfg, args.checkpoint, device)
     ds = build_dataset(cfg, args.split or cfg.val_split, train=False)
@@ -160,8 +175,8 @@ def _eval(args: argparse.Namespace) -> int:
     width = max(len(n) for n in names)
     for name, v in result["per_class"].items():
         print(f"  {name:<{width}}  IoU {100 * v['IoU']:6.2f}  Acc {100 * v['Acc']:6.2f}")
-    if args.out:
-        out = Path(args.out)
+    if args.output:
+        out = Path(args.output)
         atomic_write(out / "seg_metrics.json", json.dumps(result, indent=2))
         png = plot_per_class(result, out / "per_class_iou.png")
         print(f"wrote {out / 'seg_metrics.json'}" + (f" and {png}" if png else ""))
@@ -171,9 +186,10 @@ def _eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------- predict
 def _predict_args(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
+    add_overrides(parser)
     parser.add_argument("inputs", nargs="+", help="images or folders of images")
     parser.add_argument("--checkpoint", required=True, help="our model.safetensors, a training or an mmseg checkpoint")
-    parser.add_argument("--output", default="predictions", help="folder for <name>_seg.png and <name>_label.png")
+    add_output(parser, "folder for <name>_seg.png and <name>_label.png", default="predictions")
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode")
     parser.add_argument("--ms", action="store_true", help="official multi-scale test")
     parser.add_argument("--flip", action="store_true", help="add horizontally flipped views")
@@ -196,7 +212,8 @@ def _predict(args: argparse.Namespace) -> int:
     names = cfg.class_names()
     palette = default_palette(cfg.num_classes)
     out_dir = Path(args.output)
-    for path in tqdm(collect_images(args.inputs), desc="predict", unit="img"):
+    paths = collect_images(args.inputs)
+    for path, stem in zip(tqdm(paths, desc="predict", unit="img"), output_stems(paths)):
         try:
             with Image.open(path) as im:
                 rgb = np.asarray(im.convert("RGB")).copy()
@@ -204,11 +221,13 @@ def _predict(args: argparse.Namespace) -> int:
             raise ValueError(f"cannot read image {path}: {err}") from err
         ratios = MS_RATIOS if args.ms else None
         label = segment(model, rgb, cfg, ratios=ratios, flip=args.flip or None, mode=args.mode)
-        save_png(render_overlay(rgb, label, palette, names, args.alpha), out_dir / f"{path.stem}_seg.png")
-        save_png(Image.fromarray(label), out_dir / f"{path.stem}_label.png")
+        overlay = out_dir / stem.with_name(stem.name + "_seg.png")
+        save_png(render_overlay(rgb, label, palette, names, args.alpha), overlay)
+        save_png(Image.fromarray(label), out_dir / stem.with_name(stem.name + "_label.png"))
         top = np.bincount(label.ravel(), minlength=cfg.num_classes).argsort()[::-1][:3]
         shares = ", ".join(f"{names[i]} {100 * (label == i).mean():.1f}%" for i in top if (label == i).any())
-        tqdm.write(f"{path}: {shares} -> {out_dir / (path.stem + '_seg.png')}")
+        tqdm.write(f"{path}: {shares} -> {overlay}")
+    print(f"{len(paths)} images: {2 * len(paths)} PNGs -> {out_dir}/")
     return 0
 
 
