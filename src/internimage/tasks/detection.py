@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from ..data.datasets import collect_images
+from ..data.datasets import collect_images, load_image
 from ..detection import (
     META_KEY,
     DetTask,
@@ -167,7 +167,6 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
-    from PIL import Image
     from tqdm import tqdm
 
     cfg = _resolve_config(args, train=False)
@@ -179,8 +178,7 @@ def _predict(args: argparse.Namespace) -> int:
     records = []
     for path, stem in zip(tqdm(paths, desc="predict"), output_stems(paths)):
         try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB")).copy()
+            rgb = np.asarray(load_image(path, "RGB")).copy()  # 16-bit images scaled, not clipped to white
         except OSError as err:
             raise ValueError(f"cannot read image {path}: {err}") from err
         pred = detect(model, rgb, cfg, args.score_thresh)

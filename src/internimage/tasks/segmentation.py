@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data.datasets import collect_images
+from ..data.datasets import collect_images, load_image
 from ..engine.config import apply_overrides, load_config
 from ..engine.task import checkpoint_fields
 from ..io import atomic_write
@@ -215,8 +215,7 @@ def _predict(args: argparse.Namespace) -> int:
     paths = collect_images(args.inputs)
     for path, stem in zip(tqdm(paths, desc="predict", unit="img"), output_stems(paths)):
         try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB")).copy()
+            rgb = np.asarray(load_image(path, "RGB")).copy()  # 16-bit images scaled, not clipped to white
         except OSError as err:
             raise ValueError(f"cannot read image {path}: {err}") from err
         ratios = MS_RATIOS if args.ms else None
