@@ -441,9 +441,8 @@ def _register_layer_decay() -> None:
         layer_id, num_ids = model.layer_id_fn()
         return lambda name: decay ** (num_ids - 1 - layer_id(name))
 
-    optim.register_layer_decay_rule("segmentation", rule)
     # The official constructor also exempts every name containing "norm" from weight decay.
-    optim.NO_DECAY_RULES["segmentation"] = lambda name, p: p.ndim <= 1 or name.endswith(".bias") or "norm" in name
+    optim.register_layer_decay_rule("segmentation", rule, optim.no_decay_bias_1d_and_norm)
 
 
 _register_layer_decay()

@@ -94,29 +94,35 @@ def _detection_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Cal
     return scale
 
 
-LAYER_DECAY_RULES: dict[str, LayerDecayRule] = {
-    "classification": _classification_rule,
-    "detection": _detection_rule,
-}
-
-
-def register_layer_decay_rule(name: str, rule: LayerDecayRule) -> None:
-    """Add a rule ``(model, decay, offset_lr_mul) -> (param name -> lr scale)`` under ``name``."""
-    LAYER_DECAY_RULES[name] = rule
-
-
-def _no_decay_classification(name: str, param: torch.Tensor) -> bool:
+def no_decay_bias_and_1d(name: str, param: torch.Tensor) -> bool:
+    """No weight decay on biases and 1-D parameters (norms, layer scales): the classification recipe."""
     return param.ndim <= 1 or name.endswith(".bias")
 
 
-def _no_decay_detection(name: str, param: torch.Tensor) -> bool:
+def no_decay_bias_1d_and_norm(name: str, param: torch.Tensor) -> bool:
+    """Also none on any parameter whose name contains ``norm``: the official detection / segmentation constructors."""
     return param.ndim <= 1 or name.endswith(".bias") or "norm" in name
 
 
-NO_DECAY_RULES: dict[str, NoDecayRule] = {
-    "classification": _no_decay_classification,
-    "detection": _no_decay_detection,
-}
+#: The one registry of layer-decay rules (name -> rule) and of their no-weight-decay rules (same names).
+LAYER_DECAY_RULES: dict[str, LayerDecayRule] = {}
+NO_DECAY_RULES: dict[str, NoDecayRule] = {}
+
+
+def register_layer_decay_rule(name: str, rule: LayerDecayRule, no_decay: NoDecayRule = no_decay_bias_and_1d) -> None:
+    """Register a rule ``(model, decay, offset_lr_mul) -> (param name -> lr scale)`` and its no-decay rule.
+
+    Args:
+        name: What ``TrainConfig.layer_decay_rule`` names.
+        rule: The layer-decay rule.
+        no_decay: ``(param name, param) -> True`` for parameters without weight decay.
+    """
+    LAYER_DECAY_RULES[name] = rule
+    NO_DECAY_RULES[name] = no_decay
+
+
+register_layer_decay_rule("classification", _classification_rule, no_decay_bias_and_1d)
+register_layer_decay_rule("detection", _detection_rule, no_decay_bias_1d_and_norm)
 
 
 def param_groups(
@@ -146,7 +152,7 @@ def param_groups(
     lr_scale = LAYER_DECAY_RULES[rule](model, layer_decay, offset_lr_mul) if layer_decay < 1.0 else None
     if lr_scale is None and offset_lr_mul != 1.0:
         logger.info("offset_lr_mul=%s ignored: it applies with layer decay only (as in the original)", offset_lr_mul)
-    no_decay = NO_DECAY_RULES.get(rule, _no_decay_classification)
+    no_decay = NO_DECAY_RULES.get(rule, no_decay_bias_and_1d)
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
