@@ -317,12 +317,6 @@ def detect(
     return {k: v[keep].cpu() for k, v in pred.items()}
 
 
-def _palette(n: int) -> list[tuple[int, int, int]]:
-    import colorsys
-
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618) % 1.0, 0.75, 0.95)) for i in range(n)]
-
-
 def render_detections(
     image: Any, pred: dict[str, torch.Tensor], names: list[str], alpha: float = 0.45, mask_thresh: float = 0.5
 ) -> Any:
@@ -338,22 +332,19 @@ def render_detections(
     Returns:
         A PIL image.
     """
-    import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-    canvas = image.astype(np.float32)
-    colors = _palette(max(len(names), 1))
-    if "masks" in pred:
-        for mask, label in zip(pred["masks"], pred["labels"]):
-            m = mask[0].numpy() > mask_thresh
-            canvas[m] = (1 - alpha) * canvas[m] + alpha * np.array(colors[int(label) - 1], dtype=np.float32)
-    out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(out)
-    for box, label, score in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist()):
-        color = colors[int(label) - 1]
-        draw.rectangle(box, outline=color, width=2)
-        text = f"{names[int(label) - 1]} {score:.2f}"
-        x, y = box[0], max(0.0, box[1] - 11)
-        draw.rectangle(draw.textbbox((x, y), text), fill=color)
-        draw.text((x, y), text, fill=(0, 0, 0))
-    return out
+    from .data.segmentation import default_palette
+
+    canvas = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    palette = default_palette(max(len(names), 1))
+    labels = [int(label) - 1 for label in pred["labels"].tolist()]
+    colors = [palette[label] for label in labels]
+    if labels and "masks" in pred:
+        masks = pred["masks"][:, 0] > mask_thresh
+        canvas = draw_segmentation_masks(canvas, masks, alpha=alpha, colors=colors)
+    if labels:
+        tags = [f"{names[label]} {score:.2f}" for label, score in zip(labels, pred["scores"].tolist())]
+        canvas = draw_bounding_boxes(canvas, pred["boxes"].float(), labels=tags, colors=colors, width=2)
+    return Image.fromarray(canvas.permute(1, 2, 0).numpy())

@@ -412,11 +412,15 @@ def render_overlay(
     """
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
+    from torchvision.utils import draw_segmentation_masks
 
-    colours = np.asarray(palette, dtype=np.float32)[label]
-    blended = (rgb.astype(np.float32) * (1 - alpha) + colours * alpha).round().clip(0, 255).astype(np.uint8)
     counts = np.bincount(label.ravel(), minlength=len(names))
     present = [int(i) for i in counts.argsort()[::-1] if counts[i] > 0]
+    ids = torch.as_tensor(present, dtype=torch.int64)
+    masks = torch.from_numpy(label.astype(np.int64))[None] == ids[:, None, None]  # (P, H, W), one per class present
+    image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    colours = [tuple(palette[i]) for i in present]
+    blended = draw_segmentation_masks(image, masks, alpha=alpha, colors=colours).permute(1, 2, 0).numpy()
     font = ImageFont.load_default()
     row, swatch, pad = 16, 12, 6
     lines = [f"{names[i]} ({100 * counts[i] / label.size:.1f}%)" for i in present]
