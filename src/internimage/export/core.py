@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..ops import export_mode
 from .models import ExportableModel
-from .trt import TRT_ATTRIBUTES, TRT_DOMAIN, TRT_OP, export_as_custom_op, ort_session_with_trt_dcnv3
+from .trt import TRT_ATTRIBUTES, TRT_DOMAIN, TRT_OP, ort_session_with_trt_dcnv3
 
 __all__ = [
     "FORMATS",
@@ -127,8 +128,7 @@ def trace(model: ExportableModel, keep_dcn_op: bool = False) -> torch.export.Exp
     Returns:
         The program; one program serves both ``onnx`` and ``pt2`` (see :func:`export`'s ``program``).
     """
-    keep = export_as_custom_op() if keep_dcn_op else contextlib.nullcontext()
-    with torch.no_grad(), keep, model.trace_context():
+    with torch.no_grad(), export_mode(dcn_custom_op=keep_dcn_op), model.trace_context():
         return torch.export.export(
             model.module, (_example(model),), dynamic_shapes=_dynamic_shapes(model.size_multiple)
         )

@@ -16,12 +16,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -83,33 +82,6 @@ def make_export_friendly(module: nn.Module) -> nn.Module:
     return module
 
 
-@contextlib.contextmanager
-def _uperhead_export_resize() -> Iterator[None]:
-    """While tracing, UperNet resizes unless sizes are *statically* equal, instead of comparing symbolic sizes.
-
-    ``heads._resize`` skips resizing a map that already has the target size; under ``torch.export`` that
-    comparison turns into a guard on the input size (e.g. "the 1/32 map is not 2 pixels high") and the ``.pt2``
-    program then rejects such inputs. A bilinear resize to the same size is the identity, so always resizing
-    gives the same numbers for every size.
-    """
-    from torch.fx.experimental.symbolic_shapes import statically_known_true
-
-    from ..models.segmentation import heads
-
-    original = heads._resize
-
-    def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
-        if all(statically_known_true(a == b) for a, b in zip(x.shape[-2:], size)):
-            return x
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
-
-    heads._resize = resize
-    try:
-        yield
-    finally:
-        heads._resize = original
-
-
 def _in_chans(body: nn.Module) -> int:
     return int(body.patch_embed.conv1.in_channels)
 
@@ -129,7 +101,8 @@ class ExportableModel:
         example_blocks: Side of the traced example in strides. Sizes seen in the example can be baked in where
             model code compares shapes (UperNet skips resizing maps that already have the target size, which
             would pin its 1/32 map to the example's), so segmentation traces a side of 4 strides, not 2.
-        trace_context: Entered around ``torch.export`` (see :func:`_uperhead_export_resize`).
+        trace_context: Entered around ``torch.export``, inside :func:`internimage.ops.export_mode` (which already
+            makes UperNet compare sizes statically).
         min_side: Smallest H and W the exported program is valid for (torch.export assumes dynamic sizes are not
             1: the detector's stride-64 level must be at least 2 pixels, so H, W >= 96 there).
     """
@@ -248,7 +221,6 @@ def _segmentation(name: str, checkpoint: str | None, num_classes: int | None, **
         name,
         in_chans=_in_chans(body),
         example_blocks=4,
-        trace_context=_uperhead_export_resize,
     )
 
 

@@ -14,14 +14,13 @@ an onnxruntime-extensions Python custom op.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..ops import ExportMode, export_mode
 from ..ops.args import DCNv3Args
 from ..ops.reference import dcnv3_reference
 
@@ -61,21 +60,13 @@ TRT_ATTRIBUTES: dict[str, type] = {
 _ORTX_DOMAIN = "ai.onnx.contrib"
 
 
-@contextlib.contextmanager
-def export_as_custom_op() -> Iterator[None]:
+def export_as_custom_op() -> contextlib.AbstractContextManager[ExportMode]:
     """Keep ``internimage::dcnv3`` as a custom-op node in graphs exported inside this block.
 
-    Outside it, exporters trace the grid_sample reference (standard ops only). Not thread-safe: it flips a
-    module-level switch of :mod:`internimage.ops.dcnv3` for the duration of the block.
+    Outside it, exporters trace the grid_sample reference (standard ops only). The same as
+    ``internimage.ops.export_mode(dcn_custom_op=True)``.
     """
-    # By module path: ``internimage.ops.dcnv3`` the attribute is the function, shadowing the module.
-    dcnv3_module = importlib.import_module("internimage.ops.dcnv3")
-    previous = dcnv3_module._EXPORT_CUSTOM_OP
-    dcnv3_module._EXPORT_CUSTOM_OP = True
-    try:
-        yield
-    finally:
-        dcnv3_module._EXPORT_CUSTOM_OP = previous
+    return export_mode(dcn_custom_op=True)
 
 
 def trt_translation_table() -> dict[Any, Any]:

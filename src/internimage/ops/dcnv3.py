@@ -23,47 +23,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .args import DCNv3Args, check_inputs, make_args
-from .backends import get_backend, resolve_backend
+from .backends import get_backend
+from .custom_op import DCN_SCALARS, differentiable_op
+from .dcnv4 import dcnv4, pack_offset_mask
+from .dispatch import CenterFeatureScaleModule, is_exporting, keep_dcn_custom_op, plain_eager_inference, resolve
 from .fused_linear import fused_linear, onednn_eligible
 from .reference import dcnv3_reference, point_weights
 
-__all__ = ["dcnv3", "DCNv3"]
-
-
-@torch.library.custom_op("internimage::dcnv3", mutates_args=())
-def _dcnv3_op(
-    input: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor,
-    kernel_h: int,
-    kernel_w: int,
-    stride_h: int,
-    stride_w: int,
-    pad_h: int,
-    pad_w: int,
-    dilation_h: int,
-    dilation_w: int,
-    group: int,
-    offset_scale: float,
-    remove_center: bool,
-    softmax: bool,
-    backend: str,
-) -> torch.Tensor:
-    args = DCNv3Args(
-        kernel_h,
-        kernel_w,
-        stride_h,
-        stride_w,
-        pad_h,
-        pad_w,
-        dilation_h,
-        dilation_w,
-        group,
-        offset_scale,
-        remove_center,
-        softmax,
-    )
-    return _forward(input, offset, mask, args, backend)
+__all__ = ["dcnv3", "DCNv3", "CenterFeatureScaleModule", "plain_eager_inference"]
 
 
 def _forward(
@@ -76,89 +43,29 @@ def _forward(
     return get_backend(backend).forward(input, offset, mask, args).contiguous()
 
 
-@_dcnv3_op.register_fake
-def _dcnv3_fake(input, offset, mask, *args) -> torch.Tensor:
-    return input.new_empty(_out_shape(input, offset))
+def _op_forward(input, offset, mask, *static) -> torch.Tensor:
+    return _forward(input, offset, mask, DCNv3Args(*static[:-1]), static[-1])
 
 
-@torch.library.custom_op("internimage::dcnv3_backward", mutates_args=())
-def _dcnv3_backward_op(
-    grad_output: torch.Tensor,
-    input: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor,
-    kernel_h: int,
-    kernel_w: int,
-    stride_h: int,
-    stride_w: int,
-    pad_h: int,
-    pad_w: int,
-    dilation_h: int,
-    dilation_w: int,
-    group: int,
-    offset_scale: float,
-    remove_center: bool,
-    softmax: bool,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = DCNv3Args(
-        kernel_h,
-        kernel_w,
-        stride_h,
-        stride_w,
-        pad_h,
-        pad_w,
-        dilation_h,
-        dilation_w,
-        group,
-        offset_scale,
-        remove_center,
-        softmax,
-    )
+def _op_backward(grad_output, input, offset, mask, *static) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if input.numel() == 0 or offset.numel() == 0:
         return input.new_zeros(input.shape), offset.new_zeros(offset.shape), mask.new_zeros(mask.shape)
-    grads = get_backend(backend).backward(grad_output, input, offset, mask, args)
+    grads = get_backend(static[-1]).backward(grad_output, input, offset, mask, DCNv3Args(*static[:-1]))
     return tuple(g.contiguous() for g in grads)
-
-
-@_dcnv3_backward_op.register_fake
-def _dcnv3_backward_fake(grad_output, input, offset, mask, *args):
-    return input.new_empty(input.shape), offset.new_empty(offset.shape), mask.new_empty(mask.shape)
 
 
 def _out_shape(input: torch.Tensor, offset: torch.Tensor) -> tuple[int, int, int, int]:
     return (input.shape[0], offset.shape[1], offset.shape[2], input.shape[3])
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    input, offset, mask, *static = inputs
-    ctx.save_for_backward(input, offset, mask)
-    ctx.static = static
-
-
-def _backward(ctx, grad_output):
-    input, offset, mask = ctx.saved_tensors
-    grads = torch.ops.internimage.dcnv3_backward(grad_output.contiguous(), input, offset, mask, *ctx.static)
-    return (*grads, *([None] * len(ctx.static)))
-
-
-torch.library.register_autograd("internimage::dcnv3", _backward, setup_context=_setup_context)
-
-
-@torch.compiler.assume_constant_result
-def _resolve(backend: str | None, device_type: str, dtype: torch.dtype) -> str:
-    # Evaluated eagerly while torch.compile traces (it imports backend modules and reads the environment).
-    return resolve_backend(backend, device_type, dtype)
-
-
-# Set only by ``internimage.export.export_as_custom_op()``: exported graphs then keep ``internimage::dcnv3`` (to be
-# written as the TensorRT plugin node) instead of tracing the grid_sample reference.
-_EXPORT_CUSTOM_OP = False
-
-
-def _is_exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(torch.onnx.is_in_onnx_export() or (is_exporting is not None and is_exporting()))
+_dcnv3_op, _ = differentiable_op(
+    "internimage::dcnv3",
+    ("input", "offset", "mask"),
+    DCN_SCALARS,
+    _op_forward,
+    _op_backward,
+    lambda input, offset, mask, *static: input.new_empty(_out_shape(input, offset)),
+)
 
 
 def dcnv3(
@@ -207,34 +114,19 @@ def dcnv3(
     check_inputs(input, offset, mask, args)
     offset = offset.to(input.dtype)
     mask = mask.to(input.dtype)
-    if _is_exporting():
-        if not _EXPORT_CUSTOM_OP:
+    keep_op = keep_dcn_custom_op()
+    if is_exporting():
+        if not keep_op:
             return dcnv3_reference(input, offset, mask, args)
         if softmax:
             # The TensorRT plugin takes normalised masks.
             mask = point_weights(mask, args, mask.dtype)
             args = args._replace(softmax=False)
-    name = _resolve(backend, input.device.type, input.dtype)
-    if not _EXPORT_CUSTOM_OP and plain_eager_inference(input, offset, mask):
+    name = resolve(backend, input.device.type, input.dtype)
+    if not keep_op and plain_eager_inference(input, offset, mask):
         # Skipping the custom-op dispatch saves ~20 us per call, visible at batch 1 (30 calls per InternImage-T).
         return _forward(input, offset, mask, args, name)
     return _dcnv3_op(input, offset, mask, *args, name)
-
-
-def plain_eager_inference(*tensors: torch.Tensor) -> bool:
-    """No autograd to record, no compiler or tracer watching, plain tensors: the custom op adds nothing here."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    return all(type(t) is torch.Tensor for t in tensors)
-
-
-class CenterFeatureScaleModule(nn.Module):
-    """Per-group gate ``sigmoid(x @ W.T + b)`` of the original; kept as a module for name compatibility."""
-
-    def forward(self, query: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return F.linear(query, weight, bias).sigmoid()
 
 
 class DCNv3(nn.Module):
@@ -359,9 +251,6 @@ class DCNv3(nn.Module):
         offset, mask = self._offset_mask_projection(x1, eligible)
         geometry = (self.kernel_size, self.stride, self.pad, self.dilation, self.group, self.offset_scale)
         if self.use_dcn_v4_op:
-            # Imported here: dcnv4 builds on this module.
-            from .dcnv4 import dcnv4, pack_offset_mask
-
             mask = F.softmax(mask.reshape(n, h, w, self.group, -1), -1).reshape(n, h, w, -1)
             offset_mask = pack_offset_mask(offset, mask.to(offset.dtype), self.group)
             x = dcnv4(x, offset_mask, *geometry, bool(self.remove_center), backend=self.backend)

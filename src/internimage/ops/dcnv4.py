@@ -27,7 +27,8 @@ from torch import nn
 
 from .args import DCNv3Args, make_args
 from .backends import get_backend
-from .dcnv3 import CenterFeatureScaleModule, _is_exporting, _resolve, plain_eager_inference
+from .custom_op import dcn_scalars, differentiable_op
+from .dispatch import CenterFeatureScaleModule, is_exporting, plain_eager_inference, resolve
 from .fused_linear import fused_linear
 from .reference import dcnv3_reference
 
@@ -119,29 +120,6 @@ def check_inputs(input: torch.Tensor, offset_mask: torch.Tensor, args: DCNv3Args
 
 
 # ------------------------------------------------------------------------------------------------- custom op
-@torch.library.custom_op("internimage::dcnv4", mutates_args=())
-def _dcnv4_op(
-    input: torch.Tensor,
-    offset_mask: torch.Tensor,
-    kernel_h: int,
-    kernel_w: int,
-    stride_h: int,
-    stride_w: int,
-    pad_h: int,
-    pad_w: int,
-    dilation_h: int,
-    dilation_w: int,
-    group: int,
-    offset_scale: float,
-    remove_center: bool,
-    backend: str,
-) -> torch.Tensor:
-    args = DCNv3Args(
-        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, offset_scale, remove_center
-    )
-    return _forward(input, offset_mask, args, backend)
-
-
 def _forward(input: torch.Tensor, offset_mask: torch.Tensor, args: DCNv3Args, backend: str) -> torch.Tensor:
     """The op's body (also called directly in plain eager inference)."""
     if input.numel() == 0 or offset_mask.numel() == 0:
@@ -157,70 +135,41 @@ def _forward(input: torch.Tensor, offset_mask: torch.Tensor, args: DCNv3Args, ba
     return get_backend(backend).forward(input, offset, mask, args).contiguous()
 
 
-@_dcnv4_op.register_fake
-def _dcnv4_fake(input, offset_mask, *args) -> torch.Tensor:
-    return input.new_empty(_out_shape(input, offset_mask))
+def _op_forward(input, offset_mask, *static) -> torch.Tensor:
+    return _forward(input, offset_mask, DCNv3Args(*static[:-1]), static[-1])
 
 
-@torch.library.custom_op("internimage::dcnv4_backward", mutates_args=())
-def _dcnv4_backward_op(
-    grad_output: torch.Tensor,
-    input: torch.Tensor,
-    offset_mask: torch.Tensor,
-    kernel_h: int,
-    kernel_w: int,
-    stride_h: int,
-    stride_w: int,
-    pad_h: int,
-    pad_w: int,
-    dilation_h: int,
-    dilation_w: int,
-    group: int,
-    offset_scale: float,
-    remove_center: bool,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    args = DCNv3Args(
-        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, offset_scale, remove_center
-    )
+def _op_backward(grad_output, input, offset_mask, *static) -> tuple[torch.Tensor, torch.Tensor]:
+    args, backend = DCNv3Args(*static[:-1]), static[-1]
     if input.numel() == 0 or offset_mask.numel() == 0:
         return input.new_zeros(input.shape), offset_mask.new_zeros(offset_mask.shape)
     if backend == "cpu":
         from . import cpu
 
-        offset, mask, stride = _fused_views(offset_mask, group, args.num_points)
+        offset, mask, stride = _fused_views(offset_mask, args.group, args.num_points)
         grad_input, grad_offset, grad_mask = cpu.backward(
             grad_output, input, offset, mask, args, offset_group_stride=stride, mask_group_stride=stride
         )
     else:
-        offset, mask = split_offset_mask(offset_mask, group, args.num_points)
+        offset, mask = split_offset_mask(offset_mask, args.group, args.num_points)
         grad_input, grad_offset, grad_mask = get_backend(backend).backward(grad_output, input, offset, mask, args)
-    grad_offset_mask = pack_offset_mask(grad_offset, grad_mask, group, offset_mask.shape[-1])
+    grad_offset_mask = pack_offset_mask(grad_offset, grad_mask, args.group, offset_mask.shape[-1])
     return grad_input.contiguous(), grad_offset_mask.to(offset_mask.dtype)
-
-
-@_dcnv4_backward_op.register_fake
-def _dcnv4_backward_fake(grad_output, input, offset_mask, *args):
-    return input.new_empty(input.shape), offset_mask.new_empty(offset_mask.shape)
 
 
 def _out_shape(input: torch.Tensor, offset_mask: torch.Tensor) -> tuple[int, int, int, int]:
     return (input.shape[0], offset_mask.shape[1], offset_mask.shape[2], input.shape[3])
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    input, offset_mask, *static = inputs
-    ctx.save_for_backward(input, offset_mask)
-    ctx.static = static
-
-
-def _backward(ctx, grad_output):
-    input, offset_mask = ctx.saved_tensors
-    grads = torch.ops.internimage.dcnv4_backward(grad_output.contiguous(), input, offset_mask, *ctx.static)
-    return (*grads, *([None] * len(ctx.static)))
-
-
-torch.library.register_autograd("internimage::dcnv4", _backward, setup_context=_setup_context)
+# The DCNv3 scalars but `softmax`: DCNv4 never normalises.
+_dcnv4_op, _ = differentiable_op(
+    "internimage::dcnv4",
+    ("input", "offset_mask"),
+    dcn_scalars(softmax=False),
+    _op_forward,
+    _op_backward,
+    lambda input, offset_mask, *static: input.new_empty(_out_shape(input, offset_mask)),
+)
 
 
 def dcnv4(
@@ -264,10 +213,10 @@ def dcnv4(
     args = make_args(kernel_size, stride, pad, dilation, group, offset_scale, remove_center)
     check_inputs(input, offset_mask, args)
     offset_mask = offset_mask.to(input.dtype)
-    if _is_exporting():
+    if is_exporting():
         offset, mask = split_offset_mask(offset_mask, args.group, args.num_points)
         return dcnv3_reference(input, offset, mask, args)
-    name = _resolve(backend, input.device.type, input.dtype)
+    name = resolve(backend, input.device.type, input.dtype)
     if plain_eager_inference(input, offset_mask):
         return _forward(input, offset_mask, args, name)  # no custom-op dispatch (as in dcnv3)
     return _dcnv4_op(input, offset_mask, *args[:-1], name)  # all but `softmax`: DCNv4 never normalises

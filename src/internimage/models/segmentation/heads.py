@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...ops import current_export_mode
+
 __all__ = ["ConvModule", "FCNHead", "UPerHead"]
 
 
@@ -32,7 +34,16 @@ class ConvModule(nn.Module):
 
 
 def _resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
+    if current_export_mode() is not None:
+        # Under torch.export a symbolic size comparison becomes a guard on the input size (e.g. "the 1/32 map is not
+        # 2 pixels high") that the exported program would then enforce; resizing to the same size is the identity,
+        # so skip only when the sizes are statically equal.
+        from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+        same = all(statically_known_true(a == b) for a, b in zip(x.shape[-2:], size))
+    else:
+        same = tuple(x.shape[-2:]) == tuple(size)
+    if same:
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
