@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
@@ -9,12 +10,12 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from conftest import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 from internimage.ops import cpu as cpu_backend
 from internimage.ops import dcnv3, make_args, use_backend
 from internimage.ops.args import DCNv3Args
 from internimage.ops.backends import resolve_backend
 from internimage.ops.reference import dcnv3_reference, dcnv3_reference_backward
-from nonfinite_cases import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -264,3 +265,17 @@ def test_nonfinite_values_propagate_like_the_reference(poisoned, value, softmax,
     got = [cpu_backend.forward(x, off, mask, args), *cpu_backend.backward(grad, x, off, mask, args)]
     for name, g, want in zip(NAMES, got, (ref_out, *ref_grads)):
         assert_same_nonfinite(name, g, want, rtol=tol, atol=tol, kinds=value != value)
+
+
+def test_build_message_only_when_it_compiles(monkeypatch, caplog):
+    """A cached kernel loads without an INFO line; only a real compile says so (once per build)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: None)
+    with caplog.at_level(logging.INFO, logger="internimage.ops.cpu"):
+        cpu_backend._build()  # built by the module fixture: loads only
+        assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+        monkeypatch.setattr(cpu_backend, "_is_built", lambda *args: False)
+        cpu_backend._build()
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(messages) == 1 and "building the DCNv3 CPU kernel" in messages[0]

@@ -73,7 +73,11 @@ def _build() -> None:
 
     cpp_extension.verify_ninja_availability()
     name = extension_name()
-    logger.info("building/loading the DCNv3 CPU kernel %s (first use compiles, about a minute)", name)
+    # Said only when it compiles (once per source, flags, torch and CPU): a cached build just loads.
+    if _is_built(cpp_extension, name):
+        logger.debug("loading the DCNv3 CPU kernel %s", name)
+    else:
+        logger.info("building the DCNv3 CPU kernel %s (once, about a minute)", name)
     cpp_extension.load(
         name=name,
         sources=[str(_SOURCE)],
@@ -82,6 +86,16 @@ def _build() -> None:
         is_python_module=False,
         verbose=False,
     )
+
+
+def _is_built(cpp_extension, name: str) -> bool:
+    """Whether ``name`` is already compiled in torch's extension cache (then ``load`` only loads it)."""
+    # torch adds a python/CUDA-version folder below the cache root unless TORCH_EXTENSIONS_DIR is set; its helper
+    # for that path is private, so without it the build counts as not cached (the message is only a log line).
+    build_directory = getattr(cpp_extension, "_get_build_directory", None)
+    if build_directory is None:
+        return False
+    return Path(build_directory(name, verbose=False), f"{name}.so").is_file()
 
 
 def available() -> bool:
