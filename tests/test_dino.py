@@ -423,3 +423,46 @@ def test_weight_loader_takes_official_files_and_classification_backbones(tmp_pat
     torch.save({"state_dict": {k: v for k, v in sd.items() if "label_embedding" not in k}}, official)
     with pytest.raises(CheckpointError, match="1 missing"):
         load_detector_weights(tiny_dino(cb), official, strict=True)
+
+
+def test_cli_train_eval_predict_with_arch_dino(tmp_path, capsys):
+    pytest.importorskip("faster_coco_eval")
+    import json
+
+    from internimage.cli import main
+    from test_detection import make_coco
+
+    ann, images = make_coco(tmp_path / "coco", 4)
+    kwargs = {k: v for k, v in TINY.items()}
+    common = ["--task", "detection", "--data-root", str(ann.parent), "--arch", "dino", "--model",
+              "internimage_test_32", "--num-classes", "2", "--device", "cpu"]  # fmt: skip
+    sets = ["train_ann=ann.json", "train_images=images", "val_ann=ann.json", "val_images=images", "img_scale=[128,96]",
+            f"model_kwargs={json.dumps(kwargs)}", "workers=0", "warmup_iters=1", "lr=1e-3"]  # fmt: skip
+    # 96 x 128: the stride-64 level is 2 x 2 (GroupNorm of one channel per group needs more than one value).
+    run = tmp_path / "run"
+    assert main(["train", *common, "--output", str(run), "--epochs", "1", "--batch-size", "2", *sets]) == 0
+    result = json.loads((run / "result.json").read_text())
+    assert "bbox_mAP" in result and "segm_mAP" not in result
+    capsys.readouterr()
+    code = main(["eval", "--task", "detection", "--checkpoint", str(run / "model.safetensors"), "--data-root",
+                 str(ann.parent), "--out", str(tmp_path / "ev"), "val_ann=ann.json", "val_images=images"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((tmp_path / "ev" / "det_metrics.json").read_text())
+    assert metrics["bbox_mAP"] == pytest.approx(result["bbox_mAP"], abs=1e-6)
+    out = tmp_path / "pred"
+    code = main(["predict", "--task", "detection", "--checkpoint", str(run / "model.safetensors"),
+                 str(images / "000.png"), "--output", str(out), "--score-thresh", "0.0"])  # fmt: skip
+    assert code == 0 and json.loads((out / "predictions.json").read_text())[0]["detections"]
+
+
+def test_presets_follow_the_official_dino_configs():
+    from internimage.detection import DetTrainConfig
+
+    t = DetTrainConfig.from_preset("dino_4scale_internimage_t_1x_coco_layer_wise_lr")
+    assert (t.arch, t.model, t.lr, t.weight_decay, t.layer_decay, t.clip_grad) == (
+        "dino", "internimage_t_1k_224", 1e-4, 1e-4, 0.9, 0.1
+    )  # fmt: skip
+    assert (t.epochs, t.decay_milestones, t.drop_path_rate, t.layer_scale, t.recipe) == (12, [11], 0.2, 1.0, "3x")
+    cb = DetTrainConfig.from_preset("dino_4scale_cbinternimage_h_objects365_coco_ss")
+    assert cb.arch == "cb_dino" and cb.model_kwargs == dict(num_dn_queries=1000, max_per_img=300)
+    assert (cb.layer_decay, cb.drop_path_rate, cb.layer_scale) == (0.94, 0.5, None)

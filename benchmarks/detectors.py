@@ -1,0 +1,70 @@
+"""DINO-4scale InternImage-T vs Mask R-CNN InternImage-T: CPU inference images/s at 800 x 1333, in one process.
+
+Both detectors are built at full size (COCO, 80 classes, untrained weights: the work done does not depend on the
+weights, except that Mask R-CNN's box/mask heads see 1000 proposals and up to 100 detections whatever the scores).
+The models run in interleaved rounds (the order rotates every round) on one 3 x 800 x 1333 uint8 image (padded to
+800 x 1344); the table reports the median time per image and the ratio of the medians.
+
+Usage::
+
+    python benchmarks/detectors.py --rounds 3 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from internimage.models.detection import build_detector
+from internimage.models.detection.dino import build_dino
+
+
+def _models() -> dict[str, torch.nn.Module]:
+    overrides = dict(layer_scale=1.0)  # as the official detection configs of T
+    return {
+        "DINO-4scale-T": build_dino("internimage_t_1k_224", 80, backbone_overrides=overrides).eval(),
+        "Mask R-CNN-T": build_detector("mask_rcnn", "internimage_t_1k_224", 80, backbone_overrides=overrides).eval(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1333)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = _models()
+    image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    with torch.inference_mode():
+        for model in models.values():  # warm-up (allocator, oneDNN primitives)
+            model([image])
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                start = time.perf_counter()
+                models[name]([image])
+                times[name].append(time.perf_counter() - start)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    print(f"\nCPU inference, 1 image {args.height}x{args.width}, {args.threads} threads, median of {args.rounds}\n")
+    print("| detector | params (M) | s / image | images / s |")
+    print("|---|---|---|---|")
+    medians = {}
+    for name, model in models.items():
+        med = statistics.median(times[name])
+        medians[name] = med
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"| {name} | {params:.1f} | {med:.2f} | {1 / med:.3f} |")
+    a, b = names
+    print(f"\nimages/s {a} / {b}: {medians[b] / medians[a]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Shared fields of the official DINO-4scale presets (``detection/configs/coco/dino_4scale_*``).
+
+T/L (``*_1x_coco_layer_wise_lr``): AdamW lr 1e-4, weight decay 1e-4, layer-wise lr decay 0.9 over the backbone
+blocks, gradient clipping at norm 0.1, 12 epochs with lr x0.1 after epoch 11, 500 warm-up iterations, the DETR
+multi-scale + crop AutoAugment pipeline (the package's ``3x`` train pipeline; see the note below), global batch 16.
+H/G/CB-H (``*_objects365_coco_ss``): fine-tuning from Objects365 detectors (their ``load_from`` weights, given as
+``pretrained``), layer decay 0.94, ``num_dn_queries=1000``, ``max_per_img=300``, batch 1 per GPU, 20000 iterations
+at constant lr after warm-up.
+
+Differences from the original that the package's data pipeline imposes: the crop branch of the AutoAugment caps
+the long side at 1333 (DINO's config says 4200 before the crop), and H/G/CB-H train at the single test scale
+(2000, 1000) instead of the random short side 600-1800; their 20000-iteration schedule is approximated by epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import COCO
+
+__all__ = ["dino"]
+
+
+def dino(model: str, **fields: Any) -> dict[str, Any]:
+    """A DINO-4scale COCO preset on ``model`` (T/L recipe unless ``fields`` say otherwise)."""
+    preset = dict(
+        COCO,
+        arch="dino",
+        model=model,
+        recipe="3x",
+        epochs=12,
+        decay_milestones=[11],
+        lr=1e-4,
+        weight_decay=1e-4,
+        clip_grad=0.1,
+        layer_decay=0.9,
+    )
+    preset.update(fields)
+    return preset
+
+
+def objects365_to_coco(model: str, arch: str = "dino", **fields: Any) -> dict[str, Any]:
+    """The ``*_objects365_coco_ss`` fine-tuning presets (H, G, CB-H)."""
+    kwargs = dict(num_dn_queries=1000, max_per_img=300)
+    return dino(
+        model,
+        arch=arch,
+        recipe="1x",
+        img_scale=[2000, 1000],
+        batch_size=1,
+        epochs=3,  # ~20000 iterations at a global batch of 16 on COCO train2017 (118k images)
+        decay_milestones=[],
+        layer_decay=0.94,
+        drop_path_rate=0.5,
+        layer_scale=None,
+        model_kwargs=kwargs,
+        **fields,
+    )
