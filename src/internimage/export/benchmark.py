@@ -232,13 +232,13 @@ def format_table(results: Sequence[BenchResult]) -> str:
 def write_csv(results: Sequence[BenchResult], path: str | os.PathLike) -> None:
     """Write ``results`` as CSV (one row per backend), atomically."""
     import csv
+    import io
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([key for key, _, _ in _COLUMNS])
-        for r in results:
-            writer.writerow([getattr(r, key) for key, _, _ in _COLUMNS])
-    os.replace(tmp, path)
+    from ..io import atomic_write
+
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow([key for key, _, _ in _COLUMNS])
+    for r in results:
+        writer.writerow([getattr(r, key) for key, _, _ in _COLUMNS])
+    atomic_write(path, buf.getvalue())
