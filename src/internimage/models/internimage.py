@@ -820,20 +820,125 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> InternImag
     )
 
 
-def _register(name: str) -> Callable[..., InternImage]:
-    def factory(pretrained: bool = False, **kwargs: Any) -> InternImage:
-        return _create(name, pretrained, **kwargs)
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__module__ = __name__
-    family = "FlashInternImage" if name.startswith("flash") else "InternImage"
-    factory.__doc__ = f"{family} ``{name}`` (arch {_MODEL_SPECS[name][0].upper()})."
-    return register_model(factory)
+# One explicit factory per name (greppable, completable); timm's registry finds them by name.
+@register_model
+def internimage_t_1k_224(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_t_1k_224`` (arch T)."""
+    return _create("internimage_t_1k_224", pretrained, **kwargs)
 
 
-for _name in MODEL_NAMES:
-    globals()[_name] = _register(_name)
-del _name
+@register_model
+def internimage_s_1k_224(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_s_1k_224`` (arch S)."""
+    return _create("internimage_s_1k_224", pretrained, **kwargs)
+
+
+@register_model
+def internimage_b_1k_224(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_b_1k_224`` (arch B)."""
+    return _create("internimage_b_1k_224", pretrained, **kwargs)
+
+
+@register_model
+def internimage_l_22k_384(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_l_22k_384`` (arch L)."""
+    return _create("internimage_l_22k_384", pretrained, **kwargs)
+
+
+@register_model
+def internimage_l_22kto1k_384(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_l_22kto1k_384`` (arch L)."""
+    return _create("internimage_l_22kto1k_384", pretrained, **kwargs)
+
+
+@register_model
+def internimage_xl_22k_384(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_xl_22k_384`` (arch XL)."""
+    return _create("internimage_xl_22k_384", pretrained, **kwargs)
+
+
+@register_model
+def internimage_xl_22kto1k_384(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_xl_22kto1k_384`` (arch XL)."""
+    return _create("internimage_xl_22kto1k_384", pretrained, **kwargs)
+
+
+@register_model
+def internimage_h_jointto22k_384(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_h_jointto22k_384`` (arch H)."""
+    return _create("internimage_h_jointto22k_384", pretrained, **kwargs)
+
+
+@register_model
+def internimage_h_22kto1k_384(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_h_22kto1k_384`` (arch H)."""
+    return _create("internimage_h_22kto1k_384", pretrained, **kwargs)
+
+
+@register_model
+def internimage_h_22kto1k_640(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_h_22kto1k_640`` (arch H)."""
+    return _create("internimage_h_22kto1k_640", pretrained, **kwargs)
+
+
+@register_model
+def internimage_g_jointto22k_384(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_g_jointto22k_384`` (arch G)."""
+    return _create("internimage_g_jointto22k_384", pretrained, **kwargs)
+
+
+@register_model
+def internimage_g_22kto1k_512(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_g_22kto1k_512`` (arch G)."""
+    return _create("internimage_g_22kto1k_512", pretrained, **kwargs)
+
+
+@register_model
+def flash_intern_image_t_1k_224(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """FlashInternImage ``flash_intern_image_t_1k_224`` (arch FLASH_T)."""
+    return _create("flash_intern_image_t_1k_224", pretrained, **kwargs)
+
+
+@register_model
+def flash_intern_image_s_1k_224(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """FlashInternImage ``flash_intern_image_s_1k_224`` (arch FLASH_S)."""
+    return _create("flash_intern_image_s_1k_224", pretrained, **kwargs)
+
+
+@register_model
+def flash_intern_image_b_1k_224(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """FlashInternImage ``flash_intern_image_b_1k_224`` (arch FLASH_B)."""
+    return _create("flash_intern_image_b_1k_224", pretrained, **kwargs)
+
+
+@register_model
+def flash_intern_image_l_22kto1k_384(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """FlashInternImage ``flash_intern_image_l_22kto1k_384`` (arch FLASH_L)."""
+    return _create("flash_intern_image_l_22kto1k_384", pretrained, **kwargs)
+
+
+@register_model
+def internimage_test_32(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_test_32`` (arch TEST)."""
+    return _create("internimage_test_32", pretrained, **kwargs)
+
+
+@register_model
+def internimage_test_post_32(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_test_post_32`` (arch TEST_POST)."""
+    return _create("internimage_test_post_32", pretrained, **kwargs)
+
+
+@register_model
+def internimage_test_h_32(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_test_h_32`` (arch TEST_H)."""
+    return _create("internimage_test_h_32", pretrained, **kwargs)
+
+
+@register_model
+def internimage_test_g_32(pretrained: bool = False, **kwargs: Any) -> InternImage:
+    """InternImage ``internimage_test_g_32`` (arch TEST_G)."""
+    return _create("internimage_test_g_32", pretrained, **kwargs)
 
 
 def num_params(model: nn.Module) -> int:
