@@ -36,7 +36,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TASKS = ("classification", "detection", "segmentation")
-DETECTORS = ("mask_rcnn", "cascade")
+DETECTORS = ("mask_rcnn", "cascade", "dino", "cb_dino")
 _FPN_LEVELS = ("0", "1", "2", "3", "pool")
 
 
@@ -228,6 +228,10 @@ def _detection(
     name: str, checkpoint: str | None, num_classes: int | None, detector: str = "mask_rcnn", **overrides: Any
 ) -> ExportableModel:
     num_classes = num_classes if num_classes is not None else 80
+    if detector in ("dino", "cb_dino"):
+        from ..models.detection.dino import export_dino
+
+        return export_dino(name, checkpoint, num_classes, detector, **overrides)
     if detector == "mask_rcnn":
         from ..models.detection.mask_rcnn import build_mask_rcnn as build
     elif detector == "cascade":

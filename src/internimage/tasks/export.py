@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", default=None, help="output file (one format) or stem (several); default: ./<model>"
     )
     parser.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's or preset's)")
-    parser.add_argument("--detector", default="mask_rcnn", choices=DETECTORS, help="detection architecture")
+    parser.add_argument("--detector", "--arch", default="mask_rcnn", choices=DETECTORS, help="detection architecture")
     parser.add_argument("--size", type=int, default=224, help="side of the first verification input (default: 224)")
     parser.add_argument("--atol", type=float, default=1e-3, help="fail if the max abs error exceeds this")
     parser.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     model = build_exportable(args.task, args.model, args.checkpoint, args.num_classes, args.detector)
     shapes = [] if args.no_verify else default_verify_shapes(model, args.size)
     print(f"{args.task} model {args.model}: {sum(p.numel() for p in model.module.parameters()) / 1e6:.2f} M params")
-    if model.task == "detection":
+    if model.task == "detection" and args.detector in ("dino", "cb_dino"):
+        print("detection: exporting the whole DINO detector (scores, labels, boxes; no NMS needed)")
+    elif model.task == "detection":
         print("detection: exporting backbone + FPN + RPN head (NMS/RoI heads run after, see the README)")
     failed = False
     reference_program = None

@@ -8,7 +8,15 @@ The official ``dino_4scale_internimage_*`` / ``dino_4scale_cbinternimage_*`` det
 from .denoising import CdnQueryGenerator, DenoisingMeta
 from .head import DINOHead
 from .matching import generalized_iou, hungarian_assign, match_cost, sigmoid_focal_loss
-from .model import CBInternImage, ChannelMapper, InternImageDINO, build_cb_dino, build_dino, load_dino_weights
+from .model import (
+    CBInternImage,
+    ChannelMapper,
+    InternImageDINO,
+    build_cb_dino,
+    build_dino,
+    export_dino,
+    load_dino_weights,
+)
 from .transformer import DinoTransformer
 
 __all__ = [
@@ -21,6 +29,7 @@ __all__ = [
     "InternImageDINO",
     "build_cb_dino",
     "build_dino",
+    "export_dino",
     "generalized_iou",
     "load_dino_weights",
     "hungarian_assign",

@@ -26,7 +26,15 @@ from ..backbone import build_internimage_body
 from ..common import PassThroughTransform
 from .head import DINOHead
 
-__all__ = ["CBInternImage", "ChannelMapper", "InternImageDINO", "build_cb_dino", "build_dino", "load_dino_weights"]
+__all__ = [
+    "CBInternImage",
+    "ChannelMapper",
+    "InternImageDINO",
+    "build_cb_dino",
+    "build_dino",
+    "export_dino",
+    "load_dino_weights",
+]
 
 OUT_INDICES = [1, 2, 3]  # backbone levels fed to the neck (strides 8, 16, 32), the official ``out_indices``
 
@@ -347,3 +355,46 @@ def load_dino_weights(model: InternImageDINO, path: str | os.PathLike, strict: b
         )
     model.load_state_dict(fits, strict=False)
     return result
+
+
+class DinoExport(nn.Module):
+    """The whole DINO inference as one graph: ``images (N, 3, H, W) normalised -> scores, labels, boxes``.
+
+    No NMS is needed: the decoding is a top-k over queries x classes (:meth:`InternImageDINO.forward_tensor`).
+    Labels are 0..K-1 and boxes xyxy pixels of the input.
+    """
+
+    def __init__(self, detector: InternImageDINO) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.detector.forward_tensor(images)
+
+
+def export_dino(name: str, checkpoint: str | None, num_classes: int, arch: str = "dino", **overrides: Any):
+    """An :class:`~internimage.export.models.ExportableModel` of DINO (``arch`` ``'dino'`` or ``'cb_dino'``).
+
+    The traced example is 256 x 256 and inputs must be at least 224 a side: the two-stage query selection takes
+    the top ``num_queries`` (900) encoder tokens, so the four levels must hold at least that many.
+    """
+    from ....export.models import ExportableModel
+
+    overrides.setdefault("layer_scale", 1.0)
+    build = build_cb_dino if arch == "cb_dino" else build_dino
+    model = build(name, num_classes, backbone_overrides=overrides)
+    if checkpoint is not None:
+        load_dino_weights(model, checkpoint, strict=True)
+    model.eval()
+    body = model.backbone.cb_modules[0] if model.composite else model.backbone
+    in_chans = int(body.patch_embed.conv1.in_channels)
+    return ExportableModel(
+        DinoExport(model).eval(),
+        ["scores", "labels", "boxes"],
+        "detection",
+        name,
+        in_chans,
+        full_model=model,
+        example_blocks=8,
+        min_side=224,
+    )
