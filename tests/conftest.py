@@ -1,14 +1,21 @@
-"""Shared NaN/Inf cases of the DCN operators: every backend must propagate them exactly as the reference does.
+"""Helpers shared by several test modules (pytest puts this folder on ``sys.path`` for ``conftest``).
 
-A case is a small float64 (input, offset, mask, grad_output, args) with a few non-finite entries placed in one of
-the inputs. Backends are compared with :func:`assert_same_nonfinite`: NaN positions (for infinite inputs:
-non-finite positions, since ``inf * (a + b)`` and ``inf * a + inf * b`` differ) must be identical and finite
-entries close. The reference itself is pinned by hand in ``tests/test_ops.py``.
+* NaN/Inf cases of the DCN operators, for every backend's tests: every backend must propagate non-finite values
+  exactly as the reference does. A case is a small float64 (input, offset, mask, grad_output, args) with a few
+  non-finite entries placed in one of the inputs. Backends are compared with :func:`assert_same_nonfinite`: NaN
+  positions (for infinite inputs: non-finite positions, since ``inf * (a + b)`` and ``inf * a + inf * b`` differ)
+  must be identical and finite entries close. The reference itself is pinned by hand in ``tests/test_ops.py``.
+* Tiny data sets on disk: an image folder (:func:`make_folder`) and Fashion-MNIST IDX files (:func:`write_idx`).
 """
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 
 from internimage.ops import make_args
 from internimage.ops.args import DCNv3Args
@@ -73,3 +80,27 @@ def assert_same_nonfinite(
             raise AssertionError(f"{name}: {label} positions differ: missing at {missing}, unexpected at {extra}")
     finite = torch.isfinite(want)
     torch.testing.assert_close(got[finite], want[finite], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def make_folder(root: Path, classes: int = 3, per_class: int = 4, corrupt: int = 1, size: int = 20) -> Path:
+    """A tiny ImageFolder whose class is the dominant colour; ``corrupt`` broken files per class 0."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            img[..., c] += 150
+            Image.fromarray(img).save(root / f"class{c}" / f"{i}.png")
+    for i in range(corrupt):
+        (root / "class0" / f"broken{i}.jpg").write_bytes(b"not an image at all")
+    if corrupt:  # a truncated PNG: header fine, data cut
+        data = (root / "class1" / "0.png").read_bytes()
+        (root / "class1" / "truncated.png").write_bytes(data[: len(data) // 2])
+    return root
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8 values) as a gzipped IDX file, the Fashion-MNIST / MNIST format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())

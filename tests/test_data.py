@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import make_folder, write_idx
 from internimage.data import (
     FileListDataset,
     ImageFolderDataset,
@@ -21,23 +21,6 @@ from internimage.data import (
     load_fashion_mnist,
 )
 from internimage.data import fashion_mnist as fm
-
-
-def make_folder(root: Path, classes: int = 3, per_class: int = 4, corrupt: int = 1, size: int = 20) -> Path:
-    """A tiny ImageFolder whose class is the dominant colour; ``corrupt`` broken files per class 0."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            img[..., c] += 150
-            Image.fromarray(img).save(root / f"class{c}" / f"{i}.png")
-    for i in range(corrupt):
-        (root / "class0" / f"broken{i}.jpg").write_bytes(b"not an image at all")
-    if corrupt:  # a truncated PNG: header fine, data cut
-        data = (root / "class1" / "0.png").read_bytes()
-        (root / "class1" / "truncated.png").write_bytes(data[: len(data) // 2])
-    return root
 
 
 def test_image_folder_skips_corrupt_images(tmp_path: Path) -> None:
@@ -73,18 +56,12 @@ def test_file_list_dataset_and_errors(tmp_path: Path) -> None:
         ImageFolderDataset(tmp_path / "flat")
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_fashion_mnist_reader_and_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (7, 28, 28)), rng.integers(0, 10, (7,))
     for img_name, lbl_name in fm._FILES.values():
-        _write_idx(tmp_path / f"{img_name}.gz", images)
-        _write_idx(tmp_path / f"{lbl_name}.gz", labels)
+        write_idx(tmp_path / f"{img_name}.gz", images)
+        write_idx(tmp_path / f"{lbl_name}.gz", labels)
     assert find_fashion_mnist(tmp_path, download=False) == tmp_path
     x, y = load_fashion_mnist(tmp_path, "test")
     assert (
@@ -92,7 +69,7 @@ def test_fashion_mnist_reader_and_lookup(tmp_path: Path, monkeypatch: pytest.Mon
     )
     assert y.tolist() == labels.tolist()
     # Truncated payload: a clear error, not a reshape traceback.
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels[:5])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels[:5])
     with pytest.raises(ValueError, match="images but 5 labels"):
         load_fashion_mnist(tmp_path, "test")
     # Nothing anywhere and no download: one line telling how to install it.

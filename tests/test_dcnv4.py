@@ -17,12 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 from internimage import create_model
 from internimage.models import ARCHS
 from internimage.ops import DCNv3, DCNv4, available_backends, dcnv3, dcnv4, make_args, pack_offset_mask
 from internimage.ops.dcnv4 import offset_mask_channels, split_offset_mask
 from internimage.ops.reference import dcnv3_reference, dcnv3_reference_backward
-from nonfinite_cases import POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 
 D64 = torch.float64
 CPU_BACKENDS = available_backends("cpu", torch.float32)  # reference, and cpu where the C++ kernel builds

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import INF, NAN, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 from internimage.ops import DCNv3, dcnv3, dcnv3_reference, dcnv3_reference_backward, make_args
-from nonfinite_cases import INF, NAN, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 
 D64 = torch.float64
 
@@ -318,7 +318,7 @@ def test_module_fuses_projections_and_softmax_exactly():
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
 
 
-# --- NaN and Inf: the reference's rule, which every backend follows (tests/nonfinite_cases.py) -------------------
+# --- NaN and Inf: the reference's rule, which every backend follows (tests/conftest.py) -------------------
 
 
 @pytest.mark.parametrize("softmax", [False, True], ids=["weights", "softmax"])

@@ -18,10 +18,10 @@ import sys
 import pytest
 import torch
 
+from conftest import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 from internimage.ops import dcnv3, dcnv3_reference, dcnv3_reference_backward, make_args
 from internimage.ops.args import DCNv3Args
 from internimage.ops.backends import resolve_backend
-from nonfinite_cases import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 

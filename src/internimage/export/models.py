@@ -192,25 +192,22 @@ def _classification(name: str, checkpoint: str | None, num_classes: int | None, 
 
 
 def _segmentation(name: str, checkpoint: str | None, num_classes: int | None, **overrides: Any) -> ExportableModel:
-    from ..configs.segmentation import get_preset, list_presets
-    from ..models import create_model
-    from ..models.segmentation import build_upernet, load_segmentation_checkpoint
+    from ..configs.segmentation import list_presets
+    from ..models import load_weights
+    from ..models.internimage import _MODEL_SPECS, ARCHS
+    from ..segmentation import SegTrainConfig, build_segmentor
 
-    channels = 512
-    if name in list_presets():
-        preset = get_preset(name)
-        backbone = preset["model"]
-        num_classes = num_classes if num_classes is not None else preset["num_classes"]
-        channels = preset.get("decode_channels", channels)
-        if preset.get("layer_scale") is not None:
-            overrides.setdefault("layer_scale", preset["layer_scale"])
-    else:
-        backbone = name
-        num_classes = num_classes if num_classes is not None else 150
-    body = create_model(backbone, num_classes=0, **overrides)
-    model = build_upernet(body, num_classes, channels=channels, aux=True)
+    # The one segmentor builder: a preset gives its head (UperNet or Mask2Former) and widths; a bare backbone name
+    # gives the UperNet of the official configs (512 wide, 150 classes).
+    fields = {} if num_classes is None else {"num_classes": num_classes}
+    preset = name in list_presets()
+    cfg = SegTrainConfig.from_preset(name, **fields) if preset else SegTrainConfig(model=name, **fields)
+    if (not preset or cfg.layer_scale is None) and cfg.model in _MODEL_SPECS:
+        overrides.setdefault("layer_scale", ARCHS[_MODEL_SPECS[cfg.model][0]].layer_scale)  # the backbone's own
+    model = build_segmentor(cfg, load_pretrained=False, backbone_overrides=overrides)
+    body = model.backbone
     if checkpoint is not None:
-        result = load_segmentation_checkpoint(model, checkpoint, strict=True)
+        result = load_weights(model, checkpoint, strict=True)
         logger.info("loaded %s into %s: %s", checkpoint, name, result.summary())
     model.auxiliary_head = None  # training-only branch
     make_export_friendly(model)
