@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import INF, NAN, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
-from internimage.ops import DCNv3, dcnv3, dcnv3_reference, dcnv3_reference_backward, make_args
+from internimage.ops import (
+    DCNv3,
+    current_export_mode,
+    dcnv3,
+    dcnv3_reference,
+    dcnv3_reference_backward,
+    export_mode,
+    make_args,
+)
 
 D64 = torch.float64
 
@@ -377,3 +385,29 @@ def test_reference_nonfinite_mask_counts_even_outside():
     grad_x, grad_off, grad_mask = dcnv3_reference_backward(grad, x, off, mask, args)
     assert torch.isfinite(grad_x).all() and grad_mask[0, 0, 0, 0] == 0
     assert grad_off[0, 0, 0, :2].isnan().all() and torch.isfinite(grad_off).sum() == grad_off.numel() - 2
+
+
+def test_export_mode_nests_and_keeps_the_dcn_op_only_when_asked():
+    """``ops.export_mode`` is the one export switch: nested blocks inherit ``dcn_custom_op``; exported graphs hold
+    ``internimage::dcnv3`` only with it, the grid_sample reference otherwise."""
+    assert current_export_mode() is None
+    with export_mode(dcn_custom_op=True):
+        with export_mode() as inner:
+            assert inner.dcn_custom_op
+            with export_mode(dcn_custom_op=False):
+                assert not current_export_mode().dcn_custom_op
+        assert current_export_mode().dcn_custom_op
+    assert current_export_mode() is None
+
+    x, off, mask, args = _rand_case(n=1, h=4, w=4, d=2)
+
+    class Op(torch.nn.Module):
+        def forward(self, a, b, c):
+            return _call(a, b, c, args)
+
+    for keep in (False, True):
+        with export_mode(dcn_custom_op=keep):
+            program = torch.export.export(Op(), (x, off, mask))
+        targets = {str(node.target) for node in program.graph.nodes}
+        assert ("internimage.dcnv3.default" in targets) == keep, targets
+        assert any("grid_sampler" in t for t in targets) == (not keep), targets
