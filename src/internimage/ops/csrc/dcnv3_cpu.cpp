@@ -561,24 +561,42 @@ std::pair<at::Tensor, int64_t> pixel_rows(const at::Tensor& t, at::ScalarType dt
   return {rows, strided_rows ? step : rows.size(3)};
 }
 
+// The tensors of one call as the kernels read them (contiguous input; offset and mask in its dtype with contiguous
+// pixel rows, read in place when they already are) and their geometry: the prologue of forward and backward.
+struct Operands {
+  at::Tensor input, offset, mask;
+  Geometry geo;
+};
+
+Operands prepare(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_, int64_t kernel_h,
+                 int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                 int64_t dilation_w, int64_t group, double offset_scale, bool remove_center, bool softmax,
+                 int64_t offset_group_stride, int64_t mask_group_stride) {
+  check_cpu(input_, "input");
+  check_cpu(offset_, "offset");
+  check_cpu(mask_, "mask");
+  at::Tensor input = input_.contiguous();
+  std::pair<at::Tensor, int64_t> offset_rows = pixel_rows(offset_, input.scalar_type());
+  std::pair<at::Tensor, int64_t> mask_rows = pixel_rows(mask_, input.scalar_type());
+  Geometry geo(input, offset_rows.first, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+               group, offset_scale, remove_center, softmax, offset_group_stride, mask_group_stride);
+  geo.offset_stride = offset_rows.second;
+  geo.mask_stride = mask_rows.second;
+  const int64_t mask_channels = (geo.g - 1) * geo.mask_group_stride + geo.p;
+  TORCH_CHECK(mask_rows.first.size(3) == mask_channels, "dcnv3 cpu: mask has ", mask_rows.first.size(3),
+              " channels, expected ", mask_channels);
+  return {std::move(input), std::move(offset_rows.first), std::move(mask_rows.first), std::move(geo)};
+}
+
 at::Tensor dcnv3_forward(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& mask_, int64_t kernel_h,
                          int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                          int64_t dilation_h, int64_t dilation_w, int64_t group, double offset_scale,
                          bool remove_center, bool softmax, int64_t offset_group_stride, int64_t mask_group_stride) {
-  check_cpu(input_, "input");
-  check_cpu(offset_, "offset");
-  check_cpu(mask_, "mask");
-  const at::Tensor input = input_.contiguous();
-  const std::pair<at::Tensor, int64_t> offset_rows = pixel_rows(offset_, input.scalar_type());
-  const at::Tensor& offset = offset_rows.first;
-  const std::pair<at::Tensor, int64_t> mask_rows = pixel_rows(mask_, input.scalar_type());
-  const at::Tensor& mask = mask_rows.first;
-  Geometry geo(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-               offset_scale, remove_center, softmax, offset_group_stride, mask_group_stride);
-  geo.offset_stride = offset_rows.second;
-  geo.mask_stride = mask_rows.second;
-  TORCH_CHECK(mask.size(3) == (geo.g - 1) * geo.mask_group_stride + geo.p, "dcnv3 cpu: mask has ", mask.size(3),
-              " channels, expected ", (geo.g - 1) * geo.mask_group_stride + geo.p);
+  const Operands ops = prepare(input_, offset_, mask_, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                               dilation_w, group, offset_scale, remove_center, softmax, offset_group_stride,
+                               mask_group_stride);
+  const at::Tensor &input = ops.input, &offset = ops.offset, &mask = ops.mask;
+  const Geometry& geo = ops.geo;
   at::Tensor output = at::empty({geo.n, geo.ho, geo.wo, geo.c}, input.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "dcnv3_forward_cpu", [&] {
@@ -611,22 +629,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
     int64_t dilation_h, int64_t dilation_w, int64_t group, double offset_scale, bool remove_center, bool softmax,
     int64_t mode, int64_t offset_group_stride, int64_t mask_group_stride) {
   check_cpu(grad_output_, "grad_output");
-  check_cpu(input_, "input");
-  check_cpu(offset_, "offset");
-  check_cpu(mask_, "mask");
-  const at::Tensor input = input_.contiguous();
+  const Operands ops = prepare(input_, offset_, mask_, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                               dilation_w, group, offset_scale, remove_center, softmax, offset_group_stride,
+                               mask_group_stride);
+  const at::Tensor &input = ops.input, &offset = ops.offset, &mask = ops.mask;
+  const Geometry& geo = ops.geo;
   const at::ScalarType dtype = input.scalar_type();
-  const std::pair<at::Tensor, int64_t> offset_rows = pixel_rows(offset_, dtype);
-  const at::Tensor& offset = offset_rows.first;
-  const std::pair<at::Tensor, int64_t> mask_rows = pixel_rows(mask_, dtype);
-  const at::Tensor& mask = mask_rows.first;
   const at::Tensor grad_output = grad_output_.to(dtype).contiguous();
-  Geometry geo(input, offset, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
-               offset_scale, remove_center, softmax, offset_group_stride, mask_group_stride);
-  geo.offset_stride = offset_rows.second;
-  geo.mask_stride = mask_rows.second;
-  TORCH_CHECK(mask.size(3) == (geo.g - 1) * geo.mask_group_stride + geo.p, "dcnv3 cpu: mask has ", mask.size(3),
-              " channels, expected ", (geo.g - 1) * geo.mask_group_stride + geo.p);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({geo.n, geo.ho, geo.wo, geo.c}),
               "dcnv3 cpu: grad_output has the wrong shape");
   // Gradients are packed ([g][p][x, y] and [g][p]) whatever the input strides.
