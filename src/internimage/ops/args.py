@@ -107,19 +107,32 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
     return int(value), int(value)
 
 
-def check_inputs(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, args: DCNv3Args) -> None:
-    """Raise a one-line ``ValueError`` naming the first inconsistent shape or dtype."""
-    if input.dim() != 4 or offset.dim() != 4 or mask.dim() != 4:
-        raise ValueError(
-            "dcnv3: input, offset and mask must be 4-D NHWC tensors, got shapes "
-            f"{tuple(input.shape)}, {tuple(offset.shape)}, {tuple(mask.shape)}"
-        )
-    n, h, w, c = input.shape
+def check_layout(op: str, tensors: dict[str, torch.Tensor], args: DCNv3Args) -> tuple[int, int, int]:
+    """The checks DCNv3 and DCNv4 share: 4-D tensors, channels divisible by the groups, a non-empty output.
+
+    Args:
+        op: Operator name for the messages.
+        tensors: The op's tensors by name, the input first.
+        args: Operator arguments.
+
+    Returns:
+        ``(N, Ho, Wo)``.
+    """
+    if any(t.dim() != 4 for t in tensors.values()):
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
+        raise ValueError(f"{op}: {', '.join(tensors)} must be 4-D NHWC tensors, got {shapes}")
+    n, h, w, c = next(iter(tensors.values())).shape
     if c % args.group != 0:
-        raise ValueError(f"dcnv3: input channels {c} are not divisible by group={args.group}")
+        raise ValueError(f"{op}: input channels {c} are not divisible by group={args.group}")
     ho, wo = args.output_size(h, w)
     if ho < 1 or wo < 1:
-        raise ValueError(f"dcnv3: input {h}x{w} is too small for the kernel, stride, pad and dilation given")
+        raise ValueError(f"{op}: input {h}x{w} is too small for the kernel, stride, pad and dilation given")
+    return n, ho, wo
+
+
+def check_inputs(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, args: DCNv3Args) -> None:
+    """Raise a one-line ``ValueError`` naming the first inconsistent shape or dtype."""
+    n, ho, wo = check_layout("dcnv3", {"input": input, "offset": offset, "mask": mask}, args)
     p = args.num_points
     want_offset = (n, ho, wo, args.group * p * 2)
     want_mask = (n, ho, wo, args.group * p)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .args import DCNv3Args, make_args
+from .args import DCNv3Args, check_layout, make_args
 from .backends import get_backend
 from .custom_op import dcn_scalars, differentiable_op
 from .dispatch import CenterFeatureScaleModule, is_exporting, plain_eager_inference, resolve
@@ -95,17 +95,7 @@ def pack_offset_mask(offset: torch.Tensor, mask: torch.Tensor, group: int, width
 
 def check_inputs(input: torch.Tensor, offset_mask: torch.Tensor, args: DCNv3Args) -> None:
     """Raise a one-line ``ValueError`` naming the first inconsistent shape, dtype or device."""
-    if input.dim() != 4 or offset_mask.dim() != 4:
-        raise ValueError(
-            "dcnv4: input and offset_mask must be 4-D NHWC tensors, got shapes "
-            f"{tuple(input.shape)} and {tuple(offset_mask.shape)}"
-        )
-    n, h, w, c = input.shape
-    if c % args.group != 0:
-        raise ValueError(f"dcnv4: input channels {c} are not divisible by group={args.group}")
-    ho, wo = args.output_size(h, w)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"dcnv4: input {h}x{w} is too small for the kernel, stride, pad and dilation given")
+    n, ho, wo = check_layout("dcnv4", {"input": input, "offset_mask": offset_mask}, args)
     used = 3 * args.group * args.num_points
     if tuple(offset_mask.shape[:3]) != (n, ho, wo) or offset_mask.shape[3] < used:
         want = (n, ho, wo, offset_mask_channels(args.group, args.num_points))
