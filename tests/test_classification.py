@@ -229,3 +229,25 @@ def test_extract_mirrors_relative_paths_and_never_overwrites(tmp_path: Path, cap
     assert output_stems([tmp_path / "d" / "x.jpg", tmp_path / "d" / "x.png"]) == [Path("x_jpg"), Path("x_png")]
     with pytest.raises(ValueError, match="given twice"):
         output_stems([tmp_path / "x.png", tmp_path / "x.png"])
+
+
+def test_load_weights_is_one_entry_point_for_every_model_kind(tmp_path: Path) -> None:
+    from internimage.models import load_weights
+    from internimage.models.checkpoint import save_state_dict
+    from internimage.segmentation import SegTrainConfig, build_segmentor
+
+    torch.manual_seed(0)
+    src = internimage.create_model("internimage_test_32", num_classes=3)
+    save_state_dict(src.state_dict(), tmp_path / "cls.safetensors")
+    dst = internimage.create_model("internimage_test_32", num_classes=3)
+    load_weights(dst, tmp_path / "cls.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    cfg = SegTrainConfig(model="internimage_test_32", num_classes=4, decode_channels=16, aux_channels=8)
+    seg = build_segmentor(cfg)
+    save_state_dict(seg.state_dict(), tmp_path / "seg.safetensors")
+    other = build_segmentor(cfg)
+    assert load_weights(other, tmp_path / "seg.safetensors").format
+    assert all(torch.equal(a, b) for a, b in zip(seg.state_dict().values(), other.state_dict().values()))
+    load_weights(other.backbone, tmp_path / "cls.safetensors", strict=False)  # a backbone is an InternImage
+    with pytest.raises(ValueError, match="not an InternImage, a segmentor or a detector"):
+        load_weights(torch.nn.Linear(2, 2), tmp_path / "cls.safetensors")

@@ -404,9 +404,9 @@ def load_classifier(
             kwargs["num_classes"] = head
     net = create_model(name, pretrained=pretrained, **kwargs)
     if path is not None:  # after creation: create_model would treat num_classes as "new head, skip it"
-        from .models import load_checkpoint
+        from .models import load_weights
 
-        load_checkpoint(net, path, strict=True, use_ema=use_ema)
+        load_weights(net, path, strict=True, use_ema=use_ema)
     net.eval()
     from .models.internimage import _MODEL_SPECS
 

@@ -147,12 +147,13 @@ class DetTrainConfig(TrainConfig):
 # ------------------------------------------------------------------------------------------------- library glue
 def build_detector_from_config(cfg: DetTrainConfig, load_pretrained: bool = True) -> torch.nn.Module:
     """The detector of ``cfg`` (with ``cfg.pretrained`` loaded non-strictly when asked)."""
-    from .models.detection import build_detector, load_detector_weights
+    from .models import load_weights
+    from .models.detection import build_detector
 
     overrides = {"drop_path_rate": cfg.drop_path_rate, "layer_scale": cfg.layer_scale}
     model = build_detector(cfg.arch, cfg.model, cfg.num_classes, backbone_overrides=overrides, **cfg.model_kwargs)
     if load_pretrained and cfg.pretrained:
-        result = load_detector_weights(model, cfg.pretrained, strict=False)
+        result = load_weights(model, cfg.pretrained, strict=False)
         logger.info(
             "initialised from %s (%s): %d tensors kept their initial values",
             cfg.pretrained, result.format, len(result.missing),
@@ -280,10 +281,10 @@ class DetTask(Task):
 
 def load_detector(cfg: DetTrainConfig, checkpoint: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The detector of ``cfg`` with ``checkpoint`` loaded strictly (ours, a training or an mmdet file), in eval mode."""
-    from .models.detection import load_detector_weights
+    from .models import load_weights
 
     model = build_detector_from_config(cfg, load_pretrained=False)
-    result = load_detector_weights(model, str(checkpoint), strict=True)
+    result = load_weights(model, checkpoint, strict=True)
     logger.info("loaded %s (%s)", checkpoint, result.format)
     return model.to(device).eval()
 

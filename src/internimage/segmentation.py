@@ -168,15 +168,21 @@ class SegTrainConfig(TrainConfig):
 
 
 # ------------------------------------------------------------------------------------------------- library glue
-def build_segmentor(cfg: SegTrainConfig, load_pretrained: bool = True) -> Any:
-    """The UperNet segmentor of ``cfg`` (with ``cfg.pretrained`` loaded if set and asked)."""
-    from .models import create_model
-    from .models.segmentation import build_upernet, load_segmentation_checkpoint
-    from .models.segmentation.segmentor import build_mask2former
+def build_segmentor(
+    cfg: SegTrainConfig, load_pretrained: bool = True, backbone_overrides: dict[str, Any] | None = None
+) -> Any:
+    """The one segmentor builder: UperNet or Mask2Former (``cfg.head``) on the backbone of ``cfg``.
 
-    overrides: dict[str, Any] = {"num_classes": 0, "drop_path_rate": cfg.drop_path_rate}
-    overrides["layer_scale"] = cfg.layer_scale
-    backbone = create_model(cfg.model, **overrides)
+    Args:
+        cfg: Model fields (backbone, head, widths, classes).
+        load_pretrained: Load ``cfg.pretrained`` (if set) through :func:`internimage.models.load_weights`.
+        backbone_overrides: Extra :func:`internimage.create_model` arguments (they win over ``cfg``'s).
+    """
+    from .models import create_model, load_weights
+    from .models.segmentation import build_mask2former, build_upernet
+
+    overrides: dict[str, Any] = {"num_classes": 0, "drop_path_rate": cfg.drop_path_rate, "layer_scale": cfg.layer_scale}
+    backbone = create_model(cfg.model, **{**overrides, **(backbone_overrides or {})})
     if cfg.head == "mask2former":
         model = build_mask2former(
             backbone,
@@ -189,20 +195,18 @@ def build_segmentor(cfg: SegTrainConfig, load_pretrained: bool = True) -> Any:
             dec_layers=cfg.dec_layers,
             num_points=cfg.num_points,
         )
-        if load_pretrained and cfg.pretrained:
-            load_segmentation_checkpoint(model, cfg.pretrained)
-        return model
-    model = build_upernet(
-        backbone,
-        cfg.num_classes,
-        channels=cfg.decode_channels,
-        aux_channels=cfg.aux_channels,
-        aux=cfg.aux_channels > 0,
-        aux_loss_weight=cfg.aux_weight,
-        avg_non_ignore=cfg.avg_non_ignore,
-    )
+    else:
+        model = build_upernet(
+            backbone,
+            cfg.num_classes,
+            channels=cfg.decode_channels,
+            aux_channels=cfg.aux_channels,
+            aux=cfg.aux_channels > 0,
+            aux_loss_weight=cfg.aux_weight,
+            avg_non_ignore=cfg.avg_non_ignore,
+        )
     if load_pretrained and cfg.pretrained:
-        load_segmentation_checkpoint(model, cfg.pretrained)
+        load_weights(model, cfg.pretrained, strict=True)
     return model
 
 
@@ -347,10 +351,10 @@ def format_per_class(result: dict[str, Any]) -> str:
 
 def load_segmentor(cfg: SegTrainConfig, checkpoint: str | Path, device: torch.device | str = "cpu") -> Any:
     """The segmentor of ``cfg`` with ``checkpoint`` (ours, a training or an mmseg file) loaded strictly, eval mode."""
-    from .models.segmentation import load_segmentation_checkpoint
+    from .models import load_weights
 
     model = build_segmentor(cfg, load_pretrained=False)
-    result = load_segmentation_checkpoint(model, str(checkpoint), strict=True)
+    result = load_weights(model, checkpoint, strict=True)
     logger.info("loaded %s (%s)", checkpoint, result.format)
     return model.to(device).eval()
 

@@ -1,7 +1,7 @@
 """InternImage models and checkpoint handling."""
 
 from .checkpoint import CheckpointError, LoadResult, convert_checkpoint, load_checkpoint
-from .factory import create_model, list_models
+from .factory import create_model, list_models, load_weights
 from .internimage import ARCHS, MODEL_NAMES, InternImage, InternImageArch
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "load_weights",
 ]

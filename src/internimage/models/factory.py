@@ -1,4 +1,4 @@
-"""``create_model`` / ``list_models``: the package's model entry points."""
+"""``create_model`` / ``list_models`` / ``load_weights``: the package's model entry points."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import logging
 import os
 from typing import Any
 
-from .checkpoint import load_checkpoint
+from torch import nn
+
+from .checkpoint import LoadResult, load_checkpoint
 from .internimage import MODEL_NAMES, InternImage, _create
 
-__all__ = ["create_model", "list_models"]
+__all__ = ["create_model", "list_models", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,3 +61,46 @@ def create_model(
         result = load_checkpoint(model, checkpoint_path, strict=True, use_ema=use_ema, ignore_head=new_head)
         logger.info("loaded %s (%s format) into %s", checkpoint_path, result.format, name)
     return model
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, use_ema: bool = False
+) -> LoadResult | Any:
+    """Load a checkpoint of any supported format into any of our models: the one entry point, by model kind.
+
+    * an :class:`~internimage.models.internimage.InternImage` (classifier or backbone): official, HF, timm,
+      training-run or safetensors files (:func:`~internimage.models.checkpoint.load_checkpoint`);
+    * a :class:`~internimage.models.segmentation.Segmentor` (UperNet, Mask2Former): mmseg, ours, or a
+      classification checkpoint for the backbone only
+      (:func:`~internimage.models.segmentation.load_segmentation_checkpoint`);
+    * a detector of :mod:`internimage.models.detection` (Mask R-CNN, Cascade, DINO): mmdet, ours, or a
+      classification checkpoint for the backbone (:func:`~internimage.models.detection.load_detector_weights`).
+
+    Args:
+        model: The model to fill.
+        path: Checkpoint file.
+        strict: Every tensor of the model must be found (``False``: start from what fits, e.g. a backbone).
+        use_ema: Take the EMA weights of a training checkpoint (classifiers and detectors).
+
+    Returns:
+        The reader's load result (``format``, ``missing``, ...).
+
+    Raises:
+        ValueError: a model of another kind, or ``use_ema`` for a segmentor.
+    """
+    from .internimage import InternImage
+
+    if isinstance(model, InternImage):
+        return load_checkpoint(model, path, strict=strict, use_ema=use_ema)
+    from .segmentation import Segmentor, load_segmentation_checkpoint
+
+    if isinstance(model, Segmentor):
+        if use_ema:
+            raise ValueError("use_ema is not supported for segmentors (export the EMA weights of the run instead)")
+        return load_segmentation_checkpoint(model, path, strict=strict)
+    from . import detection
+
+    detectors = (detection.InternImageMaskRCNN, detection.InternImageCascadeMaskRCNN, detection.InternImageDINO)
+    if isinstance(model, detectors):
+        return detection.load_detector_weights(model, path, strict=strict, use_ema=use_ema)
+    raise ValueError(f"load_weights: {type(model).__name__} is not an InternImage, a segmentor or a detector")
