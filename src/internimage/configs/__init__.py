@@ -1,20 +1,23 @@
-"""Classification config and the presets named after the official configs (``ORIGINAL.md`` §3.1).
+"""Training configs and the presets of every task, in one format.
 
-Presets are YAML files shipped next to this module (``<name>.yaml``); :func:`load_preset` reads one into a
-:class:`ClassificationConfig`, and any field can then be overridden (``apply_overrides``). The learning rates are
-given for a global batch of ``lr_base_batch`` = 512 and scaled linearly, as the original does: at its global
-batch of 4096 the from-scratch lr becomes 4e-3.
+A preset is a Python module ``internimage/configs/<task>/<name>.py`` that defines ``PRESET``, a dict of fields of
+the task's config class (:class:`ClassificationConfig`, :class:`internimage.detection.DetTrainConfig`,
+:class:`internimage.segmentation.SegTrainConfig`), named after the official config. :func:`get_preset` finds a
+preset of any task, :func:`preset_task` tells its task (``internimage train --preset NAME`` needs no ``--task``),
+:func:`load_preset` gives a classification preset as a :class:`ClassificationConfig`.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
-from ..engine.config import TrainConfig, load_config
+from ..engine.config import TrainConfig, apply_overrides
 
-__all__ = ["ClassificationConfig", "list_presets", "load_preset", "preset_task"]
+__all__ = ["TASKS", "ClassificationConfig", "get_preset", "list_presets", "load_preset", "preset_task"]
+
+TASKS = ("classification", "detection", "segmentation")
 
 
 @dataclass
@@ -72,30 +75,33 @@ class ClassificationConfig(TrainConfig):
     map22kto1k: bool = False
 
 
-def list_presets() -> list[str]:
-    """Names of the shipped presets."""
-    files = resources.files(__name__).iterdir()
-    return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
-
-
-def load_preset(name: str) -> ClassificationConfig:
-    """The :class:`ClassificationConfig` of a preset (e.g. ``'internimage_t_1k_224'``)."""
-    names = list_presets()
-    if name not in names:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(names)}")
-    with resources.as_file(resources.files(__name__) / f"{name}.yaml") as path:
-        return load_config(ClassificationConfig, path)
+def list_presets(task: str = "classification") -> list[str]:
+    """Names of the shipped presets of ``task``."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return importlib.import_module(f"{__name__}.{task}").list_presets()
 
 
 def preset_task(name: str) -> str | None:
     """The task of a preset of any task (``classification``, ``detection``, ``segmentation``), None if unknown."""
-    from . import detection, segmentation
+    return next((task for task in TASKS if name in list_presets(task)), None)
 
-    for task, names in (
-        ("classification", list_presets()),
-        ("detection", detection.list_presets()),
-        ("segmentation", segmentation.list_presets()),
-    ):
-        if name in names:
-            return task
-    return None
+
+def get_preset(name: str) -> dict[str, Any]:
+    """The fields (a copy) of the preset ``name`` of any task.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    task = preset_task(name)
+    if task is None:
+        known = ", ".join(n for t in TASKS for n in list_presets(t))
+        raise ValueError(f"unknown preset {name!r}; known presets: {known}")
+    return importlib.import_module(f"{__name__}.{task}").get_preset(name)
+
+
+def load_preset(name: str) -> ClassificationConfig:
+    """The :class:`ClassificationConfig` of a classification preset (e.g. ``'internimage_t_1k_224'``)."""
+    from .classification import get_preset as get_classification_preset
+
+    return apply_overrides(ClassificationConfig(), get_classification_preset(name))

@@ -1,6 +1,6 @@
-"""Presets of the official COCO detection recipes (``ORIGINAL.md`` §3.2), named like the original mmdet configs.
+"""Presets of the official COCO detection recipes, named like the original mmdet configs.
 
-Each preset module defines ``PRESET``, a dict of :class:`internimage.tasks.detection.DetTrainConfig` fields.
+Each preset module defines ``PRESET``, a dict of :class:`internimage.detection.DetTrainConfig` fields.
 Shared by all: AdamW (wd 0.05, no decay on 1-D / bias / ``norm`` parameters), step schedule after 500 linear
 warm-up iterations (ratio 0.001), global batch 16 (8 GPUs x 2; ``batch_size`` is per process, so set it to
 16 / world size elsewhere), no gradient clipping, COCO 2017 layout, ``layer_scale=1.0`` backbones as in every

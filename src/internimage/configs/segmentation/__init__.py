@@ -1,6 +1,6 @@
-"""Presets of the official ADE20K segmentation recipes (``ORIGINAL.md`` §3.3), named like the original configs.
+"""Presets of the official ADE20K segmentation recipes, named like the original configs.
 
-Each preset module defines ``PRESET``, a dict of :class:`internimage.tasks.segmentation.SegTrainConfig` fields:
+Each preset module defines ``PRESET``, a dict of :class:`internimage.segmentation.SegTrainConfig` fields:
 UperNet, 160k iterations, AdamW (wd 0.05), poly schedule (power 1, min lr 0) after 1500 linear warm-up iterations
 from 1e-6 x lr, global batch 16 (8 GPUs x 2; H: 16 x 1). ``batch_size`` is per process, so set it to 16 / world
 size on other machine counts. Backbones use ``layer_scale=1.0`` for T..XL, exactly like the official configs.
