@@ -8,16 +8,58 @@ becomes 4e-3.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
-__all__ = ["get_preset", "list_presets"]
+from .._registry import get_in, list_in
+
+__all__ = ["IMAGENET", "finetune_22k", "from_scratch", "get_preset", "list_presets"]
+
+# Shared by every official classification config (AdamW, cosine schedule, EMA, RandAugment, gradient clip 5).
+IMAGENET: dict[str, Any] = {
+    "train_data": "",
+    "val_data": "",
+    "accum_steps": 1,
+    "lr_base_batch": 512,
+    "warmup_lr": 5e-07,
+    "min_lr": 5e-06,
+    "sched": "cosine",
+    "optimizer": "adamw",
+    "betas": [0.9, 0.999],
+    "eps": 1e-08,
+    "weight_decay": 0.05,
+    "clip_grad": 5.0,
+    "interpolation": "bicubic",
+    "auto_augment": "rand-m9-mstd0.5-inc1",
+    "color_jitter": 0.4,
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "ema": True,
+    "ema_decay": 0.9999,
+    "amp": "none",
+}
+
+
+def from_scratch(model: str, drop_path_rate: float) -> dict[str, Any]:
+    """ImageNet-1k from scratch at 224: 300 epochs (20 warm-up), lr 5e-4 per 512, Mixup/CutMix, label smoothing 0.1."""
+    return dict(
+        IMAGENET, model=model, img_size=224, drop_path_rate=drop_path_rate, epochs=300, warmup_epochs=20,
+        batch_size=128, lr=5e-4, layer_decay=1.0, offset_lr_mul=1.0, label_smoothing=0.1, reprob=0.25, mixup=0.8,
+        cutmix=1.0, grad_checkpointing=False, output=f"runs/{model}",
+    )  # fmt: skip
+
+
+def finetune_22k(model: str, img_size: int, drop_path_rate: float) -> dict[str, Any]:
+    """ImageNet-22k -> 1k fine-tuning: 20 epochs (2 warm-up), lr 2e-5 per 512, layer decay 0.9, DCN lr x0.1."""
+    return dict(
+        IMAGENET, model=model, img_size=img_size, drop_path_rate=drop_path_rate, epochs=20, warmup_epochs=2,
+        batch_size=64, lr=2e-5, layer_decay=0.9, offset_lr_mul=0.1, label_smoothing=0.3, reprob=0.0, mixup=0.0,
+        cutmix=0.0, grad_checkpointing=True, output=f"runs/{model}",
+    )  # fmt: skip
 
 
 def list_presets() -> list[str]:
     """Names of the shipped presets."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return list_in(__name__)
 
 
 def get_preset(name: str) -> dict[str, Any]:
@@ -26,6 +68,4 @@ def get_preset(name: str) -> dict[str, Any]:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    if name not in list_presets():
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
-    return dict(importlib.import_module(f"{__name__}.{name}").PRESET)
+    return get_in(__name__, name)

@@ -8,9 +8,9 @@ size on other machine counts. Backbones use ``layer_scale=1.0`` for T..XL, exact
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
+
+from .._registry import get_in, list_in
 
 __all__ = ["get_preset", "list_presets"]
 
@@ -64,15 +64,13 @@ def upernet(crop: int, **fields: Any) -> dict[str, Any]:
 
 def list_presets() -> list[str]:
     """Names of the shipped presets."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return list_in(__name__)
 
 
 def get_preset(name: str) -> dict[str, Any]:
-    """The preset dict (a copy) of ``name``, e.g. ``'upernet_internimage_t_512_160k_ade20k'``.
+    """The preset dict (a copy) of ``name``.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    if name not in list_presets():
-        raise ValueError(f"unknown segmentation preset {name!r}; known: {', '.join(list_presets())}")
-    return dict(importlib.import_module(f"{__name__}.{name}").PRESET)
+    return get_in(__name__, name, "segmentation")
