@@ -22,13 +22,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from .configs import TaskConfig
 from .engine import Task, TrainConfig
-from .engine.config import apply_overrides
-from .engine.task import checkpoint_fields
 from .models.internimage import InternImageBlock
 
 __all__ = [
@@ -49,7 +48,7 @@ META_KEY = "detection_config"
 
 
 @dataclass
-class DetTrainConfig(TrainConfig):
+class DetTrainConfig(TaskConfig, TrainConfig):
     """Detection fields on top of the engine's (defaults: the official Mask R-CNN T 1x recipe).
 
     Attributes:
@@ -69,6 +68,7 @@ class DetTrainConfig(TrainConfig):
         score_thresh: Minimum score drawn by ``predict``.
     """
 
+    meta_key: ClassVar[str] = META_KEY
     arch: str = "mask_rcnn"
     model: str = "internimage_t_1k_224"
     pretrained: str = ""
@@ -126,22 +126,6 @@ class DetTrainConfig(TrainConfig):
     def class_names(self) -> list[str]:
         """Names of labels 1..K (``classes``, else ``class 1`` ... ``class K``)."""
         return list(self.classes) or [f"class {i}" for i in range(1, self.num_classes + 1)]
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> DetTrainConfig:
-        """The official recipe ``name`` (see :func:`internimage.configs.detection.list_presets`) plus ``overrides``."""
-        from .configs.detection import get_preset
-
-        cfg = apply_overrides(apply_overrides(cls(), get_preset(name)), overrides)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, **overrides: Any) -> DetTrainConfig:
-        """The model fields stored with ``path`` (our ``model.safetensors`` or a run checkpoint) plus ``overrides``."""
-        cfg = apply_overrides(apply_overrides(cls(), checkpoint_fields(str(path), META_KEY, cls)), overrides)
-        cfg.validate()
-        return cfg
 
 
 # ------------------------------------------------------------------------------------------------- library glue

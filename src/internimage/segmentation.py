@@ -25,13 +25,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from .configs import TaskConfig
 from .engine import Task, TrainConfig
-from .engine.config import apply_overrides
-from .engine.task import checkpoint_fields
 from .models.internimage import InternImageBlock
 
 __all__ = [
@@ -53,7 +52,7 @@ META_KEY = "segmentation_config"
 
 
 @dataclass
-class SegTrainConfig(TrainConfig):
+class SegTrainConfig(TaskConfig, TrainConfig):
     """Segmentation fields on top of the engine's (defaults: the official UperNet-T ADE20K recipe).
 
     Attributes:
@@ -78,6 +77,7 @@ class SegTrainConfig(TrainConfig):
         test_ratios, test_flip: Multi-scale ratios of ``img_scale`` and flip for evaluation.
     """
 
+    meta_key: ClassVar[str] = META_KEY
     model: str = "internimage_t_1k_224"
     pretrained: str = ""
     head: str = "upernet"
@@ -149,22 +149,6 @@ class SegTrainConfig(TrainConfig):
     def class_names(self) -> list[str]:
         """Name of each class id (``classes``, else ``class 0`` ... ``class K-1``)."""
         return list(self.classes) or [f"class {i}" for i in range(self.num_classes)]
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> SegTrainConfig:
-        """The official recipe ``name`` (:func:`internimage.configs.segmentation.list_presets`) plus ``overrides``."""
-        from .configs.segmentation import get_preset
-
-        cfg = apply_overrides(apply_overrides(cls(), get_preset(name)), overrides)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, **overrides: Any) -> SegTrainConfig:
-        """The model fields stored with ``path`` (our ``model.safetensors`` or a run checkpoint) plus ``overrides``."""
-        cfg = apply_overrides(apply_overrides(cls(), checkpoint_fields(str(path), META_KEY, cls)), overrides)
-        cfg.validate()
-        return cfg
 
 
 # ------------------------------------------------------------------------------------------------- library glue

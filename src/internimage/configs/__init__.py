@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 from ..engine.config import TrainConfig, apply_overrides
 
-__all__ = ["TASKS", "ClassificationConfig", "get_preset", "list_presets", "load_preset", "preset_task"]
+__all__ = ["TASKS", "ClassificationConfig", "TaskConfig", "get_preset", "list_presets", "load_preset", "preset_task"]
 
 TASKS = ("classification", "detection", "segmentation")
 
@@ -105,3 +106,32 @@ def load_preset(name: str) -> ClassificationConfig:
     from .classification import get_preset as get_classification_preset
 
     return apply_overrides(ClassificationConfig(), get_classification_preset(name))
+
+
+T = TypeVar("T", bound="TaskConfig")
+
+
+class TaskConfig:
+    """``from_preset`` / ``from_checkpoint`` for a task's :class:`TrainConfig` subclass (mixed in before it).
+
+    The subclass sets ``meta_key``: the safetensors metadata key its :class:`~internimage.engine.Task` stores the
+    model fields under.
+    """
+
+    meta_key: ClassVar[str] = ""
+
+    @classmethod
+    def from_preset(cls: type[T], name: str, **overrides: Any) -> T:
+        """The official recipe ``name`` (see :func:`list_presets`) plus ``overrides``, validated."""
+        cfg = apply_overrides(apply_overrides(cls(), get_preset(name)), overrides)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_checkpoint(cls: type[T], path: str | Path, **overrides: Any) -> T:
+        """The model fields stored with ``path`` (our ``model.safetensors`` or a run checkpoint) plus ``overrides``."""
+        from ..engine.task import checkpoint_fields
+
+        cfg = apply_overrides(apply_overrides(cls(), checkpoint_fields(str(path), cls.meta_key, cls)), overrides)
+        cfg.validate()
+        return cfg
