@@ -78,3 +78,15 @@ def print_config(cfg: Any) -> None:
     import yaml
 
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")  # noqa: T201
+
+
+def train_and_report(cfg: Any, task: Any) -> int:
+    """Run the engine on ``task`` and print one summary per run (rank 0 only under ``torchrun``)."""
+    from ..engine import Trainer
+
+    result = Trainer(cfg, task).fit()
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+        print(f"done: {shown}")  # noqa: T201
+        print(f"weights: {Path(cfg.output) / 'model.safetensors'}")  # noqa: T201
+    return 0

@@ -41,6 +41,7 @@ from ._common import (
     print_config,
     resolve_device,
     save_png,
+    train_and_report,
 )
 
 # ------------------------------------------------------------------------------------------------- config resolution
@@ -94,7 +95,6 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..engine import Trainer
 
     cfg = _resolve_config(args, train=True)
     extra = {
@@ -110,13 +110,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print_config(cfg)
         return 0
-    result = Trainer(cfg, DetTask(cfg)).fit()
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
-    print(f"done: {shown}")
-    print(f"weights: {Path(cfg.output) / 'model.safetensors'}")
-    return 0
+    return train_and_report(cfg, DetTask(cfg))
 
 
 # ------------------------------------------------------------------------------------------------- eval
