@@ -44,6 +44,7 @@ from internimage.engine import Task, TrainConfig, Trainer, apply_overrides, all_
 
 class Toy(Task):
     primary_metric = "acc"
+    fsdp_unit_types = (internimage.models.internimage.InternImageBlock,)  # each block its own FSDP unit
     def build_model(self):
         dpr = float(os.environ.get("TOY_DPR", "0.1"))
         return internimage.create_model("internimage_test_h_32", num_classes=4, in_chans=1, drop_path_rate=dpr)
