@@ -465,4 +465,10 @@ def test_presets_follow_the_official_dino_configs():
     assert (t.epochs, t.decay_milestones, t.drop_path_rate, t.layer_scale, t.recipe) == (12, [11], 0.2, 1.0, "3x")
     cb = DetTrainConfig.from_preset("dino_4scale_cbinternimage_h_objects365_coco_ss")
     assert cb.arch == "cb_dino" and cb.model_kwargs == dict(num_dn_queries=1000, max_per_img=300)
-    assert (cb.layer_decay, cb.drop_path_rate, cb.layer_scale) == (0.94, 0.5, None)
+    assert (cb.layer_decay, cb.drop_path_rate, cb.layer_scale, cb.iters, cb.decay_milestones) == (
+        0.94,
+        0.5,
+        None,
+        20000,
+        [],
+    )

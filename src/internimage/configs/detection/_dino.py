@@ -5,11 +5,11 @@ blocks, gradient clipping at norm 0.1, 12 epochs with lr x0.1 after epoch 11, 50
 multi-scale + crop AutoAugment pipeline (the package's ``3x`` train pipeline; see the note below), global batch 16.
 H/G/CB-H (``*_objects365_coco_ss``): fine-tuning from Objects365 detectors (their ``load_from`` weights, given as
 ``pretrained``), layer decay 0.94, ``num_dn_queries=1000``, ``max_per_img=300``, batch 1 per GPU, 20000 iterations
-at constant lr after warm-up.
+at constant lr after warm-up (evaluated every 200).
 
 Differences from the original that the package's data pipeline imposes: the crop branch of the AutoAugment caps
 the long side at 1333 (DINO's config says 4200 before the crop), and H/G/CB-H train at the single test scale
-(2000, 1000) instead of the random short side 600-1800; their 20000-iteration schedule is approximated by epochs.
+(2000, 1000) instead of the random short side 600-1800.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def objects365_to_coco(model: str, arch: str = "dino", **fields: Any) -> dict[st
         recipe="1x",
         img_scale=[2000, 1000],
         batch_size=1,
-        epochs=3,  # ~20000 iterations at a global batch of 16 on COCO train2017 (118k images)
+        iters=20000,  # IterBasedRunner(max_iters=20000), evaluated every 200 iterations
+        eval_every=200,
         decay_milestones=[],
         layer_decay=0.94,
         drop_path_rate=0.5,
