@@ -38,9 +38,10 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture, img
     out = tmp_path / "demo"
     argv = ["demo", "--data", str(data), "--output", str(out), "--epochs", "3", "--threads", "1"]
     overrides = ["batch_size=16", "log_every=2", "warmup_epochs=0.5", "eval_every=2", f"img_size={img_size}"]
-    assert main([*argv, "--set", *overrides]) == 0
+    budget = ["--minutes", "60"] if img_size == 28 else []  # a budget that the 18 steps fit: the recipe stays
+    assert main([*argv, *budget, "--set", *overrides]) == 0
     text = capsys.readouterr().out
-    assert "test accuracy: top-1" in text
+    assert "test accuracy: top-1" in text and ("budget 60 min: 18 training steps" in text) == bool(budget)
     summary = json.loads((out / "demo.json").read_text())
     assert summary["epochs"] == 3 and summary["steps"] == 18 and summary["img_size"] == img_size
     assert summary["wall_time_s"] > 0 and summary["cpu_time_s"] > 0

@@ -176,7 +176,9 @@ class FashionMNISTTask(ClassificationTask):
         return super().training_step(model, batch)
 
 
-def fit_to_budget(cfg: ClassificationConfig, task: FashionMNISTTask, minutes: float, train_size: int) -> int:
+def fit_to_budget(
+    cfg: ClassificationConfig, task: FashionMNISTTask, minutes: float, train_size: int, test_size: int = 10_000
+) -> int:
     """Shorten the schedule so that training and the final evaluation fit in ``minutes`` on this machine.
 
     Times a few training steps and one evaluation batch of the real model (after two warm-up steps), then sets
@@ -188,6 +190,7 @@ def fit_to_budget(cfg: ClassificationConfig, task: FashionMNISTTask, minutes: fl
         task: Builds the model to time.
         minutes: Wall-clock budget for training plus evaluation.
         train_size: Training images (the recipe's steps are ``epochs * train_size // batch_size``).
+        test_size: Images of the final evaluation.
 
     Returns:
         The optimizer steps the run will take.
@@ -196,7 +199,7 @@ def fit_to_budget(cfg: ClassificationConfig, task: FashionMNISTTask, minutes: fl
         raise ValueError(f"minutes must be > 0, got {minutes}")
     recipe = cfg.iters if cfg.iters > 0 else cfg.epochs * (train_size // cfg.batch_size)
     step_s, eval_batch_s = _time_steps(cfg, task)
-    eval_s = eval_batch_s * math.ceil(10_000 / cfg.batch_size)  # the test split
+    eval_s = eval_batch_s * math.ceil(test_size / cfg.batch_size)
     fits = int((minutes * 60 - eval_s) / step_s)
     logger.info("budget %.1f min: %.3f s per step, %.0f s to evaluate: %d steps fit", minutes, step_s, eval_s, fits)
     if fits >= recipe:

@@ -58,8 +58,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     cfg = apply_overrides(cfg, args.set)
     task = FashionMNISTTask(cfg, data_dir, args.train_limit, args.test_limit)
     if args.minutes is not None:
-        train_size = args.train_limit or 60_000
-        steps = fit_to_budget(cfg, task, args.minutes, train_size)
+        from ..data import load_fashion_mnist
+
+        sizes = [len(load_fashion_mnist(data_dir, split)[1]) for split in ("train", "test")]
+        limits = (args.train_limit, args.test_limit)
+        train_size, test_size = (min(n, lim) if lim else n for n, lim in zip(sizes, limits))
+        steps = fit_to_budget(cfg, task, args.minutes, train_size, test_size)
         print(f"budget {args.minutes:g} min: {steps} training steps")
     trainer = Trainer(cfg, task)
     result = trainer.fit()
