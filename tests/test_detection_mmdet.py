@@ -145,7 +145,7 @@ def official_checkpoint(arch: str, backbone: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
-@pytest.mark.parametrize("preset", list_presets())
+@pytest.mark.parametrize("preset", [p for p in list_presets() if not p.startswith("dino_")])  # DINO: test_dino.py
 def test_official_checkpoint_layout_loads_strictly_for_every_preset(tmp_path, preset):
     cfg = get_preset(preset)
     backbone = cfg["model"].rsplit("_", 2)[0]  # internimage_l_22k_384 -> internimage_l
