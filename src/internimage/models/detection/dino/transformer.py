@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ....ops.ms_deform_attn import MultiScaleDeformableAttention
+from ...segmentation.mask2former import FFN  # mmcv's FFN layout, shared with the Mask2Former pixel decoder
 from .matching import inverse_sigmoid
 
 __all__ = ["DinoTransformer", "coordinate_sine_embedding", "sine_positional_encoding"]
@@ -67,21 +68,6 @@ def coordinate_sine_embedding(pos: torch.Tensor, dim: int = 256, temperature: fl
 
     x, y, w, h = pos.unbind(-1)
     return torch.cat((embed(y), embed(x), embed(w), embed(h)), dim=-1)
-
-
-class FFN(nn.Module):
-    """mmcv ``FFN``: ``layers.0.0`` Linear, ReLU, (dropout), ``layers.1`` Linear, (dropout), plus the residual."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(0.0)),
-            nn.Linear(hidden, dim),
-            nn.Dropout(0.0),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.layers(x)
 
 
 class SelfAttention(nn.Module):
