@@ -180,3 +180,22 @@ def test_real_stderr_is_one_line(files: Path) -> None:
         )
         assert proc.returncode == 1, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+
+
+def test_resume_into_another_architecture_is_one_line(files: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    # A run of one architecture, then a resume of the same output folder with another: one line, nothing written.
+    data = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    for cls in ("cat", "dog"):
+        (data / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    out = tmp_path / "run"
+    base = ["train", "--model", MODEL, "--train-data", str(data), "--output", str(out), "--device", "cpu"]
+    common = ["img_size=32", "batch_size=2", "epochs=1", "eval_every=0", "workers=0", "ema=false"]
+    assert main([*base, "--set", *common, "model_kwargs={depths: [1, 1, 1, 1]}"]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    argv = [*base, "--resume", "auto", "--set", *common, "epochs=2", "model_kwargs={depths: [1, 1, 2, 1]}"]
+    _fails(capsys, argv, "was written for another architecture")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
