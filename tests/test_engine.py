@@ -44,7 +44,8 @@ from internimage.engine import Task, TrainConfig, Trainer, apply_overrides, all_
 
 class Toy(Task):
     primary_metric = "acc"
-    fsdp_unit_types = (internimage.models.internimage.InternImageBlock,)  # each block its own FSDP unit
+    # each block its own FSDP unit; TOY_UNITS=0 shards the root only
+    fsdp_unit_types = () if os.environ.get("TOY_UNITS") == "0" else (internimage.models.internimage.InternImageBlock,)
     def build_model(self):
         dpr = float(os.environ.get("TOY_DPR", "0.1"))
         return internimage.create_model("internimage_test_h_32", num_classes=4, in_chans=1, drop_path_rate=dpr)
@@ -304,14 +305,15 @@ def single_run(toy_script: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     return out, _run(toy_script, [*TORCHRUN_ARGS, f"output={out}", "batch_size=16"], env=_env(**EXACT))
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp-root-only"])
 def test_torchrun_two_processes_match_one_process(
     toy_script: Path, tmp_path: Path, single_run: tuple[Path, dict], strategy: str
 ) -> None:
     single_dir, single = single_run
-    multi = _torchrun(
-        toy_script, [*TORCHRUN_ARGS, f"output={tmp_path}", "batch_size=8", f"strategy={strategy}"], _env(**EXACT)
-    )
+    # fsdp-root-only: a task with no fsdp_unit_types (the whole model one unit) once failed to save its weights.
+    env = _env(**EXACT, TOY_UNITS="0" if strategy == "fsdp-root-only" else "1")
+    args = [*TORCHRUN_ARGS, f"output={tmp_path}", "batch_size=8", f"strategy={strategy.split('-')[0]}"]
+    multi = _torchrun(toy_script, args, env)
     assert single["step"] == multi["step"] == 3
     loss1 = [r["loss"] for r in read_metrics(single_dir) if r["split"] == "train"]
     loss2 = [r["loss"] for r in read_metrics(tmp_path) if r["split"] == "train"]

@@ -41,21 +41,33 @@ _NAME = re.compile(r"^(step|epoch)_(\d+)\.pth$")
 
 
 def _is_fsdp(model: nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor
+    # Not "any parameter is a DTensor": after a forward the FSDP2 root keeps plain, gathered parameters.
+    from torch.distributed.fsdp import FSDPModule
 
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Full (unsharded, unwrapped) CPU state dict; a collective under FSDP2, so call it on every rank."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    """Full (unsharded, unwrapped) CPU state dict; a collective under FSDP2, so call it on every rank.
 
-    if _is_fsdp(model):
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=opts)
+    Under FSDP2 each sharded parameter is all-gathered in turn (``DTensor.full_tensor``; every rank walks the same
+    keys in the same order) and only rank 0 keeps the result. This is done here rather than with
+    ``get_model_state_dict(full_state_dict=True)``, which hands back the sharded DTensors when the model is sharded
+    at the root only (no sub-units) and has just run a forward.
+    """
+    from torch.distributed.tensor import DTensor
+
     from .distributed import unwrap_model
 
-    return {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
+    if not _is_fsdp(model):
+        return {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
+    keep = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    out: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        full = value.full_tensor() if isinstance(value, DTensor) else value
+        if keep:
+            out[name] = full.detach().cpu().clone()
+    return out
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
