@@ -27,6 +27,9 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--minutes", type=float, default=None, help="time budget: shorten the schedule to fit this machine"
     )
+    parser.add_argument(
+        "--augment", action="store_true", help="random flips and 2-pixel shifts (for runs longer than the recipe)"
+    )
     parser.add_argument("--train-limit", type=int, default=0, help="use only the first N training images")
     parser.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -56,7 +59,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.resume:
         cfg.resume = "auto"
     cfg = apply_overrides(cfg, args.set)
-    task = FashionMNISTTask(cfg, data_dir, args.train_limit, args.test_limit)
+    task = FashionMNISTTask(cfg, data_dir, args.train_limit, args.test_limit, augment_train=args.augment)
     if args.minutes is not None:
         from ..data import load_fashion_mnist
 
