@@ -138,7 +138,8 @@ def test_counts_and_sizes(files: Path, capsys: pytest.CaptureFixture[str], tmp_p
 def test_file_system_errors(files: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     ck = ["--checkpoint", str(files / "catdog.safetensors")]
     # The output folder is an existing file: OSError, one line naming the path.
-    _fails(capsys, ["extract", str(files / "val/dog"), *ck, "--output", str(files / "a_file")], "a_file")
+    line = _fails(capsys, ["extract", str(files / "val/dog"), *ck, "--output", str(files / "a_file")])
+    assert line.endswith("--output " + str(files / "a_file") + " is a file, not a folder (or name a .safetensors file)")
     assert (files / "a_file").read_text() == "I am a file, not a folder"
     # convert --model checks the weights before writing anything.
     dst = tmp_path / "converted.safetensors"

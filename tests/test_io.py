@@ -51,9 +51,19 @@ def test_no_space_left_names_the_path(tmp_path: Path) -> None:
     def full(p: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError, match=r"no space left on device while writing .*full\.bin"):
+    with pytest.raises(OSError, match=r"no space left on device while writing .*full\.bin") as info:
         atomic_write(target, full)
     assert list(tmp_path.iterdir()) == []
+    assert info.value.errno == errno.ENOSPC and str(info.value).startswith("no space left")  # no "[Errno 28]"
+
+
+def test_a_file_where_a_folder_should_be_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("keep")
+    target = tmp_path / "a_file" / "sub" / "x.npy"
+    with pytest.raises(OSError) as info:
+        atomic_write(target, b"data")
+    assert str(info.value) == f"cannot write {target}: {tmp_path / 'a_file'} is a file, not a folder"
+    assert (tmp_path / "a_file").read_text() == "keep"
 
 
 def test_directory_destination_is_refused(tmp_path: Path) -> None:

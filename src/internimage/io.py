@@ -27,13 +27,34 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(OSError):
+    """An :class:`OSError` whose text is its message alone (no ``[Errno N]`` prefix); ``errno`` is kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class DirectoryInTheWay(WriteError, IsADirectoryError):
+    """The destination of a file write is an existing folder."""
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first ancestor of ``path`` that exists but is not a folder (so the folder cannot be created)."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
 def _describe(err: OSError, path: Path) -> OSError:
     """The same error with a message that names the destination (and says "no space left" for ENOSPC)."""
     if err.errno == errno.ENOSPC:
-        return OSError(err.errno, f"no space left on device while writing {path}")
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OSError(err.errno, f"cannot write {path}: {err.strerror}")
-    return OSError(err.errno, f"cannot write {path}: {err.strerror or err}")
+        return WriteError(err.errno, f"no space left on device while writing {path}")
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = _file_in_the_way(path)
+        if blocker is not None:
+            return WriteError(err.errno, f"cannot write {path}: {blocker} is a file, not a folder")
+    return WriteError(err.errno, f"cannot write {path}: {err.strerror or err}")
 
 
 @contextlib.contextmanager
@@ -51,7 +72,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, f"cannot write {path}: it is a directory")
+        raise DirectoryInTheWay(errno.EISDIR, f"cannot write {path}: it is a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + TMP_SUFFIX, dir=path.parent)

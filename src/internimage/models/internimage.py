@@ -565,7 +565,7 @@ class InternImage(nn.Module):
         if x.dim() != 4 or x.shape[1] != chans or not x.is_floating_point():
             raise ValueError(
                 f"InternImage expects a float image batch (N, C, H, W) with C={chans}, "
-                f"got a {str(x.dtype).replace('torch.', '')} tensor of shape {tuple(x.shape)}"
+                f"got a tensor of dtype {str(x.dtype).replace('torch.', '')} and shape {tuple(x.shape)}"
             )
 
     def _run_levels(self, x: torch.Tensor, last: int) -> list[torch.Tensor]:

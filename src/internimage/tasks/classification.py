@@ -236,6 +236,9 @@ def _run_extract(args: argparse.Namespace) -> int:
         raise ValueError(f"--stages must list level numbers and/or 'pooled', got {args.stages!r}")
     _require_weights(args)
     _check_sizes(args)
+    out = Path(args.output)
+    if out.suffix != ".safetensors" and out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file, not a folder (or name a .safetensors file)")
     info = init_distributed(args.device)
     model, meta = load_classifier(args.checkpoint, args.model, False, args.pretrained)
     model.to(info.device)
