@@ -209,3 +209,13 @@ def test_benchmark_table_and_csv(cls32, cls32_exports, tmp_path):
     assert lines[0].startswith("backend,batch,size,latency_ms") and len(lines) == 3
     with pytest.raises(ValueError, match="unknown backend"):
         benchmark(cls32, ["tensorrt"])
+
+
+def test_segmentation_export_builds_the_head_of_the_preset():
+    # A Mask2Former preset exports Mask2Former (it once exported a UperNet); built on the meta device: no memory.
+    with torch.device("meta"):
+        m2f = build_exportable("segmentation", "mask2former_internimage_h_896_80k_cocostuff2ade20k_ss").module
+        uper = build_exportable("segmentation", "upernet_internimage_t_512_160k_ade20k").module
+    assert [type(m).__name__ for m in m2f.children()] == ["InternImage", "Mask2FormerHead"]
+    assert [type(m).__name__ for m in uper.children()][:2] == ["InternImage", "UPerHead"]
+    assert round(sum(p.numel() for p in m2f.parameters()) / 1e6) == 1313  # zoo: 1.31B
