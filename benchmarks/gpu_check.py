@@ -2,11 +2,11 @@
 
 Run on the GPU machine (torch, Triton and timm installed, no network) from the repository root::
 
-    pip install --no-deps -e . && python benchmarks/gpu_check.py --out $OUT
+    pip install --no-deps -e . && python benchmarks/gpu_check.py --output $OUT
 
 and on a CPU-only machine, to exercise every code path end to end with tiny shapes before GPU time is spent::
 
-    python benchmarks/gpu_check.py --out /tmp/gpu_check --dry-run
+    python benchmarks/gpu_check.py --output /tmp/gpu_check --dry-run
 
 Installing the checkout is the caller's job (the command above); section 0 checks that ``internimage`` is imported
 from this checkout and that the installed torch satisfies the range ``pyproject.toml`` declares.
@@ -41,7 +41,7 @@ Sections (each item is guarded: a failure is recorded in the table with the erro
 
 Then the issue's targets, each marked met / not met / not measured.
 
-Output in ``--out``: ``gpu_check.md`` (the table, also printed), ``gpu_check.json`` (every figure),
+Output in ``--output``: ``gpu_check.md`` (the table, also printed), ``gpu_check.json`` (every figure),
 ``gpu_check.log`` (this script's log with full tracebacks) and ``logs/`` (pytest, train and eval output).
 ``--budget-s`` bounds the whole run: items that would start after it are skipped and listed as such.
 
@@ -1263,7 +1263,7 @@ def log_to(path: Path) -> Iterator[None]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="folder for the table, JSON and logs")
+    parser.add_argument("--output", "--out", required=True, type=Path, help="folder for the table, JSON and logs")
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (Triton interpreted)")
     parser.add_argument("--budget-s", type=float, default=450.0, help="skip items that would start after this")
     parser.add_argument("--sections", default="0,1,2,3,4", help="comma-separated subset of 0-4 (0 always runs)")
@@ -1290,7 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: run on a GPU machine, or pass --dry-run", file=sys.stderr)
         return 2
-    out: Path = args.out
+    out: Path = args.output
     (out / "logs").mkdir(parents=True, exist_ok=True)
     plan = make_plan(args.dry_run, args.rounds)
     command = ["python", "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]

@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.py: its bookkeeping (guards, budget, byte counts, pytest parsing) and a dry-run slice.
 
-The whole dry run takes minutes on a small CPU (``python benchmarks/gpu_check.py --out DIR --dry-run``); these tests
+The whole dry run takes minutes on a small CPU (``python benchmarks/gpu_check.py --output DIR --dry-run``); these tests
 run the environment section end to end and one interpreted operator check.
 """
 
@@ -82,7 +82,7 @@ def test_torch_range_check(gc) -> None:
 
 def test_dry_run_environment_section_writes_table_and_json(gc, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # main() sets it in a dry run; restored after the test
-    assert gc.main(["--out", str(tmp_path), "--dry-run", "--sections", "0"]) == 0
+    assert gc.main(["--output", str(tmp_path), "--dry-run", "--sections", "0"]) == 0
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = {row["check"]: row for row in data["sections"]["env"]["rows"]}
     assert checks["torch in the declared range"]["status"] == "ok"
