@@ -454,3 +454,59 @@ def test_full_size_detectors_match_the_official_parameter_counts(arch, backbone,
     with torch.device("meta"):
         model = build_detector(arch, backbone, 80, backbone_overrides=dict(layer_scale=1.0))
     assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - millions) < 0.5
+
+
+def _official_layer_id(name: str, num_max_layer: int, depths: list[int]) -> int:
+    """``get_num_layer_for_swin`` of the official detection/mmcv_custom/custom_layer_decay_optimizer_constructor.py,
+    re-written from its text (``num_max_layer`` is the config's ``num_layers + 2``)."""
+    if name.startswith("backbone.patch_embed") or "level_embeds" in name:
+        return 0
+    if name.startswith("backbone.layers") or name.startswith("backbone.levels"):
+        parts = name.split(".")
+        stage = int(parts[2])
+        if parts[3] not in ("downsample", "norm"):
+            return int(parts[4]) + 1 + sum(depths[:stage])
+        return 1 + sum(depths[: min(stage, 2) + 1])
+    return num_max_layer - 1
+
+
+def _official_groups(names_params, depths, rate, wd, offset_lr_scale):
+    """(lr scale, weight decay) of each parameter as the official constructor sets them."""
+    num_max_layer = sum(depths) + 2
+    out = {}
+    for name, param in names_params:
+        no_decay = param.ndim == 1 or name.endswith(".bias") or "relative_position" in name or "norm" in name
+        no_decay = no_decay or "sampling_offsets" in name
+        scale = rate ** (num_max_layer - _official_layer_id(name, num_max_layer, depths) - 1)
+        if "sampling_offsets" in name or "reference_points" in name:
+            scale *= offset_lr_scale
+        out[name] = (scale, 0.0 if no_decay else wd)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["dino", "cb_dino", "mask_rcnn"])
+def test_detection_param_groups_are_the_official_constructors(arch):
+    # Every parameter's lr scale and weight decay against the official rule applied to the official names.
+    from internimage.engine import param_groups
+    from internimage.models.detection.dino import build_cb_dino, build_dino
+
+    tiny = dict(neck_channels=32, num_queries=20, enc_layers=1, dec_layers=2, heads=2, hidden=64, num_dn_queries=6)
+    if arch == "mask_rcnn":
+        model = build_detector("mask_rcnn", "internimage_test_32", K, **MASK_RCNN)
+    else:
+        build = build_cb_dino if arch == "cb_dino" else build_dino
+        model = build("internimage_test_32", K, backbone_overrides=dict(layer_scale=1.0), **tiny)
+    depths = [1, 1, 2, 1]  # internimage_test_32
+    rate, wd, offset = 0.9, 1e-4, 1e-3
+    groups = param_groups(model, wd, rate, "detection", offset_lr_mul=offset)
+    ours = {n: (g["lr_scale"], g["weight_decay"]) for g in groups for n in g["names"]}
+    official_names = [(n.replace("backbone.body.", "backbone."), p) for n, p in model.named_parameters()]
+    official = _official_groups(official_names, depths, rate, wd, offset)
+    for (name, _), (official_name, _) in zip(model.named_parameters(), official_names):
+        assert ours[name][0] == pytest.approx(official[official_name][0], rel=1e-12), name
+        assert ours[name][1] == official[official_name][1], name
+    if arch == "cb_dino":  # the original's names match no backbone rule: no layer decay on either backbone
+        assert {s for n, (s, _) in ours.items() if n.startswith("backbone.")} == {1.0}
+    if arch != "mask_rcnn":
+        assert ours["bbox_head.transformer.level_embeds"][0] == pytest.approx(rate**6)
+        assert any("sampling_offsets" in n and s == pytest.approx(offset) for n, (s, _) in ours.items())

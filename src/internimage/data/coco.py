@@ -1,6 +1,6 @@
 """COCO-format instance data (annotations JSON + image folder), mmdet-style detection transforms, COCO metrics.
 
-Pipelines follow the official InternImage mmdet 2.x configs (``ORIGINAL.md`` §3.2):
+Pipelines follow the official InternImage mmdet 2.x configs (``detection/configs/coco/*.py``):
 
 * 1x train: keep-ratio resize to (1333, 800), horizontal flip 0.5.
 * 3x train: flip 0.5, then one of two policies at random: multi-scale resize (shorter side 480..800 step 32, longer

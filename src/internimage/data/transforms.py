@@ -1,4 +1,4 @@
-"""Train / eval transforms of the official classification recipe, built with timm (``ORIGINAL.md`` §3.1).
+"""Train / eval transforms of the official classification recipe, built with timm (``classification/dataset/build.py``).
 
 Train: RandomResizedCrop (bicubic) -> flip -> RandAugment -> ToTensor -> Normalize -> RandomErasing.
 Eval: resize to ``img_size`` then centre crop (crop ratio 1.0).

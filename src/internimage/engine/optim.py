@@ -2,15 +2,18 @@
 
 A *layer-decay rule* maps ``(model, decay, offset_lr_mul)`` to a function ``name -> lr scale``. Two rules ship:
 
-* ``classification`` (``ORIGINAL.md`` §3.1): blocks counted backwards from the last block get ``decay**k``;
-  ``patch_embed`` shares block 0's ratio, ``levels.i.downsample``/``levels.i.norm`` the ratio of the first block of
-  level i+1, heads and ``post_norms`` keep 1. ``offset_lr_mul`` multiplies the lr of parameters whose name contains
-  ``offset`` or ``center_feature_scale_proj`` (the official ``DCN_LR_MUL``, applied only with layer decay on).
-* ``detection`` (``ORIGINAL.md`` §3.2, also used by segmentation): ``patch_embed`` id 0, block j of level s id
-  ``1 + j + sum(depths[:s])``, ``downsample``/``norm`` of level s the id of the first block of level s+1 (as the
-  original constructor counts them, and as the classification rule does), everything outside the backbone
-  ``num_layers + 1``; scale ``decay ** (num_layers + 1 - id)``. It finds the backbone by
-  its ``depths`` attribute and works on any prefix (``backbone.``).
+* ``classification`` (the official ``classification/optimizer.py``): blocks counted backwards from the last block get
+  ``decay**k``; ``patch_embed`` shares block 0's ratio, ``levels.i.downsample``/``levels.i.norm`` the ratio of the
+  first block of level i+1, heads and ``post_norms`` keep 1. ``offset_lr_mul`` multiplies the lr of parameters whose
+  name contains ``offset`` or ``center_feature_scale_proj`` (the official ``DCN_LR_MUL``, applied only with layer
+  decay on).
+* ``detection`` (the official ``detection/mmcv_custom/custom_layer_decay_optimizer_constructor.py``): ``patch_embed``
+  and DINO's ``level_embeds`` id 0, block j of level s id ``1 + j + sum(depths[:s])`` (``post_norms.j`` too),
+  ``downsample``/``norm`` of level s the id of the first block of level s+1 (level 3: that of level 2), everything
+  else ``num_layers + 1``; scale ``decay ** (num_layers + 1 - id)``, times ``offset_lr_mul`` for ``sampling_offsets``
+  / ``reference_points``. It finds the backbone by its ``depths`` attribute and works on any prefix (``backbone.``,
+  ``backbone.body.``); a composite backbone (two InternImages) gets no layer decay, as the original's name rule
+  matches none of its parameters.
 
 Register more with :func:`register_layer_decay_rule`. The matching *no-weight-decay* rules are in
 :data:`NO_DECAY_RULES`.
@@ -19,7 +22,6 @@ Register more with :func:`register_layer_decay_rule`. The matching *no-weight-de
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -68,28 +70,38 @@ def _classification_rule(model: nn.Module, decay: float, offset_lr_mul: float) -
 
 
 def _detection_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Callable[[str], float]:
-    del offset_lr_mul  # the detection recipe's offset multiplier touches DINO's sampling offsets only
-    prefix, backbone = _find_backbone(model)
-    depths = list(backbone.depths)
+    # The official detection constructor (detection/mmcv_custom/custom_layer_decay_optimizer_constructor.py) on the
+    # official parameter names, which are ours with the backbone at "backbone." (Mask R-CNN's "backbone.body.").
+    backbones = [(name, m) for name, m in model.named_modules() if hasattr(m, "depths") and hasattr(m, "levels")]
+    if not backbones:
+        raise ValueError("layer decay needs an InternImage backbone (a module with `depths` and `levels`)")
+    prefix = backbones[0][0] + "." if backbones[0][0] else ""
+    depths = list(backbones[0][1].depths)
     num_layers = sum(depths)
-    block = re.compile(r"levels\.(\d+)\.blocks\.(\d+)\.")
-    level = re.compile(r"levels\.(\d+)\.")
+    # A composite backbone (CB-InternImage: "backbone.cb_modules.i.levels...") matches none of the original's
+    # "backbone.patch_embed" / "backbone.levels" names, so the original trains it without layer decay.
+    composite = len(backbones) > 1
 
-    def layer_id(local: str) -> int:
-        if local.startswith("patch_embed"):
+    def layer_id(name: str) -> int:
+        if "level_embeds" in name:  # the original counts DINO's level embeddings with the stem
             return 0
-        m = block.match(local)
-        if m:
-            s, j = int(m.group(1)), int(m.group(2))
-            return 1 + j + sum(depths[:s])
-        m = level.match(local)
-        if m and not local.split(".")[2].startswith("post_norms"):
-            return 1 + sum(depths[: int(m.group(1)) + 1])
-        return num_layers + 1
+        if composite or not name.startswith(prefix):
+            return num_layers + 1
+        parts = name[len(prefix) :].split(".")
+        if parts[0] == "patch_embed":
+            return 0
+        if parts[0] != "levels":
+            return num_layers + 1
+        level = int(parts[1])
+        if parts[2] in ("downsample", "norm"):  # the first block of the next level (level 3 shares level 2's)
+            return 1 + sum(depths[: min(level, 2) + 1])
+        return int(parts[3]) + 1 + sum(depths[:level])  # blocks.j, and post_norms.j as the original counts them
 
     def scale(name: str) -> float:
-        lid = layer_id(name[len(prefix) :]) if name.startswith(prefix) else num_layers + 1
-        return decay ** (num_layers + 1 - lid)
+        s = decay ** (num_layers + 1 - layer_id(name))
+        if "sampling_offsets" in name or "reference_points" in name:  # the original's offset_lr_scale
+            s *= offset_lr_mul
+        return s
 
     return scale
 
@@ -100,8 +112,13 @@ def no_decay_bias_and_1d(name: str, param: torch.Tensor) -> bool:
 
 
 def no_decay_bias_1d_and_norm(name: str, param: torch.Tensor) -> bool:
-    """Also none on any parameter whose name contains ``norm``: the official detection / segmentation constructors."""
-    return param.ndim <= 1 or name.endswith(".bias") or "norm" in name
+    """Also none on ``norm``, ``relative_position`` and ``sampling_offsets`` parameters: the official detection /
+    segmentation constructors."""
+    return (
+        param.ndim <= 1
+        or name.endswith(".bias")
+        or any(key in name for key in ("norm", "relative_position", "sampling_offsets"))
+    )
 
 
 #: The one registry of layer-decay rules (name -> rule) and of their no-weight-decay rules (same names).

@@ -1,4 +1,4 @@
-"""DCNv3 as the ``mmdeploy::TRTDCNv3`` node of the original TensorRT plugin (``ORIGINAL.md`` §2).
+"""DCNv3 as the ``mmdeploy::TRTDCNv3`` node of the original TensorRT plugin (official ``tensorrt/``).
 
 The plugin ("TRTDCNv3" version 1, built into mmdeploy 0.13) takes three NHWC float32 inputs (input, offset, mask)
 and the attributes ``kernel_h/w``, ``stride_h/w``, ``pad_h/w``, ``dilation_h/w``, ``group``, ``group_channels``,

@@ -1,6 +1,6 @@
 """Reading, converting and writing InternImage checkpoints.
 
-Formats recognised (``ORIGINAL.md`` §1.3-1.5), all read with ``torch.load(weights_only=True)`` or safetensors:
+Formats recognised (the official release's files), all read with ``torch.load(weights_only=True)`` or safetensors:
 
 * official classification ``.pth``: ``{'model': sd}``; training checkpoints add ``model_ema``, optimizer, ...
 * HuggingFace remote code: every key prefixed ``model.``, ``gamma1/2`` renamed ``layer_scale1/2``;

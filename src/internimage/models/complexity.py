@@ -1,6 +1,6 @@
 """Parameter and MAC counts on the meta device (no memory, no weights).
 
-MACs are what the InternImage paper calls FLOPs (``BASELINES.md`` §1). Dense layers are counted by
+MACs are what the InternImage paper calls FLOPs (the paper's tables). Dense layers are counted by
 ``torch.utils.flop_counter`` (2 FLOPs per MAC, halved here); the DCNv3/DCNv4 sampling core is counted analytically as
 5 MACs per output channel and point: 4 bilinear corners and the mask weight.
 """

@@ -635,7 +635,7 @@ def _init_weights(module: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------- variants
 @dataclass(frozen=True)
 class InternImageArch:
-    """Architecture of one size (``ORIGINAL.md`` §1.1, §4); ``kwargs()`` feeds :class:`InternImage`."""
+    """Architecture of one size (official ``classification/configs/*.yaml``); ``kwargs()`` feeds ``InternImage``."""
 
     channels: int
     depths: tuple[int, ...]

@@ -12,7 +12,7 @@ Work decomposition (both kernels): the output is viewed as ``rows = N*Ho*Wo*G`` 
 held as a ``(BLOCK_R, BLOCK_D)`` register tile with ``BLOCK_D = next_pow2(D)`` and a channel mask, so any group
 width works. Consecutive rows are the groups of one pixel and then neighbouring pixels, so output and grad-output
 accesses of a program are one contiguous span, and each bilinear corner is a contiguous D-vector (the "all channels
-of a group per query" access pattern of DCNv4, ``ORIGINAL.md`` §4). The P points are unrolled at compile time; the
+of a group per query" access pattern of the DCNv4 paper). The P points are unrolled at compile time; the
 sampling geometry (kernel, stride, pad, dilation, point order) is ``constexpr``.
 
 Offset and mask are addressed per output pixel ``q = r // G`` with a runtime pixel stride (elements between

@@ -8,7 +8,7 @@ import torch
 
 
 class DCNv3Args(NamedTuple):
-    """The non-tensor arguments of one DCNv3 call (see ``ORIGINAL.md`` §2).
+    """The non-tensor arguments of one DCNv3 call (the official ``ops_dcnv3`` function's arguments).
 
     Attributes:
         kernel_h: Kernel height Kh.

@@ -1,7 +1,7 @@
 """DCNv3: the public function, its ``torch.library`` custom op and the ``DCNv3`` module.
 
-The operator (``ORIGINAL.md`` §2) samples, for every output pixel and group, P = Kh*Kw points around a base grid
-displaced by learned offsets, and returns their mask-weighted sum::
+The operator (the official ``ops_dcnv3/functions/dcnv3_func.py``) samples, for every output pixel and group,
+P = Kh*Kw points around a base grid displaced by learned offsets, and returns their mask-weighted sum::
 
     out[n, y, x, g*D:(g+1)*D] = sum_p mask[n, y, x, g, p] * bilinear(input[..., g*D:(g+1)*D], loc(n, y, x, g, p))
 

@@ -1,8 +1,8 @@
 """DCNv4: the public function, its ``torch.library`` custom op and the ``DCNv4`` module.
 
 DCNv4 (Xiong et al., "Efficient Deformable ConvNets", arXiv 2401.06197; original code OpenGVLab/DCNv4, MIT) keeps
-the sampling geometry of DCNv3 exactly (``ORIGINAL.md`` §4): same base grid, ``offset_scale`` on grid and offsets,
-x-outer point order, same out-of-bounds rule. It differs in two ways that matter to callers:
+the sampling geometry of DCNv3 exactly (the official ``DCNv4_op``): same base grid, ``offset_scale`` on grid and
+offsets, x-outer point order, same out-of-bounds rule. It differs in two ways that matter to callers:
 
 * **No softmax**: the masks are used as given (the DCNv3 *module* softmaxes; the DCNv4 module does not).
 * **One fused tensor** ``offset_mask`` of shape (N, Ho, Wo, W) with W >= 3*G*P (the module emits

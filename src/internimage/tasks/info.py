@@ -8,7 +8,7 @@ import json
 from ..models import convert_checkpoint, list_models
 from ..models.complexity import model_complexity
 
-# Published figures of the official model zoo (README table, ORIGINAL.md §1.1): params, GFLOPs at that size.
+# Published figures of the official model zoo (the official README's model tables): params, GFLOPs at that size.
 ZOO = {
     "t": (30e6, 5e9),
     "s": (50e6, 8e9),

@@ -4,7 +4,8 @@ T/L (``*_1x_coco_layer_wise_lr``): AdamW lr 1e-4, weight decay 1e-4, layer-wise 
 blocks, gradient clipping at norm 0.1, 12 epochs with lr x0.1 after epoch 11, 500 warm-up iterations, the DETR
 multi-scale + crop AutoAugment pipeline (the package's ``3x`` train pipeline; see the note below), global batch 16.
 H/G/CB-H (``*_objects365_coco_ss``): fine-tuning from Objects365 detectors (their ``load_from`` weights, given as
-``pretrained``), layer decay 0.94, ``num_dn_queries=1000``, ``max_per_img=300``, batch 1 per GPU, 20000 iterations
+``pretrained``), layer decay 0.94 (none on CB-H's composite backbone, whose names the original's rule does not
+match), sampling-offset lr x1e-3, ``num_dn_queries=1000``, ``max_per_img=300``, batch 1 per GPU, 20000 iterations
 at constant lr after warm-up (evaluated every 200).
 
 Differences from the original that the package's data pipeline imposes: the crop branch of the AutoAugment caps
@@ -52,6 +53,7 @@ def objects365_to_coco(model: str, arch: str = "dino", **fields: Any) -> dict[st
         eval_every=200,
         decay_milestones=[],
         layer_decay=0.94,
+        offset_lr_mul=1e-3,  # the configs' offset_lr_scale: DINO's sampling_offsets train at 1e-3 of the lr
         drop_path_rate=0.5,
         layer_scale=None,
         model_kwargs=kwargs,

@@ -2,8 +2,9 @@
 
 The backbone is the one :class:`~internimage.models.internimage.InternImage` class, read through its
 ``forward_intermediates`` API (NCHW level outputs after the level norm, before the downsample, strides 4-32), which
-is exactly what the official mmdet backbone returns (``ORIGINAL.md`` §1.4). The classification head is pruned, so
-the body's state dict is the official ``backbone.*`` layout minus the ``backbone.`` prefix.
+is exactly what the official mmdet backbone returns (``detection/mmdet_custom/models/backbones/intern_image.py``).
+The classification head is pruned, so the body's state dict is the official ``backbone.*`` layout minus the
+``backbone.`` prefix.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 // Fused CPU kernels of the DCNv3 sampling core: forward and backward, NHWC, fp64 / fp32 / bf16 / fp16.
 //
-// Semantics are those of internimage/ops/reference.py (ORIGINAL.md section 2):
+// Semantics are those of internimage/ops/reference.py (the official ops_dcnv3/functions/dcnv3_func.py):
 //   loc_x = (offset_x + i*dil_w - cx) * offset_scale + (w*stride_w - pad_w + cx), the same for y;
 //   a sample counts only if -1 < loc_x < W and -1 < loc_y < H; corners outside the image read zero;
 //   NaN and Inf propagate as in the reference: a NaN/Inf position samples NaN, a NaN/Inf weight of an outside sample
