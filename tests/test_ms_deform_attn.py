@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
+import internimage.ops.ms_deform_attn as msda
+from internimage.ops import use_backend
 from internimage.ops.ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn
 
 
@@ -89,3 +92,155 @@ def test_module_padding_mask_zeroes_values_and_bad_inputs_raise():
         attn(query, ref, value[:, :11], [(3, 4)])
     with pytest.raises(ValueError, match="divisible"):
         MultiScaleDeformableAttention(10, heads=3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fused C++ CPU kernel (csrc/ms_deform_attn_cpu.cpp) against the grid_sample reference.
+
+SHAPES = [(7, 9), (5, 3), (3, 5), (1, 1)]  # several levels of odd sizes, one a single pixel
+
+
+@pytest.fixture(scope="module")
+def fused():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = msda.fused_available()
+    if not ok:
+        pytest.skip(f"the ms_deform_attn CPU extension cannot be built here: {[str(w.message) for w in caught]}")
+
+
+def make_case(shapes=SHAPES, n=2, m=3, d=5, lq=7, p=3, dtype=torch.float64, seed=0, edges=True):
+    """Random (value, locations, weights, grad_output); locations spill outside [0, 1], and with ``edges`` some sit
+    exactly on 0 and 1, on pixel centres, and where x * w - 0.5 is exactly -1 or w (a corner on the border)."""
+    g = torch.Generator().manual_seed(seed)
+    value = torch.randn(n, sum(h * w for h, w in shapes), m, d, generator=g, dtype=torch.float64)
+    loc = torch.rand(n, lq, m, len(shapes), p, 2, generator=g, dtype=torch.float64) * 1.6 - 0.3
+    if edges:
+        for lv, (h, w) in enumerate(shapes):
+            special_x = [0.0, 1.0, 0.5 / w, -0.5 / w, (w + 0.5) / w, 1.5 / w, 2.0]
+            special_y = [1.0, 0.0, 0.5 / h, (h + 0.5) / h, -0.5 / h, 0.0, -1.0]
+            for k, (x, y) in enumerate(zip(special_x, special_y)):
+                b, q, head, pt = k % n, k % lq, k % m, k % p
+                loc[b, q, head, lv, pt] = torch.tensor([x, y], dtype=torch.float64)
+    weights = torch.rand(n, lq, m, len(shapes), p, generator=g, dtype=torch.float64)
+    grad = torch.randn(n, lq, m * d, generator=g, dtype=torch.float64)
+    return tuple(t.to(dtype) for t in (value, loc, weights, grad))
+
+
+def run_with_grads(fn, value, shapes, loc, weights, grad):
+    value, loc, weights = (t.detach().clone().requires_grad_() for t in (value, loc, weights))
+    out = fn(value, shapes, loc, weights)
+    return (out, *torch.autograd.grad(out, (value, loc, weights), grad))
+
+
+OUTPUTS = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_both_implementations_match_the_scalar_loop(impl, fused):
+    value, loc, weights, _ = make_case()
+    fn = msda.ms_deform_attn if impl == "fused" else msda.ms_deform_attn_reference
+    assert torch.allclose(fn(value, SHAPES, loc, weights), slow_ms_deform_attn(value, SHAPES, loc, weights), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_matches_reference_float64_forward_and_gradients(seed, fused):
+    case = make_case(seed=seed)
+    with use_backend("cpu"):
+        got = run_with_grads(msda.ms_deform_attn, case[0], SHAPES, *case[1:])
+    want = run_with_grads(msda.ms_deform_attn_reference, case[0], SHAPES, *case[1:])
+    for name, a, b in zip(OUTPUTS, got, want):
+        assert (a - b).abs().max().item() <= 1e-12, name
+
+
+def test_fused_float32_within_1e5_of_float64(fused):
+    case = make_case(seed=3, edges=False)
+    want = run_with_grads(msda.ms_deform_attn_reference, case[0], SHAPES, *case[1:])
+    case32 = tuple(t.float() for t in case)
+    got = run_with_grads(msda.ms_deform_attn, case32[0], SHAPES, *case32[1:])
+    for name, a, b in zip(OUTPUTS, got, want):
+        assert a.dtype == torch.float32
+        # Location gradients are scaled by the level size: compare relative to their magnitude.
+        scale = b.abs().max().item() if name == "grad_sampling_locations" else 1.0
+        assert (a.double() - b).abs().max().item() <= 1e-5 * max(scale, 1.0), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_half_precision_computes_in_float32(dtype, fused):
+    case = make_case(seed=4, edges=False)
+    low = tuple(t.to(dtype) for t in case)
+    got = run_with_grads(msda.ms_deform_attn, low[0], SHAPES, *low[1:])
+    # The reference on the same rounded inputs, in float64.
+    want = run_with_grads(
+        msda.ms_deform_attn_reference, *(t.double() for t in low[:1]), SHAPES, *(t.double() for t in low[1:])
+    )
+    for name, a, b in zip(OUTPUTS, got, want):
+        assert a.dtype == dtype
+        assert torch.allclose(a.double(), b, rtol=2e-2, atol=2e-2 * max(1.0, b.abs().max().item())), name
+
+
+def test_gradcheck_tiny_float64(fused):
+    shapes = [(3, 2), (1, 2)]
+    value, loc, weights, _ = make_case(shapes, n=2, m=2, d=2, lq=2, p=2, seed=5, edges=False)
+    inputs = tuple(t.requires_grad_() for t in (value, loc, weights))
+    assert torch.autograd.gradcheck(lambda v, lo, w: msda.ms_deform_attn(v, shapes, lo, w), inputs)
+
+
+def test_backward_ownership_and_per_thread_buffers_agree(fused):
+    value, loc, weights, grad = make_case(seed=6)
+    flat = [s for hw in SHAPES for s in hw]
+    owned = torch.ops.internimage_cpu.ms_deform_attn_backward(grad, value, flat, loc, weights, 1)
+    buffered = torch.ops.internimage_cpu.ms_deform_attn_backward(grad, value, flat, loc, weights, 2)
+    for name, a, b in zip(OUTPUTS[1:], owned, buffered):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0), name
+
+
+def test_opcheck_custom_op(fused):
+    value, loc, weights, _ = make_case([(3, 4), (2, 1)], n=1, m=2, d=4, lq=3, p=2, dtype=torch.float32, seed=7)
+    inputs = (value.requires_grad_(), loc.requires_grad_(), weights.requires_grad_(), [3, 4, 2, 1])
+    torch.library.opcheck(torch.ops.internimage.ms_deform_attn.default, inputs)
+
+
+def test_backend_choice_routes_to_reference(fused, monkeypatch):
+    calls = []
+    reference = msda.ms_deform_attn_reference
+    monkeypatch.setattr(msda, "ms_deform_attn_reference", lambda *args: calls.append(1) or reference(*args))
+    value, loc, weights, _ = make_case(seed=8)
+    with use_backend("reference"):
+        msda.ms_deform_attn(value, SHAPES, loc, weights)
+    assert calls == [1]
+    with use_backend("auto"):
+        msda.ms_deform_attn(value, SHAPES, loc, weights)
+    with use_backend("cpu"):
+        msda.ms_deform_attn(value, SHAPES, loc, weights)
+    assert calls == [1]
+    monkeypatch.setenv("INTERNIMAGE_DCN_BACKEND", "reference")
+    msda.ms_deform_attn(value, SHAPES, loc, weights)
+    assert calls == [1, 1]
+
+
+def test_empty_queries(fused):
+    value, loc, weights, _ = make_case(seed=9)
+    out = msda.ms_deform_attn(value, SHAPES, loc[:, :0], weights[:, :0])
+    assert out.shape == (2, 0, 15)
+
+
+def test_export_traces_grid_sample_not_the_custom_op(fused):
+    torch.manual_seed(0)
+    attn = MultiScaleDeformableAttention(16, heads=2, levels=2, points=2).eval()
+    shapes = [(4, 3), (2, 1)]
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, query, ref, value):
+            return self.attn(query, ref, value, shapes)
+
+    args = (torch.randn(1, 5, 16), torch.rand(1, 5, 2), torch.randn(1, 14, 16))
+    program = torch.export.export(Wrapper(), args)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("grid_sampler" in t for t in targets), targets
+    assert not any("internimage" in t for t in targets), targets
+    assert torch.allclose(program.module()(*args), Wrapper()(*args), atol=1e-5)

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
+from internimage.ops import cpp_build, dcnv3, make_args, use_backend
 from internimage.ops import cpu as cpu_backend
-from internimage.ops import dcnv3, make_args, use_backend
 from internimage.ops.args import DCNv3Args
 from internimage.ops.backends import resolve_backend
 from internimage.ops.reference import dcnv3_reference, dcnv3_reference_backward
@@ -216,8 +216,8 @@ def test_build_failure_warns_once_and_reports_unavailable(monkeypatch):
     def broken_build():
         raise OSError("no compiler\nsecond line")
 
-    monkeypatch.setattr(cpu_backend, "_build", broken_build)
-    monkeypatch.setattr(cpu_backend, "_loaded", [])
+    monkeypatch.setattr(cpu_backend.KERNEL, "build", broken_build)
+    monkeypatch.setattr(cpu_backend.KERNEL, "_loaded", [])
     with pytest.warns(RuntimeWarning, match="no compiler") as record:
         assert cpu_backend.available() is False
         assert cpu_backend.available() is False
@@ -273,9 +273,9 @@ def test_build_message_only_when_it_compiles(monkeypatch, caplog):
 
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: None)
     with caplog.at_level(logging.INFO, logger="internimage.ops.cpu"):
-        cpu_backend._build()  # built by the module fixture: loads only
+        cpu_backend.KERNEL.build()  # built by the module fixture: loads only
         assert not [r for r in caplog.records if r.levelno >= logging.INFO]
-        monkeypatch.setattr(cpu_backend, "_is_built", lambda *args: False)
-        cpu_backend._build()
+        monkeypatch.setattr(cpp_build, "_is_built", lambda *args: False)
+        cpu_backend.KERNEL.build()
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert len(messages) == 1 and "building the DCNv3 CPU kernel" in messages[0]

@@ -1,9 +1,20 @@
 """Multi-scale deformable attention (Zhu et al., "Deformable DETR", ICLR 2021).
 
 One operator serves every transformer in the package: the Mask2Former pixel decoder and the DINO encoder/decoder.
-The backend is pure PyTorch: every level is sampled with ``grid_sample`` (bilinear, zero padding,
-``align_corners=False``), which is what mmcv's ``multi_scale_deformable_attn_pytorch`` computes and what its CUDA
-kernel computes too. It runs on CPU and GPU, has autograd, and exports to standard ONNX ops (``GridSample``).
+Two implementations compute it:
+
+* ``reference`` (:func:`ms_deform_attn_reference`): pure PyTorch, every level sampled with ``grid_sample``
+  (bilinear, zero padding, ``align_corners=False``), which is what mmcv's ``multi_scale_deformable_attn_pytorch``
+  computes and what its CUDA kernel computes too. It runs on CPU and GPU, has autograd, and exports to standard
+  ONNX ops (``GridSample``).
+* ``cpu``: the fused C++ kernel ``csrc/ms_deform_attn_cpu.cpp`` (one pass per (image, query, head), no
+  (N*M, D, Lq, P) intermediate; forward and backward), built on first use like the DCNv3 kernel
+  (:mod:`internimage.ops.cpp_build`) and reached through the ``internimage::ms_deform_attn`` custom op (fake
+  kernels, differentiable through ``internimage::ms_deform_attn_backward``).
+
+:func:`ms_deform_attn` takes the fused kernel for CPU tensors when it builds here, unless the DCN backend choice
+(``INTERNIMAGE_DCN_BACKEND`` / :func:`~internimage.ops.use_backend`) says ``reference``; under ``torch.export`` /
+ONNX export it always traces the reference, so exported graphs keep ``grid_sample``.
 
 The module keeps mmcv 1.x ``MultiScaleDeformableAttention``'s parameter names (``sampling_offsets``,
 ``attention_weights``, ``value_proj``, ``output_proj``) and initialisation, so official checkpoints load into it
@@ -12,14 +23,100 @@ key for key. Unlike mmcv's module it returns the attention output only: callers 
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MultiScaleDeformableAttention", "ms_deform_attn"]
+from .backends import requested_backend
+from .cpp_build import CppKernel
+from .custom_op import differentiable_op
+from .dispatch import is_exporting, plain_eager_inference
+
+__all__ = ["MultiScaleDeformableAttention", "ms_deform_attn", "ms_deform_attn_reference", "fused_available"]
+
+logger = logging.getLogger(__name__)
+
+KERNEL = CppKernel("ms_deform_attn_cpu.cpp", "multi-scale deformable attention CPU kernel", logger)
+"""The extension holding ``internimage_cpu::ms_deform_attn_forward`` / ``ms_deform_attn_backward``."""
+
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_warned: set[str] = set()
+
+
+def fused_available() -> bool:
+    """Build (first call only) and load the fused CPU kernel; ``False`` with one warning if impossible here."""
+    return KERNEL.available()
+
+
+@torch.compiler.assume_constant_result
+def _use_fused(device_type: str, dtype: torch.dtype) -> bool:
+    """The fused kernel for these tensors? Reads the DCN backend choice (``auto`` and ``cpu`` take it where it runs,
+    ``reference`` and ``triton`` do not: there is no Triton kernel of this op). Evaluated eagerly under
+    torch.compile (it reads the environment and may build)."""
+    name = requested_backend()
+    if name not in ("auto", "cpu") or device_type != "cpu" or dtype not in _FUSED_DTYPES:
+        return False
+    if fused_available():
+        return True
+    if name == "cpu" and "cpu" not in _warned:
+        _warned.add("cpu")
+        warnings.warn("ms_deform_attn: the 'cpu' kernel cannot run here; using 'reference'", RuntimeWarning, 3)
+    return False
+
+
+def _check(value: torch.Tensor, spatial_shapes: Sequence[tuple[int, int]], sampling_locations: torch.Tensor) -> None:
+    _, s, m, _ = value.shape
+    _, _, m2, levels, _, _ = sampling_locations.shape
+    if m2 != m or levels != len(spatial_shapes):
+        raise ValueError(
+            f"ms_deform_attn: locations have {m2} heads and {levels} levels, value has {m} heads and "
+            f"{len(spatial_shapes)} shapes"
+        )
+    if s != sum(h * w for h, w in spatial_shapes):
+        raise ValueError(f"ms_deform_attn: value has {s} tokens, shapes {list(spatial_shapes)} give another count")
+
+
+def _require() -> None:
+    if not fused_available():
+        raise RuntimeError("ms_deform_attn: the fused CPU kernel is not available here (it could not be built)")
+
+
+def _flat_shapes(spatial_shapes: Sequence[tuple[int, int]]) -> list[int]:
+    return [int(size) for shape in spatial_shapes for size in shape]
+
+
+def _fused_forward(value, sampling_locations, attention_weights, spatial_shapes) -> torch.Tensor:
+    _require()
+    return torch.ops.internimage_cpu.ms_deform_attn_forward(
+        value, spatial_shapes, sampling_locations, attention_weights
+    )
+
+
+def _fused_backward(grad_output, value, sampling_locations, attention_weights, spatial_shapes):
+    _require()
+    grads = torch.ops.internimage_cpu.ms_deform_attn_backward(
+        grad_output, value, spatial_shapes, sampling_locations, attention_weights
+    )
+    return tuple(g.contiguous() for g in grads)
+
+
+def _fake_forward(value, sampling_locations, attention_weights, spatial_shapes) -> torch.Tensor:
+    return value.new_empty(value.shape[0], sampling_locations.shape[1], value.shape[2] * value.shape[3])
+
+
+_msda_op, _ = differentiable_op(
+    "internimage::ms_deform_attn",
+    ("value", "sampling_locations", "attention_weights"),
+    "int[] spatial_shapes",
+    _fused_forward,
+    _fused_backward,
+    _fake_forward,
+)
 
 
 def ms_deform_attn(
@@ -41,15 +138,27 @@ def ms_deform_attn(
     Returns:
         (N, Lq, M * D).
     """
-    n, s, m, d = value.shape
-    _, lq, m2, levels, points, _ = sampling_locations.shape
-    if m2 != m or levels != len(spatial_shapes):
-        raise ValueError(
-            f"ms_deform_attn: locations have {m2} heads and {levels} levels, value has {m} heads and "
-            f"{len(spatial_shapes)} shapes"
-        )
-    if s != sum(h * w for h, w in spatial_shapes):
-        raise ValueError(f"ms_deform_attn: value has {s} tokens, shapes {list(spatial_shapes)} give another count")
+    _check(value, spatial_shapes, sampling_locations)
+    if is_exporting() or not _use_fused(value.device.type, value.dtype):
+        return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
+    sampling_locations = sampling_locations.to(value.dtype)
+    attention_weights = attention_weights.to(value.dtype)
+    shapes = _flat_shapes(spatial_shapes)
+    if plain_eager_inference(value, sampling_locations, attention_weights):
+        return _fused_forward(value, sampling_locations, attention_weights, shapes)
+    return _msda_op(value, sampling_locations, attention_weights, shapes)
+
+
+def ms_deform_attn_reference(
+    value: torch.Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`ms_deform_attn` in pure PyTorch (``grid_sample`` per level): the exported and the GPU path."""
+    _check(value, spatial_shapes, sampling_locations)
+    n, _, m, d = value.shape
+    _, lq, _, _, points, _ = sampling_locations.shape
     grids = 2 * sampling_locations - 1
     out = value.new_zeros(n * m, d, lq)
     start = 0
