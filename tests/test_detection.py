@@ -510,3 +510,50 @@ def test_detection_param_groups_are_the_official_constructors(arch):
     if arch != "mask_rcnn":
         assert ours["bbox_head.transformer.level_embeds"][0] == pytest.approx(rate**6)
         assert any("sampling_offsets" in n and s == pytest.approx(offset) for n, (s, _) in ours.items())
+
+
+def test_dino_pipelines_follow_the_official_configs():
+    from internimage.data.coco import RandomCrop, Resize
+
+    random.seed(0)
+    # H/G/CB-H: Resize(img_scale=[(2000, 600), (2000, 1800)], multiscale_mode='range'): short side uniform in 600-1800.
+    image = torch.zeros(3, 100, 150, dtype=torch.uint8)
+    target = {"boxes": torch.tensor([[10.0, 10, 50, 50]]), "labels": torch.tensor([1])}
+    shorts = {detection_transforms("dino_ss", train=True)(image, target)[0].shape[-2] for _ in range(200)}
+    assert 600 <= min(shorts) < 700 and 1200 < max(shorts) <= 1334  # 1800 is capped by the long side 2000 / 1.5
+    assert len(shorts) > 100  # a range, not a few values
+    with pytest.raises(ValueError, match="mode"):
+        Resize(mode="ranges")
+    # T/L: the crop branch first resizes to a long side of 4200, not 1333. On a 100 x 1000 image the 3x crop branch
+    # keeps 133 rows (h/w <= 133/384) while DINO's keeps >= 384 of 400 (h/w >= 384/600); the other branch: 0.1.
+    wide = {"boxes": torch.tensor([[0.0, 0, 1000, 100]]), "labels": torch.tensor([1])}
+    ratios = {
+        recipe: [
+            (lambda out: out.shape[-2] / out.shape[-1])(detection_transforms(recipe, train=True)(image_w, wide)[0])
+            for image_w in [torch.zeros(3, 100, 1000, dtype=torch.uint8)] * 40
+        ]
+        for recipe in ("3x", "dino")
+    }
+    assert max(ratios["3x"]) < 0.4 and max(ratios["dino"]) > 0.6
+    # ... and rejects crops without objects (mmdet allow_negative_crop=False): the dataset then draws another image.
+    corner = {"boxes": torch.tensor([[0.0, 0, 4, 4]]), "labels": torch.tensor([1])}
+    big = torch.zeros(3, 1000, 1000, dtype=torch.uint8)
+    drawn = [RandomCrop((384, 600), allow_negative=False)(big, corner) for _ in range(50)]
+    assert any(d is None for d in drawn) and all(len(d[1]["boxes"]) == 1 for d in drawn if d is not None)
+    assert all(RandomCrop((384, 600))(big, corner) is not None for _ in range(20))
+
+
+def test_a_rejected_sample_is_replaced_by_an_image_of_the_same_orientation(coco4):
+    ann, images = coco4
+    calls = []
+
+    def reject_first(image, target):
+        calls.append(target["image_id"])
+        return None if len(calls) == 1 else (image, target)
+
+    ds = CocoDetection(ann, images, transforms=reject_first)
+    _, target = ds[0]
+    wide = {info["id"]: info["width"] > info["height"] for info in ds.images}
+    assert len(calls) == 2 and target["image_id"] == calls[1] and wide[calls[1]] == wide[calls[0]]
+    with pytest.raises(RuntimeError, match="rejected 100 samples"):
+        CocoDetection(ann, images, transforms=lambda image, target: None)[0]

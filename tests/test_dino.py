@@ -462,9 +462,11 @@ def test_presets_follow_the_official_dino_configs():
     assert (t.arch, t.model, t.lr, t.weight_decay, t.layer_decay, t.clip_grad) == (
         "dino", "internimage_t_1k_224", 1e-4, 1e-4, 0.9, 0.1
     )  # fmt: skip
-    assert (t.epochs, t.decay_milestones, t.drop_path_rate, t.layer_scale, t.recipe) == (12, [11], 0.2, 1.0, "3x")
+    assert (t.epochs, t.decay_milestones, t.drop_path_rate, t.layer_scale, t.recipe) == (12, [11], 0.2, 1.0, "dino")
+    assert t.offset_lr_mul == 1.0
     cb = DetTrainConfig.from_preset("dino_4scale_cbinternimage_h_objects365_coco_ss")
     assert cb.arch == "cb_dino" and cb.model_kwargs == dict(num_dn_queries=1000, max_per_img=300)
+    assert (cb.recipe, tuple(cb.img_scale), cb.offset_lr_mul) == ("dino_ss", (2000, 1000), 1e-3)
     assert (cb.layer_decay, cb.drop_path_rate, cb.layer_scale, cb.iters, cb.decay_milestones) == (
         0.94,
         0.5,

@@ -60,7 +60,8 @@ class DetTrainConfig(TaskConfig, TrainConfig):
         data_root: Folder the annotation and image paths below are relative to.
         train_ann, train_images, val_ann, val_images: COCO annotation files and image folders (``val_ann``
             empty = no evaluation during training).
-        recipe: ``1x`` (1333x800 + flip) or ``3x`` (multi-scale + crop AutoAugment) train pipeline.
+        recipe: Train pipeline: ``1x`` (1333x800 + flip), ``3x`` (multi-scale + crop AutoAugment), ``dino`` (DINO
+            T/L's AutoAugment) or ``dino_ss`` (DINO H/G/CB-H's multi-scale range); see ``detection_transforms``.
         img_scale: ``(long, short)`` of the single-scale resize (train 1x and test).
         scale_factor: Multiplies every pipeline size (small-image experiments).
         drop_path_rate, layer_scale: Backbone overrides (official detection configs use ``layer_scale=1.0``).
@@ -109,8 +110,10 @@ class DetTrainConfig(TaskConfig, TrainConfig):
 
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
-        if self.recipe not in ("1x", "3x"):
-            raise ValueError(f"recipe must be '1x' or '3x', got {self.recipe!r}")
+        from .data.coco import RECIPES
+
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.classes and len(self.classes) != self.num_classes:

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
 MS_SCALES_3X = [(1333, s) for s in range(480, 801, 32)]
+#: Train pipelines of :func:`detection_transforms`.
+RECIPES = ("1x", "3x", "dino", "dino_ss")
+_MAX_REDRAWS = 100
 
 
 def _mask_api():
@@ -147,15 +150,26 @@ class CocoDetection(torch.utils.data.Dataset):
         return target
 
     def __getitem__(self, index: int) -> Sample:
-        image, target = self.load_image(index), self.load_target(index)
-        if tuple(image.shape[-2:]) != target["orig_size"]:
-            raise ValueError(
-                f"{self.images[index]['file_name']}: image is {tuple(image.shape[-2:])}, "
-                f"annotations say {target['orig_size']}"
-            )
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        for _ in range(_MAX_REDRAWS):
+            image, target = self.load_image(index), self.load_target(index)
+            if tuple(image.shape[-2:]) != target["orig_size"]:
+                raise ValueError(
+                    f"{self.images[index]['file_name']}: image is {tuple(image.shape[-2:])}, "
+                    f"annotations say {target['orig_size']}"
+                )
+            if self.transforms is None:
+                return image, target
+            sample = self.transforms(image, target)
+            if sample is not None:
+                return sample
+            index = self._another(index)  # mmdet's _rand_another: an image of the same orientation
+        raise RuntimeError(f"the train pipeline rejected {_MAX_REDRAWS} samples in a row (crops without objects)")
+
+    def _another(self, index: int) -> int:
+        """A random image with the same orientation (mmdet's aspect-ratio flag: width > height)."""
+        wide = self.images[index]["width"] > self.images[index]["height"]
+        same = [i for i, info in enumerate(self.images) if (info["width"] > info["height"]) == wide]
+        return random.choice(same)
 
 
 def _usable(ann: dict[str, Any]) -> bool:
@@ -198,9 +212,12 @@ class Compose:
     def __init__(self, transforms: Sequence[Callable[[torch.Tensor, dict[str, Any]], Sample]]) -> None:
         self.transforms = list(transforms)
 
-    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> Sample:
+    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> Sample | None:
         for t in self.transforms:
-            image, target = t(image, target)
+            sample = t(image, target)
+            if sample is None:  # rejected (a crop without objects where none is allowed)
+                return None
+            image, target = sample
         return image, target
 
 
@@ -208,16 +225,27 @@ class Resize:
     """mmdet keep-ratio ``Resize``: scale = min(long / max(h, w), short / min(h, w)).
 
     Args:
-        scales: ``(long, short)`` pairs; one is picked at random per sample (mmdet ``multiscale_mode='value'``).
+        scales: ``(long, short)`` pairs.
+        mode: ``value``: one pair at random per sample (mmdet ``multiscale_mode='value'``); ``range``: the long and
+            the short side drawn as integers uniformly between the pairs' extremes (``multiscale_mode='range'``).
     """
 
-    def __init__(self, scales: Sequence[tuple[int, int]] = ((1333, 800),)) -> None:
+    def __init__(self, scales: Sequence[tuple[int, int]] = ((1333, 800),), mode: str = "value") -> None:
         if not scales:
             raise ValueError("Resize needs at least one (long, short) scale")
+        if mode not in ("value", "range"):
+            raise ValueError(f"Resize mode must be 'value' or 'range', got {mode!r}")
         self.scales = [tuple(s) for s in scales]
+        self.mode = mode
+
+    def _draw(self) -> tuple[int, int]:
+        if self.mode == "value":
+            return random.choice(self.scales)
+        longs, shorts = [max(s) for s in self.scales], [min(s) for s in self.scales]
+        return random.randint(min(longs), max(longs)), random.randint(min(shorts), max(shorts))
 
     def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> Sample:
-        long_side, short_side = random.choice(self.scales)
+        long_side, short_side = self._draw()
         h, w = image.shape[-2:]
         scale = min(long_side / max(h, w), short_side / min(h, w))
         nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
@@ -255,16 +283,18 @@ class RandomFlip:
 
 
 class RandomCrop:
-    """mmdet ``RandomCrop(crop_type='absolute_range', allow_negative_crop=True)``.
+    """mmdet ``RandomCrop(crop_type='absolute_range')``.
 
     Crop height and width are drawn independently from ``[min(size, lo), min(size, hi)]``; boxes are shifted,
-    clipped and dropped when empty (masks follow); a crop without objects is allowed.
+    clipped and dropped when empty (masks follow). A crop without objects is kept with ``allow_negative=True``;
+    otherwise the sample is rejected (``None``), and :class:`CocoDetection` draws another image, as mmdet does.
     """
 
-    def __init__(self, size_range: tuple[int, int] = (384, 600)) -> None:
+    def __init__(self, size_range: tuple[int, int] = (384, 600), allow_negative: bool = True) -> None:
         self.lo, self.hi = size_range
+        self.allow_negative = allow_negative
 
-    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> Sample:
+    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> Sample | None:
         h, w = image.shape[-2:]
         ch = random.randint(min(h, self.lo), min(h, self.hi))
         cw = random.randint(min(w, self.lo), min(w, self.hi))
@@ -272,6 +302,8 @@ class RandomCrop:
         target = dict(target)
         boxes = _clip(target["boxes"] - torch.tensor([x0, y0, x0, y0], dtype=torch.float32), ch, cw)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if not self.allow_negative and not bool(keep.any()):
+            return None
         target["boxes"], target["labels"] = boxes[keep], target["labels"][keep]
         if "masks" in target:
             target["masks"] = target["masks"][keep, y0 : y0 + ch, x0 : x0 + cw]
@@ -284,7 +316,7 @@ class AutoAugment:
     def __init__(self, policies: Sequence[Sequence[Callable[[torch.Tensor, dict[str, Any]], Sample]]]) -> None:
         self.policies = [Compose(p) for p in policies]
 
-    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> Sample:
+    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> Sample | None:
         return random.choice(self.policies)(image, target)
 
 
@@ -301,7 +333,10 @@ def detection_transforms(
     """The official pipelines.
 
     Args:
-        recipe: ``'1x'`` (single scale) or ``'3x'`` (multi-scale + crop AutoAugment); test is the same for both.
+        recipe: ``'1x'`` (single scale), ``'3x'`` (multi-scale + crop AutoAugment of the Mask R-CNN 3x configs),
+            ``'dino'`` (DINO T/L's: the crop branch first resizes to a long side of 4200 and rejects crops without
+            objects) or ``'dino_ss'`` (DINO H/G/CB-H's: short side uniform in 600-1800, long side 2000, flip); the
+            test pipeline is the single-scale resize for all.
         train: Training (random) or test pipeline.
         scale: ``(long, short)`` of the single-scale resize.
         scale_factor: Multiplies every size (e.g. 0.1 for quick runs on small images).
@@ -313,16 +348,23 @@ def detection_transforms(
     def s(pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
         return [(round(a * scale_factor), round(b * scale_factor)) for a, b in pairs]
 
-    if recipe not in ("1x", "3x"):
-        raise ValueError(f"detection recipe must be '1x' or '3x', got {recipe!r}")
+    if recipe not in RECIPES:
+        raise ValueError(f"detection recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     if not train:
         return Compose([Resize(s([scale]))])
     if recipe == "1x":
         return Compose([Resize(s([scale])), RandomFlip(0.5)])
+    if recipe == "dino_ss":
+        return Compose([RandomFlip(0.5), Resize(s([(2000, 600), (2000, 1800)]), mode="range")])
     crop = (round(384 * scale_factor), round(600 * scale_factor))
+    long_side = 4200 if recipe == "dino" else 1333
     policies = [
         [Resize(s(MS_SCALES_3X))],
-        [Resize(s([(1333, 400), (1333, 500), (1333, 600)])), RandomCrop(crop), Resize(s(MS_SCALES_3X))],
+        [
+            Resize(s([(long_side, 400), (long_side, 500), (long_side, 600)])),
+            RandomCrop(crop, allow_negative=recipe != "dino"),
+            Resize(s(MS_SCALES_3X)),
+        ],
     ]
     return Compose([RandomFlip(0.5), AutoAugment(policies)])
 

@@ -2,15 +2,13 @@
 
 T/L (``*_1x_coco_layer_wise_lr``): AdamW lr 1e-4, weight decay 1e-4, layer-wise lr decay 0.9 over the backbone
 blocks, gradient clipping at norm 0.1, 12 epochs with lr x0.1 after epoch 11, 500 warm-up iterations, the DETR
-multi-scale + crop AutoAugment pipeline (the package's ``3x`` train pipeline; see the note below), global batch 16.
+multi-scale + crop AutoAugment pipeline (recipe ``dino``: its crop branch resizes to a long side of 4200 and
+rejects crops without objects), global batch 16.
 H/G/CB-H (``*_objects365_coco_ss``): fine-tuning from Objects365 detectors (their ``load_from`` weights, given as
 ``pretrained``), layer decay 0.94 (none on CB-H's composite backbone, whose names the original's rule does not
 match), sampling-offset lr x1e-3, ``num_dn_queries=1000``, ``max_per_img=300``, batch 1 per GPU, 20000 iterations
-at constant lr after warm-up (evaluated every 200).
-
-Differences from the original that the package's data pipeline imposes: the crop branch of the AutoAugment caps
-the long side at 1333 (DINO's config says 4200 before the crop), and H/G/CB-H train at the single test scale
-(2000, 1000) instead of the random short side 600-1800.
+at constant lr after warm-up (evaluated every 200), trained at a random short side of 600-1800 (long side 2000,
+recipe ``dino_ss``) and tested at (2000, 1000).
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ def dino(model: str, **fields: Any) -> dict[str, Any]:
         COCO,
         arch="dino",
         model=model,
-        recipe="3x",
+        recipe="dino",
         epochs=12,
         decay_milestones=[11],
         lr=1e-4,
@@ -46,7 +44,7 @@ def objects365_to_coco(model: str, arch: str = "dino", **fields: Any) -> dict[st
     return dino(
         model,
         arch=arch,
-        recipe="1x",
+        recipe="dino_ss",
         img_scale=[2000, 1000],
         batch_size=1,
         iters=20000,  # IterBasedRunner(max_iters=20000), evaluated every 200 iterations
