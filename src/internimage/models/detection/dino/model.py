@@ -377,6 +377,12 @@ def export_dino(name: str, checkpoint: str | None, num_classes: int, arch: str =
 
     The traced example is 256 x 256 and inputs must be at least 224 a side: the two-stage query selection takes
     the top ``num_queries`` (900) encoder tokens, so the four levels must hold at least that many.
+
+    That selection is where onnxruntime and PyTorch can part: they compute the encoder scores to ~2e-6 (as PyTorch
+    on 1 and 2 threads do), so tokens scored closer than that may be ranked in another order; and since DINO pairs
+    the i-th selected token with the i-th content query, the detections then differ, not only their order. Given
+    the same selection, full-size DINO-T agrees within 7e-5 px at 320 x 480 and 384 x 384, 1.8e-4 px (1.4e-7 of the
+    side: float32 rounding) at 800 x 1344 (``benchmarks/dino_onnx_parity.py``).
     """
     from ....export.models import ExportableModel
 
