@@ -204,12 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad(), _query_selection(k, single):
             model.module(x)
         torch.set_num_threads(args.threads)
-        ort_scores, ort_idx = torch.as_tensor(got[3]), torch.as_tensor(got[4]).long()
+        n = len(model.output_names)  # the added outputs follow the export's own
+        ort_scores, ort_idx = torch.as_tensor(got[n]), torch.as_tensor(got[n + 1]).long()
         with torch.no_grad(), _query_selection(k, {}, forced=ort_idx):
             forced = model.module(x)
         sel = [_selection(record["scores"][i], record["indices"][i], ort_scores[i], ort_idx[i]) for i in range(len(x))]
         forced_err = _errors(forced, got[:3])
-        final_idx = torch.as_tensor(got[5]).long()
+        final_idx = torch.as_tensor(got[n + 2]).long()
         worst = _worst_raw(expected, got[:3], final_idx, [s["differ"] for s in sel], detector.num_classes)
         rows.append(
             {

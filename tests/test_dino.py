@@ -153,7 +153,7 @@ def test_look_forward_twice_refinement_float64():
     ]
     hooks.append(head.transformer.register_forward_hook(lambda m, a, out: captured.append(out)))
     feats = model.features(torch.randn(1, 3, 64, 96, dtype=torch.float64))[-1]
-    classes, boxes, _, _ = head(feats)
+    classes, boxes, _, _, _ = head(feats)
     for h in hooks:
         h.remove()
     refs = captured[0][1]
@@ -474,3 +474,36 @@ def test_presets_follow_the_official_dino_configs():
         20000,
         [],
     )
+
+
+def test_export_check_compares_with_the_exported_runs_query_selection(tmp_path, monkeypatch):
+    # onnxruntime may rank near-tied encoder tokens in another order than PyTorch; DINO pairs the i-th token with
+    # the i-th query, so the detections differ. The check gives PyTorch the exported run's selection: a file that
+    # swapped two selected tokens is not an export error, a file with other numbers still is.
+    import internimage.export.core as core
+    from internimage.models.detection.dino import dino_exportable
+
+    exportable = dino_exportable(tiny_dino(seed=3), "tiny", min_side=64)
+    x_shape = (1, 3, 128, 96)
+    with torch.no_grad():
+        own = exportable.module(torch.randn(*x_shape, generator=torch.Generator().manual_seed(0)))
+    assert exportable.output_names[3] == "query_index" and own[3].shape == (1, Q)  # the selected encoder tokens
+    swapped = own[3].clone()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+
+    def fake_runner(add: float):
+        def run(x):
+            with torch.no_grad():
+                out = exportable.module(x, swapped)  # what a runtime with the other order computes
+            return [out[0].numpy() + add, *(t.numpy() for t in out[1:])]
+
+        return lambda path, format: run
+
+    monkeypatch.setattr(core, "_runner", fake_runner(0.0))
+    assert max(err for _, err in core.verify_export(exportable, tmp_path / "x.onnx", "onnx", [x_shape])) == 0.0
+    monkeypatch.setattr(core, "_runner", fake_runner(1e-3))
+    assert max(err for _, err in core.verify_export(exportable, tmp_path / "x.onnx", "onnx", [x_shape])) >= 1e-3
+    with torch.no_grad():
+        raw = exportable.module(torch.randn(*x_shape, generator=torch.Generator().manual_seed(0)))
+        moved = exportable.module(torch.randn(*x_shape, generator=torch.Generator().manual_seed(0)), swapped)
+    assert not torch.equal(raw[2], moved[2])  # the swap does change the detections: the raw check would fail

@@ -105,6 +105,9 @@ class ExportableModel:
             makes UperNet compare sizes statically).
         min_side: Smallest H and W the exported program is valid for (torch.export assumes dynamic sizes are not
             1: the detector's stride-64 level must be at least 2 pixels, so H, W >= 96 there).
+        eager_given: How the check computes the eager outputs from the input and the exported file's outputs
+            (default: ``module(images)``). DINO passes the exported run's query selection back, so that
+            near-tied encoder tokens ranked in another order do not count as an export error.
     """
 
     module: nn.Module
@@ -117,6 +120,7 @@ class ExportableModel:
     example_blocks: int = 2
     trace_context: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
     min_side: int = 64
+    eager_given: Callable[[torch.Tensor, list[Any]], Any] | None = None
 
     @property
     def input_name(self) -> str:

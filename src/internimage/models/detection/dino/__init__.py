@@ -14,6 +14,7 @@ from .model import (
     InternImageDINO,
     build_cb_dino,
     build_dino,
+    dino_exportable,
     export_dino,
     load_dino_weights,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "InternImageDINO",
     "build_cb_dino",
     "build_dino",
+    "dino_exportable",
     "export_dino",
     "generalized_iou",
     "load_dino_weights",

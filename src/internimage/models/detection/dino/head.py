@@ -101,9 +101,11 @@ class DINOHead(nn.Module):
         dn_label_query: torch.Tensor | None = None,
         dn_box_query: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        query_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args:
             feats: L neck maps (N, C, H_l, W_l). masks: (N, H_l, W_l) padding masks, or None (nothing padded).
+            query_index: (N, Q) encoder tokens to select instead of the top-Q (see ``DinoTransformer.forward``).
 
         Returns:
             ``(class logits (layers, N, pad + Q, K), boxes (layers, N, pad + Q, 4) normalised cx cy w h,
@@ -118,14 +120,15 @@ class DINOHead(nn.Module):
         else:
             pos = [sine_positional_encoding(m, self.dim // 2) for m in masks]
         pos = [p.to(feats[0].dtype) for p in pos]
-        hs, refs, topk_score, topk_anchor = self.transformer(
-            feats, masks, pos, self.cls_branches, self.reg_branches, dn_label_query, dn_box_query, attn_mask
+        branches = (self.cls_branches, self.reg_branches)
+        hs, refs, topk_score, topk_anchor, topk = self.transformer(
+            feats, masks, pos, *branches, dn_label_query, dn_box_query, attn_mask, query_index
         )
         classes, boxes = [], []
         for lvl in range(hs.shape[0]):
             classes.append(self.cls_branches[lvl](hs[lvl]))
             boxes.append((self.reg_branches[lvl](hs[lvl]) + inverse_sigmoid(refs[lvl], eps=1e-3)).sigmoid())
-        return torch.stack(classes), torch.stack(boxes), topk_score, topk_anchor
+        return torch.stack(classes), torch.stack(boxes), topk_score, topk_anchor, topk
 
     @property
     def dim(self) -> int:
@@ -156,7 +159,7 @@ class DINOHead(nn.Module):
         for b, (h, w) in zip(gt_boxes, image_sizes):
             norm_boxes.append(box_xyxy_to_cxcywh(b) / b.new_tensor([w, h, w, h]))
         dn_label, dn_box, attn_mask, meta = self.dn_generator(norm_boxes, gt_labels, self.label_embedding, generator)
-        classes, boxes, enc_scores, enc_boxes = self(feats, masks, dn_label, dn_box, attn_mask)
+        classes, boxes, enc_scores, enc_boxes, _ = self(feats, masks, dn_label, dn_box, attn_mask)
         return self.losses(classes, boxes, enc_scores, enc_boxes, gt_boxes, gt_labels, image_sizes, meta)
 
     def losses(self, classes, boxes, enc_scores, enc_boxes, gt_boxes, gt_labels, image_sizes, meta: DenoisingMeta):

@@ -199,20 +199,26 @@ class InternImageDINO(nn.Module):
             return [self._neck(out[0]), self._neck(out[1])]
         return [self._neck(out)]
 
-    def forward_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_tensor(
+        self, x: torch.Tensor, query_index: torch.Tensor | None = None, return_index: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         """Inference on an unpadded normalised batch (what ONNX export traces).
 
         Args:
             x: (N, 3, H, W) normalised images, H and W multiples of 32.
+            query_index: (N, Q) encoder tokens to select instead of the top-Q scored ones.
+            return_index: Also return the selected tokens.
 
         Returns:
-            ``(scores (N, D), labels (N, D) in 0..K-1, boxes (N, D, 4) xyxy pixels)``.
+            ``(scores (N, D), labels (N, D) in 0..K-1, boxes (N, D, 4) xyxy pixels)``, then the selected tokens
+            (N, Q) if ``return_index``.
         """
         feats = self.features(x)[-1]
-        classes, boxes, _, _ = self.bbox_head(feats, None)
+        classes, boxes, _, _, index = self.bbox_head(feats, None, query_index=query_index)
         one = x.new_ones(())
         sizes = torch.stack((one * x.shape[-2], one * x.shape[-1])).expand(x.shape[0], 2)
-        return self.bbox_head.decode(classes[-1], boxes[-1], sizes)
+        out = self.bbox_head.decode(classes[-1], boxes[-1], sizes)
+        return (*out, index) if return_index else out
 
     @staticmethod
     def _masks(batch: torch.Tensor, sizes: Sequence[tuple[int, int]], feats: Sequence[torch.Tensor]):
@@ -254,7 +260,7 @@ class InternImageDINO(nn.Module):
                     part = {f"{k}{suffix}": v * weight for k, v in part.items()}
                 losses.update(part)
             return losses
-        classes, boxes, _, _ = self.bbox_head(all_feats[-1], masks)
+        classes, boxes, _, _, _ = self.bbox_head(all_feats[-1], masks)
         size_t = x.new_tensor(sizes)
         scores, labels, xyxy = self.bbox_head.decode(classes[-1], boxes[-1], size_t)
         results = []
@@ -358,18 +364,19 @@ def load_dino_weights(model: InternImageDINO, path: str | os.PathLike, strict: b
 
 
 class DinoExport(nn.Module):
-    """The whole DINO inference as one graph: ``images (N, 3, H, W) normalised -> scores, labels, boxes``.
+    """The whole DINO inference as one graph: ``images (N, 3, H, W) normalised -> scores, labels, boxes, queries``.
 
     No NMS is needed: the decoding is a top-k over queries x classes (:meth:`InternImageDINO.forward_tensor`).
-    Labels are 0..K-1 and boxes xyxy pixels of the input.
+    Labels are 0..K-1, boxes xyxy pixels of the input, ``query_index`` (N, Q) the encoder tokens the two-stage
+    selection took (what makes a fair comparison with PyTorch possible: see :func:`export_dino`).
     """
 
     def __init__(self, detector: InternImageDINO) -> None:
         super().__init__()
         self.detector = detector
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.detector.forward_tensor(images)
+    def forward(self, images: torch.Tensor, query_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        return self.detector.forward_tensor(images, query_index, return_index=True)
 
 
 def export_dino(name: str, checkpoint: str | None, num_classes: int, arch: str = "dino", **overrides: Any):
@@ -380,27 +387,39 @@ def export_dino(name: str, checkpoint: str | None, num_classes: int, arch: str =
 
     That selection is where onnxruntime and PyTorch can part: they compute the encoder scores to ~2e-6 (as PyTorch
     on 1 and 2 threads do), so tokens scored closer than that may be ranked in another order; and since DINO pairs
-    the i-th selected token with the i-th content query, the detections then differ, not only their order. Given
-    the same selection, full-size DINO-T agrees within 7e-5 px at 320 x 480 and 384 x 384, 1.8e-4 px (1.4e-7 of the
-    side: float32 rounding) at 800 x 1344 (``benchmarks/dino_onnx_parity.py``).
+    the i-th selected token with the i-th content query, the detections then differ, not only their order. The
+    export therefore also outputs the selection (``query_index``), and its check runs PyTorch with the exported
+    run's selection. Given the same selection, full-size DINO-T agrees within 7e-5 px at 320 x 480 and 384 x 384,
+    1.8e-4 px (1.4e-7 of the side: float32 rounding) at 800 x 1344 (``benchmarks/dino_onnx_parity.py``).
     """
-    from ....export.models import ExportableModel
-
     overrides.setdefault("layer_scale", 1.0)
     build = build_cb_dino if arch == "cb_dino" else build_dino
     model = build(name, num_classes, backbone_overrides=overrides)
     if checkpoint is not None:
         load_dino_weights(model, checkpoint, strict=True)
+    return dino_exportable(model, name, min_side=224)
+
+
+def dino_exportable(model: InternImageDINO, name: str, min_side: int = 224):
+    """The :class:`~internimage.export.models.ExportableModel` of a built DINO (see :func:`export_dino`)."""
+    from ....export.models import ExportableModel
+
     model.eval()
     body = model.backbone.cb_modules[0] if model.composite else model.backbone
     in_chans = int(body.patch_embed.conv1.in_channels)
+    module = DinoExport(model).eval()
+
+    def eager_given(images: torch.Tensor, exported: list[Any]) -> tuple[torch.Tensor, ...]:
+        return module(images, torch.as_tensor(exported[3]).long())
+
     return ExportableModel(
-        DinoExport(model).eval(),
-        ["scores", "labels", "boxes"],
+        module,
+        ["scores", "labels", "boxes", "query_index"],
         "detection",
         name,
         in_chans,
         full_model=model,
         example_blocks=8,
-        min_side=224,
+        min_side=min_side,
+        eager_given=eager_given,
     )

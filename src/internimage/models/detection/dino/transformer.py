@@ -277,7 +277,8 @@ class DinoTransformer(nn.Module):
         dn_label_query: torch.Tensor | None = None,
         dn_box_query: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        query_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args:
             feats: L maps (N, C, H_l, W_l), finest first.
             masks: L padding masks (N, H_l, W_l), True on padding; None when no image is padded.
@@ -285,10 +286,11 @@ class DinoTransformer(nn.Module):
             cls_branches, reg_branches: The head's ``dec_layers + 1`` branches (the last scores the encoder).
             dn_label_query: (N, pad, C) denoising content queries. dn_box_query: (N, pad, 4) their logit boxes.
             attn_mask: (pad + Q, pad + Q) bool self-attention mask.
+            query_index: (N, Q) encoder tokens to take instead of the Q best scored (None: the top-Q).
 
         Returns:
             ``(hs (layers, N, pad + Q, C), references (layers + 1, N, pad + Q, 4), topk scores (N, Q, K),
-            topk anchors (N, Q, 4))``.
+            topk anchors (N, Q, 4), the selected encoder tokens (N, Q))``.
         """
         n = feats[0].shape[0]
         shapes = [(f.shape[-2], f.shape[-1]) for f in feats]  # no int(): sizes stay symbolic under torch.export
@@ -310,7 +312,10 @@ class DinoTransformer(nn.Module):
         out_memory, proposals = self.output_proposals(memory, padding, shapes)
         enc_class = cls_branches[len(self.decoder.layers)](out_memory)
         enc_coord = reg_branches[len(self.decoder.layers)](out_memory) + proposals
-        topk = torch.topk(enc_class.max(-1).values, self.num_queries, dim=1).indices
+        # query_index: a given selection (e.g. another runtime's, to compare the rest of the computation with it).
+        topk = query_index
+        if topk is None:
+            topk = torch.topk(enc_class.max(-1).values, self.num_queries, dim=1).indices
         topk_score = torch.gather(enc_class, 1, topk[..., None].expand(-1, -1, enc_class.shape[-1]))
         topk_coord = torch.gather(enc_coord, 1, topk[..., None].expand(-1, -1, 4))
         topk_anchor = topk_coord.sigmoid()
@@ -325,4 +330,4 @@ class DinoTransformer(nn.Module):
         hs, references = self.decoder(
             query, reference.sigmoid(), memory, shapes, padding, ratios, reg_branches, attn_mask
         )
-        return hs, references, topk_score, topk_anchor
+        return hs, references, topk_score, topk_anchor, topk
