@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     shapes = [] if args.no_verify else default_verify_shapes(model, args.size)
     print(f"{args.task} model {args.model}: {sum(p.numel() for p in model.module.parameters()) / 1e6:.2f} M params")
     if model.task == "detection" and args.detector in ("dino", "cb_dino"):
-        print("detection: exporting the whole DINO detector (scores, labels, boxes; no NMS needed)")
+        print("detection: exporting the whole DINO detector (scores, labels, boxes, query_index; no NMS needed)")
     elif model.task == "detection":
         print("detection: exporting backbone + FPN + RPN head (NMS/RoI heads run after, see the README)")
     failed = False
