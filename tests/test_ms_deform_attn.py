@@ -143,9 +143,10 @@ def test_both_implementations_match_the_scalar_loop(impl, fused):
     assert torch.allclose(fn(value, SHAPES, loc, weights), slow_ms_deform_attn(value, SHAPES, loc, weights), atol=1e-12)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fused_matches_reference_float64_forward_and_gradients(seed, fused):
-    case = make_case(seed=seed)
+@pytest.mark.parametrize("seed,d", [(0, 5), (1, 5), (2, 32), (3, 16), (4, 64)])
+def test_fused_matches_reference_float64_forward_and_gradients(seed, d, fused):
+    """D = 16, 32, 64 take the kernels' compile-time channel loops, D = 5 the generic ones."""
+    case = make_case(d=d, seed=seed)
     with use_backend("cpu"):
         got = run_with_grads(msda.ms_deform_attn, case[0], SHAPES, *case[1:])
     want = run_with_grads(msda.ms_deform_attn_reference, case[0], SHAPES, *case[1:])
@@ -186,8 +187,9 @@ def test_gradcheck_tiny_float64(fused):
     assert torch.autograd.gradcheck(lambda v, lo, w: msda.ms_deform_attn(v, shapes, lo, w), inputs)
 
 
-def test_backward_ownership_and_per_thread_buffers_agree(fused):
-    value, loc, weights, grad = make_case(seed=6)
+@pytest.mark.parametrize("d", [5, 32])
+def test_backward_ownership_and_per_thread_buffers_agree(d, fused):
+    value, loc, weights, grad = make_case(d=d, seed=6)
     flat = [s for hw in SHAPES for s in hw]
     owned = torch.ops.internimage_cpu.ms_deform_attn_backward(grad, value, flat, loc, weights, 1)
     buffered = torch.ops.internimage_cpu.ms_deform_attn_backward(grad, value, flat, loc, weights, 2)

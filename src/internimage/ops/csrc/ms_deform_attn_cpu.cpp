@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -101,22 +102,25 @@ inline bool locate(A lx, A ly, int64_t h, int64_t w, int64_t start, Sample<A>& o
   return out.token[0] >= 0 || out.token[1] >= 0 || out.token[2] >= 0 || out.token[3] >= 0;
 }
 
-template <typename T>
+// DC > 0: the channel count D as a compile-time constant (the channel loops unroll and the accumulator stays in
+// registers); 0: any D.
+template <typename T, int DC>
 void forward_kernel(const Shape& sh, const T* value, const T* loc, const T* attn, T* out) {
   using A = typename AccType<T>::type;
-  const int64_t D = sh.d, M = sh.m, LP = sh.l * sh.p;
+  const int64_t D = DC > 0 ? DC : sh.d, M = sh.m, LP = sh.l * sh.p;
   const int64_t items = sh.n * sh.lq * sh.m;
   const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, LP * D / 16));
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(D);
+    std::vector<A> acc_heap(DC > 0 ? 0 : D);
+    A acc_fixed[DC > 0 ? DC : 1];
+    A* __restrict__ a = DC > 0 ? acc_fixed : acc_heap.data();
     const std::vector<T> zero_row(D, T(0));
     for (int64_t it = begin; it < end; ++it) {
       const int64_t m = it % M, b = it / (sh.lq * M);
       const T* lp = loc + it * LP * 2;
       const T* ap = attn + it * LP;
       const T* vbase = value + (b * sh.s * M + m) * D;  // token t of this head: vbase + t * M * D
-      std::fill(acc.begin(), acc.end(), A(0));
-      A* __restrict__ a = acc.data();
+      for (int64_t c = 0; c < D; ++c) a[c] = A(0);
       for (int64_t lv = 0; lv < sh.l; ++lv) {
         for (int64_t pt = 0; pt < sh.p; ++pt) {
           const int64_t k = lv * sh.p + pt;
@@ -154,8 +158,9 @@ struct BackwardPass {
   T* grad_loc;
   T* grad_attn;
 
+  template <int DC>
   void run(int64_t it, A* grad_image, const T* zero_row, A* trash_row) const {
-    const int64_t D = sh.d, M = sh.m, LP = sh.l * sh.p;
+    const int64_t D = DC > 0 ? DC : sh.d, M = sh.m, LP = sh.l * sh.p;
     const int64_t m = it % M, b = it / (sh.lq * M);
     const T* lp = loc + it * LP * 2;
     const T* ap = attn + it * LP;
@@ -212,6 +217,20 @@ struct BackwardPass {
   }
 };
 
+// Calls f(std::integral_constant<int, DC>) with DC = d for the common head widths, else 0 (runtime D).
+template <typename F>
+inline void with_channels(int64_t d, F&& f) {
+  if (d == 32) {
+    f(std::integral_constant<int, 32>{});
+  } else if (d == 64) {
+    f(std::integral_constant<int, 64>{});
+  } else if (d == 16) {
+    f(std::integral_constant<int, 16>{});
+  } else {
+    f(std::integral_constant<int, 0>{});
+  }
+}
+
 Shape check(const at::Tensor& value, at::IntArrayRef spatial_shapes, const at::Tensor& loc, const at::Tensor& attn) {
   TORCH_CHECK(value.device().is_cpu() && loc.device().is_cpu() && attn.device().is_cpu(),
               "ms_deform_attn cpu: tensors must be on the CPU");
@@ -253,8 +272,11 @@ at::Tensor ms_deform_attn_forward(const at::Tensor& value_, at::IntArrayRef spat
   if (out.numel() == 0) return out;
   if (sh.s == 0 || sh.l == 0 || sh.p == 0) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-    forward_kernel<scalar_t>(sh, value.const_data_ptr<scalar_t>(), loc.const_data_ptr<scalar_t>(),
-                             attn.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+    with_channels(sh.d, [&](auto dc) {
+      forward_kernel<scalar_t, decltype(dc)::value>(sh, value.const_data_ptr<scalar_t>(),
+                                                    loc.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(),
+                                                    out.mutable_data_ptr<scalar_t>());
+    });
   });
   return out;
 }
@@ -306,9 +328,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward(const at:
         std::vector<A> trash_row(sh.d);
         for (int64_t slice = begin; slice < end; ++slice) {
           const int64_t b = slice / sh.m, m = slice % sh.m;
-          for (int64_t q = 0; q < sh.lq; ++q) {
-            pass.run((b * sh.lq + q) * sh.m + m, acc_ptr + b * image_size, zero_row.data(), trash_row.data());
-          }
+          with_channels(sh.d, [&](auto dc) {
+            for (int64_t q = 0; q < sh.lq; ++q) {
+              pass.template run<decltype(dc)::value>((b * sh.lq + q) * sh.m + m, acc_ptr + b * image_size,
+                                                     zero_row.data(), trash_row.data());
+            }
+          });
         }
       });
       grad_value = acc_type == dtype ? acc : acc.to(dtype);
@@ -321,9 +346,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward(const at:
         A* mine = buf_ptr + tid * sh.n * image_size;
         const std::vector<scalar_t> zero_row(sh.d, scalar_t(0));
         std::vector<A> trash_row(sh.d);
-        for (int64_t it = begin; it < end; ++it) {
-          pass.run(it, mine + (it / (sh.lq * sh.m)) * image_size, zero_row.data(), trash_row.data());
-        }
+        with_channels(sh.d, [&](auto dc) {
+          for (int64_t it = begin; it < end; ++it) {
+            pass.template run<decltype(dc)::value>(it, mine + (it / (sh.lq * sh.m)) * image_size, zero_row.data(),
+                                                   trash_row.data());
+          }
+        });
       });
       grad_value = buffers.sum(0).to(dtype).view(value.sizes());
     }
