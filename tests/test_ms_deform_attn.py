@@ -246,3 +246,17 @@ def test_export_traces_grid_sample_not_the_custom_op(fused):
     assert any("grid_sampler" in t for t in targets), targets
     assert not any("internimage" in t for t in targets), targets
     assert torch.allclose(program.module()(*args), Wrapper()(*args), atol=1e-5)
+
+
+def test_build_failure_warns_once_and_the_reference_runs(monkeypatch):
+    def broken_build():
+        raise OSError("no compiler\nsecond line")
+
+    monkeypatch.setattr(msda.KERNEL, "build", broken_build)
+    monkeypatch.setattr(msda.KERNEL, "_loaded", [])
+    value, loc, weights, _ = make_case(seed=10)
+    with pytest.warns(RuntimeWarning, match="no compiler") as record:
+        out = msda.ms_deform_attn(value, SHAPES, loc, weights)
+        msda.ms_deform_attn(value, SHAPES, loc, weights)
+    assert len(record) == 1
+    assert torch.equal(out, msda.ms_deform_attn_reference(value, SHAPES, loc, weights))
