@@ -260,3 +260,39 @@ def test_build_failure_warns_once_and_the_reference_runs(monkeypatch):
         msda.ms_deform_attn(value, SHAPES, loc, weights)
     assert len(record) == 1
     assert torch.equal(out, msda.ms_deform_attn_reference(value, SHAPES, loc, weights))
+
+
+NAN, INF = float("nan"), float("inf")
+# (tensor, where, value): a non-finite x, y or both; a non-finite weight inside and outside; a NaN value.
+POISONS_MSDA = [
+    ("loc", (0, 1, 0, 0, 0, 0), NAN),
+    ("loc", (0, 1, 0, 0, 0, 1), INF),
+    ("loc", (1, 2, 1, 1, 0, 0), -INF),
+    ("loc", (0, 3, 2, 0, 1, slice(None)), NAN),
+    ("weights", (0, 4, 0, 0, 0), NAN),  # inside
+    ("weights", (1, 5, 1, 0, 1), INF),
+    ("value", (0, slice(None), 1, 2), NAN),  # one channel of one head, every token
+]
+POISON_IDS_MSDA = [f"{p}-{b}-{i}" for i, (p, _, b) in enumerate(POISONS_MSDA)]
+
+
+@pytest.mark.parametrize(
+    "poisoned,where,bad", POISONS_MSDA, ids=[f"{p}-{b}-{i}" for i, (p, _, b) in enumerate(POISONS_MSDA)]
+)
+def test_fused_propagates_nonfinite_like_the_reference(poisoned, where, bad, fused):
+    # A diverging run must not be hidden: NaN and Inf reach the same output and gradient positions as through
+    # grid_sample (the kernel once treated a NaN position as outside: output and gradients silently finite).
+    from conftest import assert_same_nonfinite
+
+    value, loc, weights, grad = make_case(edges=False)
+    tensors = {"value": value, "loc": loc, "weights": weights}
+    tensors[poisoned][where] = bad
+    if poisoned == "weights":  # the same weight once more at a sample whose corners are all outside
+        loc[(*where[:-1], 2)] = torch.tensor([3.0, 3.0], dtype=loc.dtype)
+        weights[(*where[:-1], 2)] = bad
+    with use_backend("cpu"):
+        got = run_with_grads(msda.ms_deform_attn, value, SHAPES, loc, weights, grad)
+    want = run_with_grads(msda.ms_deform_attn_reference, value, SHAPES, loc, weights, grad)
+    assert not torch.isfinite(want[0]).all()  # the case does poison the output
+    for name, a, b in zip(OUTPUTS, got, want):
+        assert_same_nonfinite(name, a, b, rtol=1e-12, atol=1e-12, kinds=False)

@@ -5,7 +5,10 @@
 // align_corners=False): for every (n, query, head)
 //   out[n, q, m, :] = sum_{l, p} attn[n, q, m, l, p] * bilinear(value_l[n, :, :, m, :], x * w_l - 0.5, y * h_l - 0.5)
 // where (x, y) = loc[n, q, m, l, p] and corners outside the level read zero. A sample whose four corners are all
-// outside (or whose position is NaN or infinite) contributes nothing and gets zero gradients.
+// outside contributes weight * 0 (NaN for a NaN or infinite weight) and gets zero gradients. NaN and Inf propagate
+// to the same positions as through the grid_sample reference: a non-finite position samples NaN (output and
+// weight gradient NaN; the gradient of the other coordinate NaN, its own 0), an outside sample with a non-finite
+// weight has NaN position gradients.
 //
 // value: (N, S, M, D), S = sum h_l * w_l, levels flattened in order; loc: (N, Lq, M, L, P, 2); attn: (N, Lq, M, L, P);
 // out: (N, Lq, M * D). The forward is one pass per (n, query, head): four D-wide rows gathered per sample and
@@ -25,6 +28,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <tuple>
 #include <type_traits>
@@ -124,9 +128,18 @@ void forward_kernel(const Shape& sh, const T* value, const T* loc, const T* attn
       for (int64_t lv = 0; lv < sh.l; ++lv) {
         for (int64_t pt = 0; pt < sh.p; ++pt) {
           const int64_t k = lv * sh.p + pt;
+          const A lx = A(lp[2 * k]), ly = A(lp[2 * k + 1]), wgt = A(ap[k]);
           Sample<A> smp;
-          if (!locate<A>(A(lp[2 * k]), A(lp[2 * k + 1]), sh.h[lv], sh.w[lv], sh.start[lv], smp)) continue;
-          const A wgt = A(ap[k]);
+          if (!std::isfinite(lx) || !std::isfinite(ly)) {  // grid_sample samples NaN there
+            for (int64_t c = 0; c < D; ++c) a[c] = std::numeric_limits<A>::quiet_NaN();
+            continue;
+          }
+          if (!locate<A>(lx, ly, sh.h[lv], sh.w[lv], sh.start[lv], smp)) {
+            if (!std::isfinite(wgt)) {  // weight * 0
+              for (int64_t c = 0; c < D; ++c) a[c] = std::numeric_limits<A>::quiet_NaN();
+            }
+            continue;
+          }
           const A gx = A(1) - smp.fx, gy = A(1) - smp.fy;
           const A w0 = wgt * gy * gx, w1 = wgt * gy * smp.fx, w2 = wgt * smp.fy * gx, w3 = wgt * smp.fy * smp.fx;
           const T* __restrict__ r0 = smp.token[0] >= 0 ? vbase + smp.token[0] * M * D : zero_row.data();
@@ -172,12 +185,21 @@ struct BackwardPass {
     for (int64_t lv = 0; lv < sh.l; ++lv) {
       for (int64_t pt = 0; pt < sh.p; ++pt) {
         const int64_t k = lv * sh.p + pt;
+        const A lx = A(lp[2 * k]), ly = A(lp[2 * k + 1]), wgt = A(ap[k]);
+        const T nan = std::numeric_limits<T>::quiet_NaN();
         Sample<A> smp;
-        if (!locate<A>(A(lp[2 * k]), A(lp[2 * k + 1]), sh.h[lv], sh.w[lv], sh.start[lv], smp)) {
-          gl[2 * k] = gl[2 * k + 1] = ga[k] = T(0);
+        const bool bad_x = !std::isfinite(lx), bad_y = !std::isfinite(ly);
+        if (bad_x || bad_y) {  // what grid_sample's backward gives at a non-finite position
+          ga[k] = nan;
+          gl[2 * k] = bad_y ? nan : T(0);
+          gl[2 * k + 1] = bad_x ? nan : T(0);
           continue;
         }
-        const A wgt = A(ap[k]);
+        if (!locate<A>(lx, ly, sh.h[lv], sh.w[lv], sh.start[lv], smp)) {
+          ga[k] = T(0);
+          gl[2 * k] = gl[2 * k + 1] = std::isfinite(wgt) ? T(0) : nan;
+          continue;
+        }
         const A fx = smp.fx, fy = smp.fy, gx = A(1) - fx, gy = A(1) - fy;
         const T* r[4];
         A* g[4];
