@@ -6,14 +6,18 @@
   positions (for infinite inputs: non-finite positions, since ``inf * (a + b)`` and ``inf * a + inf * b`` differ)
   must be identical and finite entries close. The reference itself is pinned by hand in ``tests/test_ops.py``.
 * Tiny data sets on disk: an image folder (:func:`make_folder`) and Fashion-MNIST IDX files (:func:`write_idx`).
+* :func:`require_kernel`: build (or load) a C++ kernel once, or skip the module that needs it.
 """
 
 from __future__ import annotations
 
 import gzip
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -104,3 +108,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
+
+
+def require_kernel(available: Callable[[], bool], title: str) -> None:
+    """Build (or load) a C++ kernel; skip the calling test only if it truly cannot be built here."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = available()
+    if not ok:
+        pytest.skip(f"the {title} cannot be built here: {[str(w.message) for w in caught]}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 
 import internimage.ops.ms_deform_attn as msda
+from conftest import require_kernel
 from internimage.ops import use_backend
 from internimage.ops.ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn
 
@@ -102,11 +102,7 @@ SHAPES = [(7, 9), (5, 3), (3, 5), (1, 1)]  # several levels of odd sizes, one a 
 
 @pytest.fixture(scope="module")
 def fused():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ok = msda.fused_available()
-    if not ok:
-        pytest.skip(f"the ms_deform_attn CPU extension cannot be built here: {[str(w.message) for w in caught]}")
+    require_kernel(msda.fused_available, "ms_deform_attn CPU extension")
 
 
 def make_case(shapes=SHAPES, n=2, m=3, d=5, lq=7, p=3, dtype=torch.float64, seed=0, edges=True):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
+from conftest import NAMES, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case, require_kernel
 from internimage.ops import cpp_build, dcnv3, make_args, use_backend
 from internimage.ops import cpu as cpu_backend
 from internimage.ops.args import DCNv3Args
@@ -21,11 +20,7 @@ from internimage.ops.reference import dcnv3_reference, dcnv3_reference_backward
 @pytest.fixture(scope="module", autouse=True)
 def _kernel_built():
     """Build (or load) the extension once; skip the module only if it truly cannot be built here."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ok = cpu_backend.available()
-    if not ok:
-        pytest.skip(f"the DCNv3 CPU extension cannot be built here: {[str(w.message) for w in caught]}")
+    require_kernel(cpu_backend.available, "DCNv3 CPU extension")
 
 
 def make_case(

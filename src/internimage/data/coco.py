@@ -118,6 +118,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self.anns = anns
         if not self.images:
             raise ValueError(f"{self.ann_file} has no usable images")
+        # Indices of the wide (width > height) and the other images: mmdet's aspect-ratio groups, for redraws.
+        wide = [info["width"] > info["height"] for info in self.images]
+        self._orientation = {flag: [i for i, w in enumerate(wide) if w == flag] for flag in (True, False)}
 
     @property
     def num_classes(self) -> int:
@@ -167,9 +170,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _another(self, index: int) -> int:
         """A random image with the same orientation (mmdet's aspect-ratio flag: width > height)."""
-        wide = self.images[index]["width"] > self.images[index]["height"]
-        same = [i for i, info in enumerate(self.images) if (info["width"] > info["height"]) == wide]
-        return random.choice(same)
+        info = self.images[index]
+        return random.choice(self._orientation[info["width"] > info["height"]])
 
 
 def _usable(ann: dict[str, Any]) -> bool:

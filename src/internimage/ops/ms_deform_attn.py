@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import requested_backend
+from .backends import _warn_once, requested_backend
 from .cpp_build import CppKernel
 from .custom_op import differentiable_op
 from .dispatch import is_exporting, plain_eager_inference
@@ -45,7 +44,6 @@ KERNEL = CppKernel("ms_deform_attn_cpu.cpp", "multi-scale deformable attention C
 """The extension holding ``internimage_cpu::ms_deform_attn_forward`` / ``ms_deform_attn_backward``."""
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_warned: set[str] = set()
 
 
 def fused_available() -> bool:
@@ -63,9 +61,8 @@ def _use_fused(device_type: str, dtype: torch.dtype) -> bool:
         return False
     if fused_available():
         return True
-    if name == "cpu" and "cpu" not in _warned:
-        _warned.add("cpu")
-        warnings.warn("ms_deform_attn: the 'cpu' kernel cannot run here; using 'reference'", RuntimeWarning, 3)
+    if name == "cpu":
+        _warn_once("ms_deform_attn:cpu", "ms_deform_attn: the 'cpu' kernel cannot run here; using 'reference'")
     return False
 
 
@@ -138,9 +135,9 @@ def ms_deform_attn(
     Returns:
         (N, Lq, M * D).
     """
-    _check(value, spatial_shapes, sampling_locations)
     if is_exporting() or not _use_fused(value.device.type, value.dtype):
-        return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
+        return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)  # checks
+    _check(value, spatial_shapes, sampling_locations)
     sampling_locations = sampling_locations.to(value.dtype)
     attention_weights = attention_weights.to(value.dtype)
     shapes = _flat_shapes(spatial_shapes)

@@ -397,7 +397,7 @@ def export_dino(name: str, checkpoint: str | None, num_classes: int, arch: str =
     model = build(name, num_classes, backbone_overrides=overrides)
     if checkpoint is not None:
         load_dino_weights(model, checkpoint, strict=True)
-    return dino_exportable(model, name, min_side=224)
+    return dino_exportable(model, name)
 
 
 def dino_exportable(model: InternImageDINO, name: str, min_side: int = 224):
