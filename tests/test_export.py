@@ -218,4 +218,4 @@ def test_segmentation_export_builds_the_head_of_the_preset():
         uper = build_exportable("segmentation", "upernet_internimage_t_512_160k_ade20k").module
     assert [type(m).__name__ for m in m2f.children()] == ["InternImage", "Mask2FormerHead"]
     assert [type(m).__name__ for m in uper.children()][:2] == ["InternImage", "UPerHead"]
-    assert round(sum(p.numel() for p in m2f.parameters()) / 1e6) == 1313  # zoo: 1.31B
+    assert abs(sum(p.numel() for p in m2f.parameters()) / 1e9 - 1.31) < 0.005  # the official segmentation README
