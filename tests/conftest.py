@@ -7,6 +7,7 @@
   must be identical and finite entries close. The reference itself is pinned by hand in ``tests/test_ops.py``.
 * Tiny data sets on disk: an image folder (:func:`make_folder`) and Fashion-MNIST IDX files (:func:`write_idx`).
 * :func:`require_kernel`: build (or load) a C++ kernel once, or skip the module that needs it.
+* :func:`cli_fails`: run the CLI in-process and check it failed with exactly one ``internimage <cmd>: error:`` line.
 """
 
 from __future__ import annotations
@@ -117,3 +118,19 @@ def require_kernel(available: Callable[[], bool], title: str) -> None:
         ok = available()
     if not ok:
         pytest.skip(f"the {title} cannot be built here: {[str(w.message) for w in caught]}")
+
+
+def cli_fails(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
+    """Run ``internimage ARGV`` in-process; assert exit 1, one ``internimage <cmd>: error:`` line holding every
+    needle, and no traceback. Returns that line."""
+    from internimage.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("internimage ")]
+    assert code == 1, (code, err)
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"internimage {argv[0]}: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli_fails
 from internimage.cli import main
 from internimage.models import create_model
 from internimage.models.checkpoint import save_state_dict
@@ -73,19 +74,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return root
 
 
-def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
-    """Run the CLI; assert exit 1, one 'internimage <cmd>: error:' line naming ``needles``, no traceback."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("internimage ")]
-    assert code == 1, (code, err)
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith(f"internimage {argv[0]}: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 def test_eval_maps_val_folders_to_the_checkpoint_classes(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The model says "cat" for every image; a folder of dogs used to score 100% (its only folder became class 0).
     ck = str(files / "catdog.safetensors")
@@ -94,14 +82,14 @@ def test_eval_maps_val_folders_to_the_checkpoint_classes(files: Path, capsys: py
     assert code == 0
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics["samples"] == 3 and metrics["top1"] == 0.0
-    _fails(capsys, ["eval", "--checkpoint", ck, "--val-data", str(files / "wrong")], "bird", "cat, dog")
+    cli_fails(capsys, ["eval", "--checkpoint", ck, "--val-data", str(files / "wrong")], "bird", "cat, dog")
 
 
 def test_untrained_models_run_only_when_asked(files: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
     image = str(files / "val/dog/0.png")
     need = "pass --checkpoint FILE or --pretrained"
-    _fails(capsys, ["predict", image, "--model", MODEL], need)
-    _fails(capsys, ["extract", image, "--model", MODEL, "--output", str(tmp_path / "f")], need)
+    cli_fails(capsys, ["predict", image, "--model", MODEL], need)
+    cli_fails(capsys, ["extract", image, "--model", MODEL, "--output", str(tmp_path / "f")], need)
     assert not (tmp_path / "f").exists()
     assert main(["predict", image, "--model", MODEL, "--random-weights", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["image"] == image
@@ -109,9 +97,9 @@ def test_untrained_models_run_only_when_asked(files: Path, capsys: pytest.Captur
 
 def test_checkpoint_errors(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = str(files / "val/dog/0.png")
-    _fails(capsys, ["predict", image, "--checkpoint", str(files)], "is a directory")
-    _fails(capsys, ["predict", image, "--checkpoint", str(files / "corrupt.safetensors")], "cannot read checkpoint")
-    line = _fails(capsys, ["predict", image, "--checkpoint", str(files / "evil.pth"), "--model", MODEL])
+    cli_fails(capsys, ["predict", image, "--checkpoint", str(files)], "is a directory")
+    cli_fails(capsys, ["predict", image, "--checkpoint", str(files / "corrupt.safetensors")], "cannot read checkpoint")
+    line = cli_fails(capsys, ["predict", image, "--checkpoint", str(files / "evil.pth"), "--model", MODEL])
     assert "holds pickled Python objects (builtins.print)" in line and "weights_only" not in line
     assert "pickled code ran" not in capsys.readouterr().out
 
@@ -120,14 +108,14 @@ def test_counts_and_sizes(files: Path, capsys: pytest.CaptureFixture[str], tmp_p
     ck = ["--checkpoint", str(files / "catdog.safetensors")]
     image = str(files / "val/dog/0.png")
     for topk in ("0", "-3"):
-        _fails(capsys, ["predict", image, *ck, "--topk", topk], f"--topk must be >= 1, got {topk}")
-    _fails(capsys, ["predict", image, *ck, "--img-size", "0"], "--img-size must be >= 1, got 0")
-    _fails(capsys, ["extract", image, *ck, "--img-size", "0", "--output", str(tmp_path / "x")], "--img-size")
-    _fails(capsys, ["export", MODEL, "--size", "0", "-o", str(tmp_path / "m.onnx")], "--size must be >= 1, got 0")
+        cli_fails(capsys, ["predict", image, *ck, "--topk", topk], f"--topk must be >= 1, got {topk}")
+    cli_fails(capsys, ["predict", image, *ck, "--img-size", "0"], "--img-size must be >= 1, got 0")
+    cli_fails(capsys, ["extract", image, *ck, "--img-size", "0", "--output", str(tmp_path / "x")], "--img-size")
+    cli_fails(capsys, ["export", MODEL, "--size", "0", "-o", str(tmp_path / "m.onnx")], "--size must be >= 1, got 0")
     assert not list(tmp_path.iterdir())
     # Nothing readable: an error, not an empty success.
-    _fails(capsys, ["predict", str(files / "broken"), *ck], "none of the 2 images could be read")
-    _fails(capsys, ["extract", str(files / "broken"), *ck, "--output", str(tmp_path / "x")], "none of the 2 images")
+    cli_fails(capsys, ["predict", str(files / "broken"), *ck], "none of the 2 images could be read")
+    cli_fails(capsys, ["extract", str(files / "broken"), *ck, "--output", str(tmp_path / "x")], "none of the 2 images")
     assert not (tmp_path / "x").exists()
     # Some readable: extract says how many it skipped.
     assert main(["extract", str(files / "mixed"), *ck, "--output", str(tmp_path / "feats"), "--stages", "pooled"]) == 0
@@ -138,12 +126,12 @@ def test_counts_and_sizes(files: Path, capsys: pytest.CaptureFixture[str], tmp_p
 def test_file_system_errors(files: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     ck = ["--checkpoint", str(files / "catdog.safetensors")]
     # The output folder is an existing file: OSError, one line naming the path.
-    line = _fails(capsys, ["extract", str(files / "val/dog"), *ck, "--output", str(files / "a_file")])
+    line = cli_fails(capsys, ["extract", str(files / "val/dog"), *ck, "--output", str(files / "a_file")])
     assert line.endswith("--output " + str(files / "a_file") + " is a file, not a folder (or name a .safetensors file)")
     assert (files / "a_file").read_text() == "I am a file, not a folder"
     # convert --model checks the weights before writing anything.
     dst = tmp_path / "converted.safetensors"
-    _fails(capsys, ["convert", str(files / "catdog.safetensors"), str(dst), "--model", "internimage_t_1k_224"])
+    cli_fails(capsys, ["convert", str(files / "catdog.safetensors"), str(dst), "--model", "internimage_t_1k_224"])
     assert not dst.exists() and not list(tmp_path.iterdir())
     assert main(["convert", str(files / "catdog.safetensors"), str(dst), "--model", MODEL]) == 1  # depths differ
     capsys.readouterr()
@@ -152,19 +140,19 @@ def test_file_system_errors(files: Path, capsys: pytest.CaptureFixture[str], tmp
 
 def test_config_errors(files: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     cfg = ["train", "--print-config"]
-    _fails(capsys, [*cfg, "--config", str(files / "bad.yaml")], "bad.yaml is not valid YAML (line")
-    _fails(capsys, [*cfg, "--set", "epochs=1.7"], "epochs must be an integer, got 1.7")
-    _fails(capsys, [*cfg, "--set", "batch_size=true"], "batch_size must be an integer, got True")
-    _fails(capsys, [*cfg, "--set", "img_size=0"], "img_size must be > 0, got 0")
-    _fails(capsys, [*cfg, "--set", "drop_path_rate=1.5"], "drop_path_rate must be in [0, 1), got 1.5")
-    _fails(capsys, [*cfg, "--set", "mean=[0.5,0.5]"], "mean has 2 values but std has 3")
-    _fails(capsys, [*cfg, "--set", "weight_decay=-1"], "weight_decay must be >= 0")
-    _fails(capsys, [*cfg, "--workers", "-1"], "workers must be >= 0, got -1")
-    _fails(capsys, [*cfg, "--config", str(files)], "is a directory")
+    cli_fails(capsys, [*cfg, "--config", str(files / "bad.yaml")], "bad.yaml is not valid YAML (line")
+    cli_fails(capsys, [*cfg, "--set", "epochs=1.7"], "epochs must be an integer, got 1.7")
+    cli_fails(capsys, [*cfg, "--set", "batch_size=true"], "batch_size must be an integer, got True")
+    cli_fails(capsys, [*cfg, "--set", "img_size=0"], "img_size must be > 0, got 0")
+    cli_fails(capsys, [*cfg, "--set", "drop_path_rate=1.5"], "drop_path_rate must be in [0, 1), got 1.5")
+    cli_fails(capsys, [*cfg, "--set", "mean=[0.5,0.5]"], "mean has 2 values but std has 3")
+    cli_fails(capsys, [*cfg, "--set", "weight_decay=-1"], "weight_decay must be >= 0")
+    cli_fails(capsys, [*cfg, "--workers", "-1"], "workers must be >= 0, got -1")
+    cli_fails(capsys, [*cfg, "--config", str(files)], "is a directory")
     # Training data with one class: refused before any model is built or file written.
     out = tmp_path / "run"
     argv = ["train", "--model", MODEL, "--train-data", str(files / "one"), "--output", str(out), "--device", "cpu"]
-    _fails(capsys, argv, "has a single class (only)")
+    cli_fails(capsys, argv, "has a single class (only)")
     assert not out.exists() or not list(out.iterdir())
 
 
@@ -198,5 +186,5 @@ def test_resume_into_another_architecture_is_one_line(files: Path, capsys: pytes
     capsys.readouterr()
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     argv = [*base, "--resume", "auto", "--set", *common, "epochs=2", "model_kwargs={depths: [1, 1, 2, 1]}"]
-    _fails(capsys, argv, "was written for another architecture")
+    cli_fails(capsys, argv, "was written for another architecture")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before

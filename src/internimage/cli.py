@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -111,8 +112,18 @@ def _is_user_error(err: Exception) -> bool:
 
 
 def _first_line(err: Exception) -> str:
+    """The message's first line; for an error re-raised from a DataLoader worker, the original error's message."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    lines = text.splitlines()
+    if lines[0].startswith("Caught ") and "Original Traceback" in text:
+        # torch re-raises a worker's error as "Caught XError in DataLoader worker process N." + its traceback:
+        # the original message is the first unindented line after the last (indented) stack frame.
+        last_frame = max(i for i, line in enumerate(lines) if line.startswith("  "))
+        if last_frame + 1 < len(lines):
+            return re.sub(r"^[A-Za-z_][\w.]*: ", "", lines[last_frame + 1], count=1)
+    return lines[0]
 
 
 if __name__ == "__main__":

@@ -61,6 +61,40 @@ def output_stems(paths: list[Path]) -> list[Path]:
     return [s.with_name(f"{s.name}_{r.suffix.lstrip('.')}") if s in clash else s for s, r in zip(stems, resolved)]
 
 
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: let a command replace output files that already exist (never a file it reads)."""
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing output files (an input is never overwritten)"
+    )
+
+
+def check_outputs(targets: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse, before anything is written, outputs that would replace an input or (without ``--overwrite``) a file.
+
+    Args:
+        targets: Every file the command is about to write.
+        inputs: Every file the command reads (images, checkpoints, annotation files).
+        overwrite: ``--overwrite`` was given.
+
+    Raises:
+        ValueError: an output is one of the inputs (whatever ``overwrite`` says), or two outputs are one file.
+        FileExistsError: an output exists and ``overwrite`` is false.
+    """
+    read = {p.resolve() for p in inputs}
+    seen: set[Path] = set()
+    for target in targets:
+        resolved = target.resolve()
+        if resolved in read:
+            raise ValueError(f"output {target} is one of the inputs; choose another --output")
+        if resolved in seen:
+            raise ValueError(f"two outputs would be written to {target}")
+        seen.add(resolved)
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more output file(s))" if len(existing) > 1 else ""
+        raise FileExistsError(f"output {existing[0]} already exists{more}; pass --overwrite to replace it")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--set KEY=VALUE`` (repeatable) and ``--print-config``; bare ``key=value`` words are still read as ``--set``."""
     add_overrides(parser)
