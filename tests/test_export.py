@@ -24,6 +24,7 @@ from internimage.export import (
 )
 from internimage.export.benchmark import benchmark, format_table, write_csv
 from internimage.export.models import ExportAdaptiveAvgPool2d
+from internimage.models.checkpoint import CheckpointError
 from internimage.ops import dcnv3_reference, make_args
 
 pytestmark = pytest.mark.slow
@@ -219,3 +220,54 @@ def test_segmentation_export_builds_the_head_of_the_preset():
     assert [type(m).__name__ for m in m2f.children()] == ["InternImage", "Mask2FormerHead"]
     assert [type(m).__name__ for m in uper.children()][:2] == ["InternImage", "UPerHead"]
     assert abs(sum(p.numel() for p in m2f.parameters()) / 1e9 - 1.31) < 0.005  # the official segmentation README
+
+
+def _our_checkpoint(path, model, task: str, fields: dict) -> str:
+    """Weights + stored model fields, as ``internimage train`` writes its ``model.safetensors``."""
+    import json
+
+    from internimage.models.checkpoint import save_state_dict
+
+    save_state_dict(model.state_dict(), path, {"task": task, f"{task}_config": json.dumps(fields)})
+    return str(path)
+
+
+def test_export_builds_the_segmentor_our_checkpoint_describes(tmp_path, capsys):
+    # Layer scale on a backbone that has none by default, narrow heads, 5 named classes: export used to build the
+    # default UperNet (150 classes, no gamma) and refuse the file.
+    from internimage.segmentation import SegTrainConfig, build_segmentor
+
+    cfg = SegTrainConfig(model="internimage_test_32", num_classes=5, classes=list("abcde"), decode_channels=16)
+    cfg.aux_channels, cfg.layer_scale = 8, 0.5
+    torch.manual_seed(0)
+    trained = build_segmentor(cfg, load_pretrained=False).eval()
+    ck = _our_checkpoint(tmp_path / "seg.safetensors", trained, "segmentation", cfg.model_fields())
+    x = torch.randn(1, 3, 64, 64)
+    for name in (None, "internimage_test_32"):
+        model = build_exportable("segmentation", name, ck)
+        with torch.no_grad():
+            torch.testing.assert_close(model.module(x), trained(x), rtol=0, atol=1e-6)  # export-friendly pooling
+    with pytest.raises(CheckpointError, match="conv_seg"):  # another class count: refused, not half-loaded
+        build_exportable("segmentation", None, ck, num_classes=3)
+    line = "holds a model on internimage_test_32, not internimage_test_h_32"
+    assert main(["export", "internimage_test_h_32", "--task", "segmentation", "--checkpoint", ck]) == 1
+    assert line in capsys.readouterr().err
+    assert main(["export", "--task", "segmentation", "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "name the model to export" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
+def test_export_builds_the_detector_our_checkpoint_describes(tmp_path, capsys):
+    from internimage.detection import DetTrainConfig, build_detector_from_config
+
+    widths = {"fpn_channels": 32, "mask_channels": 16, "head_conv_channels": 16, "head_fc_dim": 64}
+    cfg = DetTrainConfig(model="internimage_test_32", arch="cascade_mask_rcnn", num_classes=2, model_kwargs=widths)
+    cfg.classes, cfg.layer_scale = ["box", "disc"], 0.5
+    torch.manual_seed(0)
+    trained = build_detector_from_config(cfg, load_pretrained=False).eval()
+    ck = _our_checkpoint(tmp_path / "det.safetensors", trained, "detection", cfg.model_fields())
+    model = build_exportable("detection", None, ck)
+    got, want = model.full_model.state_dict(), trained.state_dict()
+    assert type(model.full_model) is type(trained) and set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert main(["export", "--task", "detection", "--detector", "dino", "--checkpoint", ck]) == 1
+    assert "is a cascade_mask_rcnn detector, not --detector dino" in capsys.readouterr().err

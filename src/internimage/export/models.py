@@ -195,91 +195,154 @@ def _classification(name: str, checkpoint: str | None, num_classes: int | None, 
     return ExportableModel(model, ["logits"], "classification", name, in_chans=_in_chans(model))
 
 
-def _segmentation(name: str, checkpoint: str | None, num_classes: int | None, **overrides: Any) -> ExportableModel:
+def _stored_fields(checkpoint: str | None, meta_key: str, config_cls: Any) -> dict[str, Any]:
+    """The model fields ``internimage train`` stored with ``checkpoint`` (empty for official or bare weights)."""
+    if checkpoint is None:
+        return {}
+    from ..engine.task import checkpoint_fields
+
+    return checkpoint_fields(checkpoint, meta_key, config_cls)
+
+
+def _task_config(
+    config_cls: Any, presets: list[str], name: str | None, checkpoint: str | None, num_classes: int | None
+) -> tuple[Any, bool]:
+    """The config of the model to export: defaults <- preset ``name`` <- fields stored in ``checkpoint`` <- classes.
+
+    Returns:
+        ``(config, described)``: ``described`` is True when ``name`` is a preset or the checkpoint stores its fields.
+
+    Raises:
+        ValueError: no name and nothing stored, or a name that contradicts the checkpoint's backbone.
+    """
+    from ..engine.config import apply_overrides
+
+    stored = _stored_fields(checkpoint, config_cls.meta_key, config_cls)
+    if name is None and not stored:
+        raise ValueError("name a model or preset to export (the checkpoint stores no model description)")
+    preset = name in presets
+    cfg = config_cls.from_preset(name) if preset else config_cls(model=stored.get("model") or name)
+    if stored:
+        if name is not None and name != stored["model"] and not preset:
+            raise ValueError(
+                f"checkpoint {checkpoint} holds a model on {stored['model']}, not {name}; "
+                "name that backbone or omit the name"
+            )
+        cfg = apply_overrides(cfg, stored)
+    if num_classes is not None and num_classes != cfg.num_classes:
+        cfg = apply_overrides(cfg, {"num_classes": num_classes, "classes": []})
+    return cfg, preset or bool(stored)
+
+
+def _segmentation(
+    name: str | None, checkpoint: str | None, num_classes: int | None, **overrides: Any
+) -> ExportableModel:
     from ..configs.segmentation import list_presets
-    from ..models import load_weights
-    from ..models.internimage import _MODEL_SPECS, ARCHS
+    from ..models import ARCHS, load_weights
+    from ..models.internimage import MODEL_ARCHS
     from ..segmentation import SegTrainConfig, build_segmentor
 
-    # The one segmentor builder: a preset gives its head (UperNet or Mask2Former) and widths; a bare backbone name
-    # gives the UperNet of the official configs (512 wide, 150 classes).
-    fields = {} if num_classes is None else {"num_classes": num_classes}
-    preset = name in list_presets()
-    cfg = SegTrainConfig.from_preset(name, **fields) if preset else SegTrainConfig(model=name, **fields)
-    if (not preset or cfg.layer_scale is None) and cfg.model in _MODEL_SPECS:
-        overrides.setdefault("layer_scale", ARCHS[_MODEL_SPECS[cfg.model][0]].layer_scale)  # the backbone's own
+    # The one segmentor builder, on the model the checkpoint describes (``internimage train`` stores its fields),
+    # else on a preset's head and widths, else on the UperNet of the official configs (512 wide, 150 classes).
+    cfg, described = _task_config(SegTrainConfig, list_presets(), name, checkpoint, num_classes)
+    if (not described or cfg.layer_scale is None) and cfg.model in MODEL_ARCHS:
+        overrides.setdefault("layer_scale", ARCHS[MODEL_ARCHS[cfg.model]].layer_scale)  # the backbone's own
     model = build_segmentor(cfg, load_pretrained=False, backbone_overrides=overrides)
     body = model.backbone
     if checkpoint is not None:
         result = load_weights(model, checkpoint, strict=True)
-        logger.info("loaded %s into %s: %s", checkpoint, name, result.summary())
+        logger.info("loaded %s into %s: %s", checkpoint, name or cfg.model, result.summary())
     model.auxiliary_head = None  # training-only branch
     make_export_friendly(model)
     return ExportableModel(
         model.eval(),
         ["logits"],
         "segmentation",
-        name,
+        name or cfg.model,
         in_chans=_in_chans(body),
         example_blocks=4,
     )
 
 
-def _detection(
-    name: str, checkpoint: str | None, num_classes: int | None, detector: str = "mask_rcnn", **overrides: Any
-) -> ExportableModel:
-    num_classes = num_classes if num_classes is not None else 80
-    if detector in ("dino", "cb_dino"):
-        from ..models.detection.dino import export_dino
+#: ``--detector`` names -> the detection config's ``arch``.
+_ARCH_OF_DETECTOR = {"mask_rcnn": "mask_rcnn", "cascade": "cascade_mask_rcnn", "dino": "dino", "cb_dino": "cb_dino"}
 
-        return export_dino(name, checkpoint, num_classes, detector, **overrides)
-    if detector == "mask_rcnn":
-        from ..models.detection.mask_rcnn import build_mask_rcnn as build
-    elif detector == "cascade":
-        from ..models.detection.cascade import build_cascade_mask_rcnn as build
-    else:
+
+def _detection(
+    name: str | None,
+    checkpoint: str | None,
+    num_classes: int | None,
+    detector: str | None = None,
+    **overrides: Any,
+) -> ExportableModel:
+    from ..configs.detection import list_presets
+    from ..detection import DetTrainConfig, build_detector_from_config
+    from ..engine.config import apply_overrides
+    from ..models.detection import load_detector_weights
+
+    if detector is not None and detector not in _ARCH_OF_DETECTOR:
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
-    overrides.setdefault("layer_scale", 1.0)  # every official detection config (and `eval`'s default)
-    model = build(name, num_classes, backbone_overrides=overrides)
+    # The model the checkpoint describes (arch, widths, classes, layer scale), else a preset's, else the official
+    # Mask R-CNN / Cascade / DINO of ``detector`` on the backbone ``name`` (layer_scale=1.0, as every official
+    # detection config).
+    cfg, described = _task_config(DetTrainConfig, list_presets(), name, checkpoint, num_classes)
+    if detector is not None and (not described or _ARCH_OF_DETECTOR[detector] != cfg.arch):
+        if described:
+            raise ValueError(f"{checkpoint or name} is a {cfg.arch} detector, not --detector {detector}")
+        cfg = apply_overrides(cfg, {"arch": _ARCH_OF_DETECTOR[detector]})
+    if overrides:
+        cfg = apply_overrides(cfg, {"layer_scale": overrides.pop("layer_scale", cfg.layer_scale)})
+    if overrides:
+        raise ValueError(f"unknown detection export arguments: {sorted(overrides)}")
+    model = build_detector_from_config(cfg, load_pretrained=False)
     if checkpoint is not None:
         # The loader `internimage eval` uses: ours, training checkpoints and official mmdet files, strictly.
-        from ..models.detection import load_detector_weights
-
         result = load_detector_weights(model, checkpoint, strict=True)
-        logger.info("loaded %s (%s) into %s on %s", checkpoint, result.format, detector, name)
+        logger.info("loaded %s (%s) into %s on %s", checkpoint, result.format, cfg.arch, cfg.model)
     model.eval()
+    if cfg.arch in ("dino", "cb_dino"):
+        from ..models.detection.dino import dino_exportable
+
+        return dino_exportable(model, name or cfg.model)
     names = [f"fpn_{k}" for k in _FPN_LEVELS]
     names += [f"rpn_objectness_{k}" for k in _FPN_LEVELS] + [f"rpn_deltas_{k}" for k in _FPN_LEVELS]
     body = model.backbone.body
     # 4 strides a side: at 2 the max-pooled level would be 1x1, a size torch.export bakes in.
     module = DetectionDense(model).eval()
     return ExportableModel(
-        module, names, "detection", name, _in_chans(body), full_model=model, example_blocks=4, min_side=96
-    )
+        module, names, "detection", name or cfg.model, _in_chans(body), full_model=model, example_blocks=4,
+        min_side=96,
+    )  # fmt: skip
 
 
 def build_exportable(
     task: str,
-    name: str,
+    name: str | None,
     checkpoint: str | None = None,
     num_classes: int | None = None,
-    detector: str = "mask_rcnn",
+    detector: str | None = None,
     **overrides: Any,
 ) -> ExportableModel:
-    """Build the export-ready module of ``task``.
+    """Build the export-ready module of ``task``: the model ``checkpoint`` describes, as ``eval`` builds it.
 
     Args:
         task: ``classification``, ``detection`` or ``segmentation``.
-        name: An InternImage name (all tasks) or a segmentation preset (e.g. ``upernet_internimage_t_512_160k_ade20k``).
+        name: An InternImage name (all tasks) or a detection / segmentation preset (e.g.
+            ``upernet_internimage_t_512_160k_ade20k``); may be None for a checkpoint written by ``internimage train``
+            (its stored model fields: architecture, widths, layer scale, classes, say what to build).
         checkpoint: Weights of the whole model (classifier, segmentor or detector).
-        num_classes: Classes (default: the model's / preset's; 150 for segmentation, 80 for detection).
-        detector: ``mask_rcnn`` or ``cascade`` (detection only).
+        num_classes: Classes (default: the checkpoint's, else the model's / preset's; 150 for segmentation, 80
+            for detection).
+        detector: ``mask_rcnn``, ``cascade``, ``dino`` or ``cb_dino`` (detection only; default: the checkpoint's
+            or preset's architecture, else ``mask_rcnn``).
         **overrides: InternImage arguments (e.g. ``layer_scale=1.0``).
 
     Returns:
         The :class:`ExportableModel`, in eval mode.
     """
     if task == "classification":
+        if name is None:
+            raise ValueError("name the classification model to export (e.g. internimage_t_1k_224)")
         return _classification(name, checkpoint, num_classes, **overrides)
     if task == "segmentation":
         return _segmentation(name, checkpoint, num_classes, **overrides)

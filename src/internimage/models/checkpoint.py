@@ -50,7 +50,8 @@ class LoadResult:
     """What :func:`load_checkpoint` did.
 
     Attributes:
-        format: Detected source format (``official``, ``official-ema``, ``hf``, ``mmdet``, ``plain``).
+        format: Detected source format (``official``, ``official-ema``, ``hf``, ``mmdet`` (mmdet / mmseg), ``ours``
+            (our detector / segmentor weights or training checkpoint), ``plain``).
         missing: Model keys absent from the checkpoint.
         unexpected: Checkpoint keys the model does not have.
         mismatched: ``(key, checkpoint shape, model shape)`` for shape conflicts.
@@ -136,13 +137,13 @@ def detect_format(ckpt: Mapping[str, Any], use_ema: bool = False) -> tuple[str, 
         if isinstance(ckpt.get(key), Mapping):
             sd = dict(ckpt[key])
             if fmt == "official" and _has_prefix(sd, "backbone."):
-                fmt = "mmdet"
+                fmt = "ours"  # our detection / segmentation training checkpoint (mmdet / mmseg use 'state_dict')
             return fmt, sd
     sd = {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError("checkpoint has no tensors (expected a state dict or a 'model'/'state_dict' entry)")
     if _has_prefix(_strip_wrappers(sd), "backbone."):
-        return "mmdet", sd
+        return "ours", sd  # a bare dense-model state dict: our model.safetensors (mmdet / mmseg nest theirs)
     if _has_prefix(_strip_wrappers(sd), "model."):
         return "hf", sd
     return "plain", sd
@@ -179,7 +180,7 @@ def normalize_state_dict(
     if fmt is None:
         fmt, _ = detect_format(sd)
     set_aside: dict[str, torch.Tensor] = {}
-    if fmt == "mmdet" or _has_prefix(sd, "backbone."):
+    if fmt in ("mmdet", "ours") or _has_prefix(sd, "backbone."):
         set_aside = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
         sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     elif fmt == "hf" or (_has_prefix(sd, "model.") and not _has_prefix(sd, "patch_embed.")):

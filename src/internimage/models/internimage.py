@@ -29,7 +29,7 @@ from ..ops.fused_linear import fused_mlp, fusion_enabled
 from .checkpoint import checkpoint_filter_fn
 from .recompute import gelu_mlp
 
-__all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_NAMES"]
+__all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_ARCHS", "MODEL_NAMES"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -801,6 +801,8 @@ _MODEL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "internimage_test_g_32": ("test_g", _cfg(32, 10)),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODEL_SPECS)
+#: Registered model name -> its key in :data:`ARCHS`.
+MODEL_ARCHS: dict[str, str] = {name: arch for name, (arch, _) in _MODEL_SPECS.items()}
 
 default_cfgs = generate_default_cfgs({name: cfg for name, (_, cfg) in _MODEL_SPECS.items()})
 

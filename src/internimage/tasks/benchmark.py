@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="classification", choices=TASKS, help="model family (default: %(default)s)")
     parser.add_argument("--checkpoint", default=None, help="weights (the numbers do not depend on them)")
     parser.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's or preset's)")
-    parser.add_argument("--detector", default="mask_rcnn", choices=DETECTORS, help="detection architecture")
+    parser.add_argument(
+        "--detector", choices=DETECTORS, help="detection architecture (default: the checkpoint's, else mask_rcnn)"
+    )
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="images per call (default: %(default)s)")
     parser.add_argument("--size", type=int, default=224, help="input side (default: %(default)s)")

@@ -21,7 +21,12 @@ _SUFFIX = {"onnx": ".onnx", "onnx-trt": ".trt.onnx", "pt2": ".pt2"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..export import DETECTORS, FORMATS, TASKS
 
-    parser.add_argument("model", help="InternImage name (e.g. internimage_t_1k_224) or a segmentation preset")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="InternImage name (e.g. internimage_t_1k_224) or a detection / segmentation preset; optional with a "
+        "--checkpoint written by `internimage train` (it describes its model)",
+    )
     parser.add_argument("--task", default="classification", choices=TASKS, help="model family (default: %(default)s)")
     parser.add_argument("--checkpoint", default=None, help="weights of the whole model (any supported format)")
     parser.add_argument(
@@ -32,8 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", default=None, help="output file (one format) or stem (several); default: ./<model>"
     )
-    parser.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's or preset's)")
-    parser.add_argument("--detector", "--arch", default="mask_rcnn", choices=DETECTORS, help="detection architecture")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes (default: the checkpoint's, else the model's or preset's)",
+    )
+    parser.add_argument(
+        "--detector",
+        "--arch",
+        choices=DETECTORS,
+        help="detection architecture (default: the checkpoint's, else mask_rcnn)",
+    )
     parser.add_argument("--size", type=int, default=224, help="side of the first verification input (default: 224)")
     parser.add_argument("--atol", type=float, default=1e-3, help="fail if the max abs error exceeds this")
     parser.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
@@ -67,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     if args.size < 1:
         raise ValueError(f"--size must be >= 1, got {args.size}")
+    if args.model is None and args.checkpoint is None:
+        raise ValueError("name the model to export, or give a --checkpoint written by `internimage train`")
     model = build_exportable(args.task, args.model, args.checkpoint, args.num_classes, args.detector)
+    args.model = model.name
     shapes = [] if args.no_verify else default_verify_shapes(model, args.size)
     print(f"{args.task} model {args.model}: {sum(p.numel() for p in model.module.parameters()) / 1e6:.2f} M params")
-    if model.task == "detection" and args.detector in ("dino", "cb_dino"):
+    if model.task == "detection" and model.output_names[-1] == "query_index":
         print("detection: exporting the whole DINO detector (scores, labels, boxes, query_index; no NMS needed)")
     elif model.task == "detection":
         print("detection: exporting backbone + FPN + RPN head (NMS/RoI heads run after, see the README)")

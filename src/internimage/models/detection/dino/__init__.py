@@ -15,7 +15,6 @@ from .model import (
     build_cb_dino,
     build_dino,
     dino_exportable,
-    export_dino,
     load_dino_weights,
 )
 from .transformer import DinoTransformer
@@ -31,7 +30,6 @@ __all__ = [
     "build_cb_dino",
     "build_dino",
     "dino_exportable",
-    "export_dino",
     "generalized_iou",
     "load_dino_weights",
     "hungarian_assign",

@@ -32,7 +32,6 @@ __all__ = [
     "InternImageDINO",
     "build_cb_dino",
     "build_dino",
-    "export_dino",
     "load_dino_weights",
 ]
 
@@ -368,7 +367,7 @@ class DinoExport(nn.Module):
 
     No NMS is needed: the decoding is a top-k over queries x classes (:meth:`InternImageDINO.forward_tensor`).
     Labels are 0..K-1, boxes xyxy pixels of the input, ``query_index`` (N, Q) the encoder tokens the two-stage
-    selection took (what makes a fair comparison with PyTorch possible: see :func:`export_dino`).
+    selection took (what makes a fair comparison with PyTorch possible: see :func:`dino_exportable`).
     """
 
     def __init__(self, detector: InternImageDINO) -> None:
@@ -379,8 +378,8 @@ class DinoExport(nn.Module):
         return self.detector.forward_tensor(images, query_index, return_index=True)
 
 
-def export_dino(name: str, checkpoint: str | None, num_classes: int, arch: str = "dino", **overrides: Any):
-    """An :class:`~internimage.export.models.ExportableModel` of DINO (``arch`` ``'dino'`` or ``'cb_dino'``).
+def dino_exportable(model: InternImageDINO, name: str, min_side: int = 224):
+    """The :class:`~internimage.export.models.ExportableModel` of a built DINO or CB-DINO.
 
     The traced example is 256 x 256 and inputs must be at least 224 a side: the two-stage query selection takes
     the top ``num_queries`` (900) encoder tokens, so the four levels must hold at least that many.
@@ -392,16 +391,6 @@ def export_dino(name: str, checkpoint: str | None, num_classes: int, arch: str =
     run's selection. Given the same selection, full-size DINO-T agrees within 7e-5 px at 320 x 480 and 384 x 384,
     1.8e-4 px (1.4e-7 of the side: float32 rounding) at 800 x 1344 (``benchmarks/dino_onnx_parity.py``).
     """
-    overrides.setdefault("layer_scale", 1.0)
-    build = build_cb_dino if arch == "cb_dino" else build_dino
-    model = build(name, num_classes, backbone_overrides=overrides)
-    if checkpoint is not None:
-        load_dino_weights(model, checkpoint, strict=True)
-    return dino_exportable(model, name)
-
-
-def dino_exportable(model: InternImageDINO, name: str, min_side: int = 224):
-    """The :class:`~internimage.export.models.ExportableModel` of a built DINO (see :func:`export_dino`)."""
     from ....export.models import ExportableModel
 
     model.eval()
