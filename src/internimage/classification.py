@@ -433,10 +433,10 @@ class ImagePaths(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
-        from .data.datasets import _load_image
+        from .data.datasets import load_image
 
         try:
-            return self.transform(_load_image(str(self.paths[i]), self.mode)), i
+            return self.transform(load_image(str(self.paths[i]), self.mode)), i
         except Exception as err:  # unreadable image: reported, not fatal
             logger.warning("skipping unreadable image %s: %s", self.paths[i], err)
             return None

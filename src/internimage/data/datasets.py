@@ -67,11 +67,6 @@ def load_image(path: str | os.PathLike, mode: str = "RGB") -> Any:
         return to_8_bit(img).convert(mode)
 
 
-def _load_image(path: str, mode: str) -> Any:
-    """Former private name of :func:`load_image`, kept for callers outside this module."""
-    return load_image(path, mode)
-
-
 class _FileDataset(Dataset):
     """Shared ``(path, label)`` logic; subclasses fill ``samples`` and ``classes``."""
 

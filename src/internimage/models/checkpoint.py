@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "checkpoint_filter_fn",
     "convert_checkpoint",
     "detect_format",
+    "refusal_message",
     "load_checkpoint",
     "normalize_state_dict",
     "read_checkpoint",
@@ -107,8 +109,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch/safetensors raise many types for corrupt files
-        from ..engine.checkpoint import refusal_message
-
         refused = refusal_message(path, err)
         if refused is not None:
             raise CheckpointError(refused) from err
@@ -117,6 +117,65 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors")
     return dict(obj)
+
+
+def _pickled_globals(path: Path, limit: int = 16 << 20) -> list[str]:
+    """``module.name`` of the Python objects a pickled (or zipped ``torch.save``) file would import."""
+    import io
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # a damaged archive: nothing more to say than the load error
+            return []
+    with open(path, "rb") as f:
+        data = f.read(limit)
+    names: list[str] = []
+    strings: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):  # the legacy torch format is several pickles in a row
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # tensor data after the pickles, or a cut file
+            break
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except Exception:  # private helper of torch; without it every name is reported
+        allowed = set()
+    return list(dict.fromkeys(n for n in names if n not in allowed))
+
+
+def refusal_message(path: str | os.PathLike, err: BaseException) -> str | None:
+    """One line for a file ``torch.load(weights_only=True)`` refused; None for any other load error.
+
+    PyTorch's own message starts by suggesting ``weights_only=False``, which would run the file's pickled code;
+    this one names what the file holds instead.
+    """
+    import pickle
+
+    if not (isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower()):
+        return None
+    path = Path(path)
+    names = _pickled_globals(path)
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if not names and match:
+        names = [match.group(1)]
+    if not names:  # not a refused object but a damaged or foreign file: the caller's "cannot read" fits
+        return None
+    return (
+        f"refused {path}: it holds pickled Python objects ({_preview(names, 3)}), not only tensors, and is not loaded "
+        "for safety (pickled objects can run code); save the weights as a state dict or .safetensors"
+    )
 
 
 def detect_format(ckpt: Mapping[str, Any], use_ema: bool = False) -> tuple[str, dict[str, torch.Tensor]]:
