@@ -18,14 +18,15 @@ from torch import nn
 
 from internimage.configs.detection import get_preset, list_presets
 from internimage.models.detection import build_detector, load_detector_weights
-from internimage.models.detection.cascade import DEFAULT_STAGE_STDS, CascadeRoIHeads, ConvFCBoxHead, FCNMaskHead
-from internimage.models.detection.common import (
-    DeltaXYWHCoder,
-    MaxIoUMatcher,
-    MMDetAnchorGenerator,
-    mask_targets,
-    paste_masks,
+from internimage.models.detection.anchor_utils import MMDetAnchorGenerator
+from internimage.models.detection.box_coding import DeltaXYWHCoder, MaxIoUMatcher
+from internimage.models.detection.cascade_roi_heads import (
+    DEFAULT_STAGE_STDS,
+    CascadeRoIHeads,
+    ConvFCBoxHead,
+    FCNMaskHead,
 )
+from internimage.models.detection.roi_heads import mask_targets, paste_masks
 
 # --------------------------------------------------------------------------------- official tensor layouts
 # Backbones of the official detection configs (channels, depths, groups, post_norm); all use layer_scale=1.0,
@@ -508,7 +509,7 @@ def test_cascade_training_regresses_the_gt_class():
 def test_mask_rcnn_box_loss_is_l1_on_the_gt_class_deltas():
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-    from internimage.models.detection.mask_rcnn import MMDetRoIHeads
+    from internimage.models.detection.roi_heads import MMDetRoIHeads
 
     torch.manual_seed(0)
     predictor = FastRCNNPredictor(4, K + 1).double()
@@ -648,7 +649,7 @@ def test_mask_rcnn_test_path_is_mmdet_get_bboxes():
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
     from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
-    from internimage.models.detection.mask_rcnn import MMDetRoIHeads
+    from internimage.models.detection.roi_heads import MMDetRoIHeads
 
     torch.manual_seed(0)
     predictor = FastRCNNPredictor(4, K + 1).double()

@@ -2,10 +2,15 @@
 
 Built on torchvision's detection components (mmdet/mmcv do not install with current torch): the one
 :class:`~internimage.models.internimage.InternImage` class is the backbone (read through ``forward_intermediates``),
-torchvision's FPN (with ``LastLevelMaxPool``), RPN and ``MaskRCNN``, and a Cascade head written on torchvision ops.
-Where official weights depend on it the numerics are mmdet 2.x's (anchors, box coder, RoI levels and sampling,
-matching, Cascade's per-class refinement, mask pasting; see :mod:`.common`), so official mmdet checkpoints, loaded
-through :func:`load_detector_weights` / :func:`load_mmdet_detector`, give the official predictions.
+torchvision's FPN (with ``LastLevelMaxPool``), RPN and ``MaskRCNN`` heads, and a Cascade head written on torchvision
+ops. Where official weights depend on it the numerics are mmdet 2.x's (anchors, box coder, RoI levels and sampling,
+matching, Cascade's per-class refinement, mask pasting), so official mmdet checkpoints, loaded through
+:func:`load_detector_weights` / :func:`load_mmdet_detector`, give the official predictions.
+
+Modules are laid out as torchvision's ``models/detection``: :mod:`.generalized_rcnn` (the detector both two-stage
+models are, and its forward), :mod:`.backbone`, :mod:`.transform`, :mod:`.anchor_utils`, :mod:`.box_coding` (box
+coder and matcher), :mod:`.rpn`, :mod:`.poolers`, :mod:`.roi_heads` (Mask R-CNN's) and :mod:`.cascade_roi_heads`;
+:mod:`.mask_rcnn` and :mod:`.cascade` build the two detectors.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from typing import Any
 from torch import nn
 
 from .backbone import InternImageFPN, build_internimage_body
-from .cascade import CascadeRoIHeads, InternImageCascadeMaskRCNN, build_cascade_mask_rcnn
-from .common import LevelRoIAlign, PassThroughTransform
+from .cascade import InternImageCascadeMaskRCNN, build_cascade_mask_rcnn
+from .cascade_roi_heads import CascadeRoIHeads
 from .dino import InternImageDINO, build_cb_dino, build_dino
+from .generalized_rcnn import InternImageRCNN
 from .mask_rcnn import InternImageMaskRCNN, build_mask_rcnn
 from .mmdet_keys import MappedState, load_mmdet_detector, map_mmdet_state_dict
+from .poolers import LevelRoIAlign
+from .transform import PassThroughTransform
 from .weights import DetectorLoadResult, load_detector_weights
 
 __all__ = [
@@ -30,6 +38,7 @@ __all__ = [
     "InternImageDINO",
     "InternImageFPN",
     "InternImageMaskRCNN",
+    "InternImageRCNN",
     "LevelRoIAlign",
     "MappedState",
     "PassThroughTransform",

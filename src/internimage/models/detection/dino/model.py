@@ -23,7 +23,7 @@ from torch import nn
 
 from ...internimage import InternImage
 from ..backbone import build_internimage_body
-from ..common import PassThroughTransform
+from ..transform import PassThroughTransform
 from .head import DINOHead
 
 __all__ = [
@@ -160,7 +160,8 @@ def _run_levels(body: InternImage, x: torch.Tensor) -> list[torch.Tensor]:
 class InternImageDINO(nn.Module):
     """DINO with an InternImage or CB-InternImage backbone.
 
-    Inputs follow the package's detector contract (:func:`~internimage.models.detection.common.detector_forward`):
+    Inputs follow the package's detector contract
+    (:func:`~internimage.models.detection.generalized_rcnn.detector_forward`):
     a list of (3, H_i, W_i) uint8 (or [0, 1] float) images, already resized; targets with ``boxes`` (G, 4) xyxy
     pixels and ``labels`` (G,) in 1..num_classes; predictions returned at ``orig_sizes`` with labels 1..K.
 
