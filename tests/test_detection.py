@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import random
@@ -11,10 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("faster_coco_eval")
-
-from internimage import create_model  # noqa: E402
-from internimage.data.coco import (  # noqa: E402
+from internimage import create_model
+from internimage.data.coco import (
     CocoDetection,
     Compose,
     RandomFlip,
@@ -24,14 +23,30 @@ from internimage.data.coco import (  # noqa: E402
     detection_transforms,
     predictions_to_coco,
 )
-from internimage.models.checkpoint import CheckpointError  # noqa: E402
-from internimage.models.detection import (  # noqa: E402
+from internimage.models.checkpoint import CheckpointError
+from internimage.models.detection import (
     LevelRoIAlign,
     build_detector,
     build_internimage_body,
     load_detector_weights,
     load_mmdet_detector,
     map_mmdet_state_dict,
+)
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+# COCO mask decoding (every CocoDetection target: polygons -> bitmaps) and COCO evaluation use faster-coco-eval, an
+# optional extra; only the tests that read the synthetic COCO set or evaluate skip without it.
+needs_faster_coco_eval = pytest.mark.skipif(
+    not _importable("faster_coco_eval"),
+    reason="needs faster-coco-eval (COCO mask decoding / evaluation): pip install 'internimage[detection]'",
 )
 
 K = 3  # foreground classes of the tiny detectors
@@ -301,6 +316,7 @@ def test_detection_layer_decay_follows_the_official_rule():
 
 
 # --------------------------------------------------------------------------------------------- data
+@needs_faster_coco_eval
 def test_coco_dataset_targets_and_masks(coco4):
     ann, images = coco4
     ds = CocoDetection(ann, images)
@@ -319,6 +335,7 @@ def test_coco_dataset_targets_and_masks(coco4):
         CocoDetection(ann.parent / "nope.json", images)
 
 
+@needs_faster_coco_eval
 def test_transforms_resize_flip_and_3x_pipeline(coco4):
     ann, images = coco4
     ds = CocoDetection(ann, images)
@@ -354,6 +371,7 @@ def _gt_predictions(ds: CocoDetection) -> list[dict[str, torch.Tensor]]:
     return preds
 
 
+@needs_faster_coco_eval
 def test_coco_evaluate_perfect_and_matches_pycocotools(coco4):
     pytest.importorskip("pycocotools")
     ann, images = coco4
@@ -376,6 +394,7 @@ def test_coco_evaluate_perfect_and_matches_pycocotools(coco4):
         assert fast[key] == pytest.approx(ref[key], abs=1e-9), key
 
 
+@needs_faster_coco_eval
 def test_detectors_predict_at_original_size(coco4):
     ann, images = coco4
     ds = CocoDetection(ann, images, Compose([Resize([(64, 48)])]))
@@ -393,6 +412,7 @@ def test_detectors_predict_at_original_size(coco4):
             assert (p["boxes"][:, 2:] <= torch.tensor([128.0, 96.0]) + 1e-3).all()
 
 
+@needs_faster_coco_eval
 def test_autocast_keeps_heads_and_boxes_in_float32(coco4):
     ann, images = coco4
     ds = CocoDetection(ann, images, Compose([Resize([(64, 48)])]), train=True)
@@ -543,6 +563,7 @@ def test_dino_pipelines_follow_the_official_configs():
     assert all(RandomCrop((384, 600))(big, corner) is not None for _ in range(20))
 
 
+@needs_faster_coco_eval
 def test_a_rejected_sample_is_replaced_by_an_image_of_the_same_orientation(coco4):
     ann, images = coco4
     calls = []

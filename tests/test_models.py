@@ -7,8 +7,7 @@ import timm
 import torch
 
 import internimage
-from internimage.models import ARCHS, MODEL_NAMES, create_model, list_models
-from internimage.models.internimage import _MODEL_SPECS
+from internimage.models import MODEL_NAMES, create_model, list_models
 
 TEST_MODELS = [n for n in MODEL_NAMES if "_test" in n]
 ZOO_MODELS = list_models("internimage_*")
@@ -34,45 +33,151 @@ def test_internimage_t_has_exactly_the_official_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 29_918_424
 
 
+# Hyper-parameters of the original release, written out from OpenGVLab/InternImage
+# classification/configs/without_lr_decay/internimage_{t,s,b,l,xl}_*.yaml (T: configs/with_lr_decay, the same model),
+# classification/configs/internimage_{h,g}_22kto1k_*.yaml and, for keys a YAML leaves unset, the defaults of
+# classification/config.py (LAYER_SCALE None, POST_NORM/RES_POST_NORM/LEVEL2_POST_NORM/CENTER_FEATURE_SCALE/
+# USE_CLIP_PROJECTOR False, DW_KERNEL_SIZE None = the DCN kernel 3, MLP_RATIO 4.0). The HF config.json files agree.
+ORIGINAL_CONFIGS = {
+    "t": dict(channels=64, depths=(4, 4, 18, 4), groups=(4, 8, 16, 32), mlp_ratio=4.0, offset_scale=1.0,
+              layer_scale=None, post_norm=False, res_post_norm=False, dw_kernel_size=None, level2_post_norm=False,
+              level2_post_norm_block_ids=None, center_feature_scale=False, use_clip_projector=False),
+    "s": dict(channels=80, depths=(4, 4, 21, 4), groups=(5, 10, 20, 40), mlp_ratio=4.0, offset_scale=1.0,
+              layer_scale=1e-5, post_norm=True, res_post_norm=False, dw_kernel_size=None, level2_post_norm=False,
+              level2_post_norm_block_ids=None, center_feature_scale=False, use_clip_projector=False),
+    "b": dict(channels=112, depths=(4, 4, 21, 4), groups=(7, 14, 28, 56), mlp_ratio=4.0, offset_scale=1.0,
+              layer_scale=1e-5, post_norm=True, res_post_norm=False, dw_kernel_size=None, level2_post_norm=False,
+              level2_post_norm_block_ids=None, center_feature_scale=False, use_clip_projector=False),
+    "l": dict(channels=160, depths=(5, 5, 22, 5), groups=(10, 20, 40, 80), mlp_ratio=4.0, offset_scale=2.0,
+              layer_scale=1e-5, post_norm=True, res_post_norm=False, dw_kernel_size=None, level2_post_norm=False,
+              level2_post_norm_block_ids=None, center_feature_scale=False, use_clip_projector=False),
+    "xl": dict(channels=192, depths=(5, 5, 24, 5), groups=(12, 24, 48, 96), mlp_ratio=4.0, offset_scale=2.0,
+               layer_scale=1e-5, post_norm=True, res_post_norm=False, dw_kernel_size=None, level2_post_norm=False,
+               level2_post_norm_block_ids=None, center_feature_scale=False, use_clip_projector=False),
+    "h": dict(channels=320, depths=(6, 6, 32, 6), groups=(10, 20, 40, 80), mlp_ratio=4.0, offset_scale=1.0,
+              layer_scale=None, post_norm=False, res_post_norm=True, dw_kernel_size=5, level2_post_norm=True,
+              level2_post_norm_block_ids=(5, 11, 17, 23, 29), center_feature_scale=True, use_clip_projector=True),
+    "g": dict(channels=512, depths=(2, 2, 48, 4), groups=(16, 32, 64, 128), mlp_ratio=4.0, offset_scale=1.0,
+              layer_scale=None, post_norm=True, res_post_norm=False, dw_kernel_size=5, level2_post_norm=True,
+              level2_post_norm_block_ids=(5, 11, 17, 23, 29, 35, 41, 47), center_feature_scale=True,
+              use_clip_projector=True),
+}  # fmt: skip
+# Released checkpoint -> (size, classes): 21841 is the ImageNet-22K class count of the original's
+# classification/dataset/build.py (and the HF 22k_model/*/config.json); 1k / 22kto1k heads have 1000.
+ORIGINAL_CHECKPOINTS = {
+    "internimage_t_1k_224": ("t", 1000),
+    "internimage_s_1k_224": ("s", 1000),
+    "internimage_b_1k_224": ("b", 1000),
+    "internimage_l_22k_384": ("l", 21841),
+    "internimage_l_22kto1k_384": ("l", 1000),
+    "internimage_xl_22k_384": ("xl", 21841),
+    "internimage_xl_22kto1k_384": ("xl", 1000),
+    "internimage_h_jointto22k_384": ("h", 21841),
+    "internimage_h_22kto1k_384": ("h", 1000),
+    "internimage_h_22kto1k_640": ("h", 1000),
+    "internimage_g_jointto22k_384": ("g", 21841),
+    "internimage_g_22kto1k_512": ("g", 1000),
+}
+
+
+def original_state_dict_shapes(cfg: dict, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the original ``InternImage(**cfg)`` (classification/models/intern_image.py), module by module.
+
+    ``build_norm_layer`` returns ``nn.Sequential([permute?, norm, permute?])``: a channels-first input puts a permute
+    first (the norm is ``.1``), a channels-last one does not (``.0``). The model passes ``norm_layer='LN'`` to the stem.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def add(prefix: str, **params: tuple[int, ...]) -> None:
+        shapes.update({f"{prefix}.{name}": shape for name, shape in params.items()})
+
+    def ln(prefix: str, dim: int) -> None:
+        add(prefix, weight=(dim,), bias=(dim,))
+
+    def linear(prefix: str, out_dim: int, in_dim: int, bias: bool = True) -> None:
+        add(prefix, weight=(out_dim, in_dim), **({"bias": (out_dim,)} if bias else {}))
+
+    c = cfg["channels"]
+    # StemLayer: conv3x3 s2 (3 -> C/2) -> LN (channels_first in/out) -> GELU -> conv3x3 s2 -> LN (first -> last)
+    add("patch_embed.conv1", weight=(c // 2, 3, 3, 3), bias=(c // 2,))
+    ln("patch_embed.norm1.1", c // 2)
+    add("patch_embed.conv2", weight=(c, c // 2, 3, 3), bias=(c,))
+    ln("patch_embed.norm2.1", c)
+    k, points = 3, 9  # InternImageLayer builds its DCNv3 with kernel_size=3 (remove_center False: 3*3 points)
+    dw_k = cfg["dw_kernel_size"] or k  # DCNv3: dw_kernel_size if not None else kernel_size
+    for i, (depth, g) in enumerate(zip(cfg["depths"], cfg["groups"])):
+        ch, lvl = c * 2**i, f"levels.{i}"
+        for j in range(depth):
+            b = f"{lvl}.blocks.{j}"
+            ln(f"{b}.norm1.0", ch)
+            add(f"{b}.dcn.dw_conv.0", weight=(ch, 1, dw_k, dw_k), bias=(ch,))  # depthwise, groups=channels
+            ln(f"{b}.dcn.dw_conv.1.1", ch)  # build_norm_layer(ch, 'LN', 'channels_first', 'channels_last')
+            linear(f"{b}.dcn.offset", g * points * 2, ch)
+            linear(f"{b}.dcn.mask", g * points, ch)
+            linear(f"{b}.dcn.input_proj", ch, ch)
+            linear(f"{b}.dcn.output_proj", ch, ch)
+            if cfg["center_feature_scale"]:
+                add(f"{b}.dcn", center_feature_scale_proj_weight=(g, ch), center_feature_scale_proj_bias=(g,))
+            ln(f"{b}.norm2.0", ch)
+            hidden = int(ch * cfg["mlp_ratio"])
+            linear(f"{b}.mlp.fc1", hidden, ch)
+            linear(f"{b}.mlp.fc2", ch, hidden)
+            if cfg["layer_scale"] is not None:
+                add(b, gamma1=(ch,), gamma2=(ch,))
+            if cfg["res_post_norm"]:
+                ln(f"{b}.res_post_norm1.0", ch)
+                ln(f"{b}.res_post_norm2.0", ch)
+        if not cfg["post_norm"] or cfg["center_feature_scale"]:
+            ln(f"{lvl}.norm.0", ch)
+        if cfg["level2_post_norm"] and i == 2:
+            for n in range(len(cfg["level2_post_norm_block_ids"])):
+                ln(f"{lvl}.post_norms.{n}.0", ch)
+        if i < len(cfg["depths"]) - 1:  # DownsampleLayer: conv3x3 s2 without bias, LN (channels_first -> last)
+            add(f"{lvl}.downsample.conv", weight=(2 * ch, ch, 3, 3))
+            ln(f"{lvl}.downsample.norm.1", 2 * ch)
+    features = c * 2 ** (len(cfg["depths"]) - 1)
+    if not cfg["use_clip_projector"]:
+        hidden = int(features * 1.5)  # cls_scale is never passed: 1.5
+        add("conv_head.0", weight=(hidden, features, 1, 1))  # no bias
+        add("conv_head.1.0", weight=(hidden,), bias=(hidden,), running_mean=(hidden,), running_var=(hidden,))
+        shapes["conv_head.1.0.num_batches_tracked"] = ()  # BatchNorm2d, channels_first in and out: no permute
+        linear("head", num_classes, hidden)
+    else:
+        embed, stride, clip_dim = 1024, 2, 768  # pretrain_embed_dim, _stride, clip_embed_dim
+        add("dcnv3_head_x4.0", weight=(embed * stride**2, features, 1, 1), bias=(embed * stride**2,))
+        add("dcnv3_head_x3", weight=(embed, features // 2, 1, 1), bias=(embed,))
+        for t in "qkv":
+            ln(f"clip_projector.norm1_{t}.0", embed)
+            linear(f"clip_projector.cross_dcn.{t}", embed, embed, bias=False)  # qkv_bias=True: separate *_bias
+            shapes[f"clip_projector.cross_dcn.{t}_bias"] = (embed,)
+        linear("clip_projector.cross_dcn.proj", clip_dim, embed)
+        ln("fc_norm.0", clip_dim)
+        linear("head", num_classes, clip_dim)
+    return shapes
+
+
+def test_original_checkpoint_table_covers_the_zoo():
+    assert set(ORIGINAL_CHECKPOINTS) == set(ZOO_MODELS)
+
+
 @pytest.mark.parametrize("name", ZOO_MODELS)
 def test_official_state_dict_layout(name):
-    """Keys and shapes from ORIGINAL.md §1.3, derived here from the variant table."""
-    arch = ARCHS[_MODEL_SPECS[name][0]]
-    sd = _meta_model(name).state_dict()
-    c, g0 = arch.channels, arch.groups[0]
-    k = arch.dw_kernel_size or 3
-    assert sd["patch_embed.conv1.weight"].shape == (c // 2, 3, 3, 3)
-    assert "patch_embed.norm1.1.weight" in sd and "patch_embed.norm2.1.bias" in sd
-    b = "levels.0.blocks.0."
-    assert sd[b + "dcn.dw_conv.0.weight"].shape == (c, 1, k, k)
-    assert b + "dcn.dw_conv.1.1.weight" in sd and b + "norm1.0.weight" in sd and b + "norm2.0.weight" in sd
-    assert sd[b + "dcn.offset.weight"].shape == (g0 * 18, c)
-    assert sd[b + "dcn.mask.weight"].shape == (g0 * 9, c)
-    assert sd[b + "mlp.fc1.weight"].shape == (4 * c, c)
-    assert ("levels.0.norm.0.weight" in sd) == (not arch.post_norm or arch.center_feature_scale)
-    assert (b + "gamma1" in sd) == (arch.layer_scale is not None)
-    assert (b + "res_post_norm1.0.weight" in sd) == arch.res_post_norm
-    assert (b + "dcn.center_feature_scale_proj_weight" in sd) == arch.center_feature_scale
-    if arch.center_feature_scale:
-        assert sd[b + "dcn.center_feature_scale_proj_weight"].shape == (g0, c)
-        assert sd[b + "dcn.center_feature_scale_proj_bias"].shape == (g0,)
-    for i in range(3):
-        assert sd[f"levels.{i}.downsample.conv.weight"].shape == (2 * c * 2**i, c * 2**i, 3, 3)
-        assert f"levels.{i}.downsample.norm.1.weight" in sd
-    assert "levels.3.downsample.conv.weight" not in sd
-    ids = arch.level2_post_norm_block_ids or ()
-    assert sum(key.startswith("levels.2.post_norms.") and key.endswith(".0.weight") for key in sd) == len(ids)
-    if arch.use_clip_projector:
-        for key in ("dcnv3_head_x4.0.weight", "dcnv3_head_x3.weight", "clip_projector.norm1_q.0.weight",
-                    "clip_projector.cross_dcn.q.weight", "clip_projector.cross_dcn.v_bias",
-                    "clip_projector.cross_dcn.proj.weight", "fc_norm.0.weight"):  # fmt: skip
-            assert key in sd, key
-        assert sd["dcnv3_head_x4.0.weight"].shape == (4096, 8 * c, 1, 1)
-        assert sd["head.weight"].shape == (_MODEL_SPECS[name][1]["num_classes"], 768)
-    else:
-        assert sd["conv_head.0.weight"].shape == (12 * c, 8 * c, 1, 1)
-        assert "conv_head.1.0.running_var" in sd and "conv_head.1.0.num_batches_tracked" in sd
-        assert sd["head.weight"].shape == (_MODEL_SPECS[name][1]["num_classes"], 12 * c)
+    """Every key and shape of the original model, derived from the original's configs and module definitions."""
+    size, num_classes = ORIGINAL_CHECKPOINTS[name]
+    cfg = ORIGINAL_CONFIGS[size]
+    model = _meta_model(name)
+    ours = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    expected = original_state_dict_shapes(cfg, num_classes)
+    assert sorted(ours.keys() - expected.keys()) == [] and sorted(expected.keys() - ours.keys()) == []
+    assert [key for key in expected if ours[key] != expected[key]] == []
+    # What the shapes cannot show: the DCN geometry and the residual-branch flavour of every block.
+    for i, level in enumerate(model.levels):
+        for block in level.blocks:
+            dcn = block.dcn
+            assert (dcn.kernel_size, dcn.stride, dcn.pad, dcn.dilation) == (3, 1, 1, 1)
+            assert dcn.group == cfg["groups"][i] and dcn.offset_scale == cfg["offset_scale"]
+            assert block.post_norm == cfg["post_norm"] and block.res_post_norm == cfg["res_post_norm"]
+            assert block.layer_scale == (cfg["layer_scale"] is not None)
 
 
 @pytest.mark.parametrize("arch", ["h", "g"])

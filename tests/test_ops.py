@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import INF, NAN, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case
+from conftest import INF, NAN, POISON_IDS, POISONS, assert_same_nonfinite, nonfinite_case, require_kernel
 from internimage.ops import (
     DCNv3,
     current_export_mode,
@@ -61,6 +61,82 @@ def test_zero_offsets_all_ones_mask_is_a_box_filter():
     out = _call(x, off, mask, args)
     expected = F.conv2d(_nchw(x), torch.ones(8, 1, 3, 3, dtype=D64), padding=1, groups=8)
     torch.testing.assert_close(_nchw(out), expected, rtol=1e-12, atol=1e-12)
+
+
+def torchvision_dcnv3(x, off, mask, k, stride, pad, dil, group, offset_scale):
+    """The DCNv3 core computed by torchvision's DCNv2 op, an independent implementation.
+
+    A depthwise ``deform_conv2d`` with all-ones weights (groups=C) and ``offset_groups=G`` gives each output channel
+    ``sum_k mask_k * bilinear(x_c, pos_k)``: the DCNv3 sum. Layouts are translated here:
+
+    * ours (ORIGINAL.md 2): channels-last x (N, H, W, G*D); offsets (N, Ho, Wo, G*P*2) as [g][p][x, y] with
+      p = i*K + j, i the kernel column (x-outer); mask (N, Ho, Wo, G*P) as [g][p].
+    * torchvision: x (N, C, H, W); offsets (N, G*K*K*2, Ho, Wo) as [g][ky][kx][y, x] (tap ky*K + kx, row-major);
+      mask (N, G*K*K, Ho, Wo) as [g][ky][kx]; channel c belongs to offset group c // D.
+
+    Positions: DCNv3 samples at ``x = wo*s - pad + c + (kx*dil - c + dx) * offset_scale`` with
+    ``c = dil*(K-1)//2``; torchvision at ``x = wo*s - pad + kx*dil + tx``. So ``tx = dx * offset_scale +
+    (kx*dil - c) * (offset_scale - 1)``, and the same in y. Both read zero outside ``-1 < pos < size``.
+    """
+    from torchvision.ops import deform_conv2d
+
+    n, h, w, ch = x.shape
+    _, ho, wo, _ = off.shape
+    centre = dil * (k - 1) // 2
+    off = off.reshape(n, ho, wo, group, k, k, 2)  # [g][kx][ky][x, y]
+    mask = mask.reshape(n, ho, wo, group, k, k)  # [g][kx][ky]
+    tv_off = torch.empty(n, group, k, k, 2, ho, wo, dtype=x.dtype)  # [g][ky][kx][y, x]
+    tv_mask = torch.empty(n, group, k, k, ho, wo, dtype=x.dtype)
+    for ky in range(k):
+        for kx in range(k):
+            ty = off[..., kx, ky, 1] * offset_scale + (ky * dil - centre) * (offset_scale - 1)
+            tx = off[..., kx, ky, 0] * offset_scale + (kx * dil - centre) * (offset_scale - 1)
+            tv_off[:, :, ky, kx, 0] = ty.permute(0, 3, 1, 2)
+            tv_off[:, :, ky, kx, 1] = tx.permute(0, 3, 1, 2)
+            tv_mask[:, :, ky, kx] = mask[..., kx, ky].permute(0, 3, 1, 2)
+    out = deform_conv2d(
+        x.permute(0, 3, 1, 2),
+        tv_off.reshape(n, group * k * k * 2, ho, wo),
+        torch.ones(ch, 1, k, k, dtype=x.dtype),  # depthwise: groups = C / weight.shape[1] = C
+        stride=stride,
+        padding=pad,
+        dilation=dil,
+        mask=tv_mask.reshape(n, group * k * k, ho, wo),
+    )
+    return out.permute(0, 2, 3, 1)
+
+
+# (n, h, w, group, group channels, stride, pad, dilation, offset_scale); kernel 3 throughout
+TORCHVISION_CASES = [
+    (2, 7, 6, 2, 3, 1, 1, 1, 1.0),
+    (1, 9, 8, 4, 2, 2, 1, 1, 1.0),
+    (2, 8, 9, 2, 8, 1, 1, 2, 1.0),
+    (1, 10, 7, 4, 5, 2, 1, 2, 2.0),
+    (2, 6, 7, 2, 4, 1, 1, 1, 2.0),
+    (1, 11, 9, 4, 6, 2, 1, 1, 2.0),
+    (1, 9, 10, 2, 7, 1, 2, 2, 2.0),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("case", TORCHVISION_CASES, ids=[str(c) for c in TORCHVISION_CASES])
+def test_matches_torchvision_deform_conv2d(case, backend):
+    if backend == "cpu":
+        from internimage.ops import cpu as cpu_backend
+
+        require_kernel(cpu_backend.available, "DCNv3 CPU extension")
+    n, h, w, g, d, stride, pad, dil, scale = case
+    args = make_args(3, stride, pad, dil, g, scale)
+    ho, wo = args.output_size(h, w)
+    gen = torch.Generator().manual_seed(sum(case[:6]))
+    x = torch.randn(n, h, w, g * d, generator=gen, dtype=D64)
+    # Fractional offsets of up to +-2.5 px: bilinear weights everywhere, and some samples (partly) outside.
+    off = (torch.rand(n, ho, wo, g * 9 * 2, generator=gen, dtype=D64) - 0.5) * 5
+    mask = torch.rand(n, ho, wo, g * 9, generator=gen, dtype=D64)
+    expected = torchvision_dcnv3(x, off, mask, 3, stride, pad, dil, g, scale)
+    torch.testing.assert_close(_call(x, off, mask, args, backend), expected, rtol=0, atol=1e-10)
+    if backend == "reference":
+        torch.testing.assert_close(dcnv3_reference(x, off, mask, args), expected, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize(
