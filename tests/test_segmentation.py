@@ -24,7 +24,7 @@ from internimage.data.segmentation import (
     seg_collate,
 )
 from internimage.models.checkpoint import CheckpointError
-from internimage.models.internimage import _MODEL_SPECS, InternImage
+from internimage.models.internimage import MODEL_SPECS, InternImage
 from internimage.models.segmentation import (
     SegMetric,
     build_upernet,
@@ -531,7 +531,7 @@ def test_presets_follow_the_official_recipes():
         assert (cfg.iters, cfg.warmup_iters, cfg.sched, cfg.poly_power, cfg.min_lr) == (160000, 1500, "poly", 1.0, 0)
         assert cfg.img_scale == (4 * crop, crop) and cfg.weight_decay == 0.05
         assert cfg.layer_scale == (None if variant == "h" else 1.0)
-        assert _MODEL_SPECS[cfg.model][0] == variant  # the backbone of the right size
+        assert MODEL_SPECS[cfg.model][0] == variant  # the backbone of the right size
     with pytest.raises(ValueError, match="unknown segmentation preset"):
         get_preset("upernet_internimage_q_512_160k_ade20k")
 

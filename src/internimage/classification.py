@@ -408,9 +408,9 @@ def load_classifier(
 
         load_weights(net, path, strict=True, use_ema=use_ema)
     net.eval()
-    from .models.internimage import _MODEL_SPECS
+    from .models.internimage import MODEL_SPECS
 
-    default_size = _MODEL_SPECS[name][1]["input_size"][-1]
+    default_size = MODEL_SPECS[name][1]["input_size"][-1]
     classes = json.loads(meta["classes"]) if "classes" in meta else class_names(net.num_classes)
     info = {
         "classes": classes,

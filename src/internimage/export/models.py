@@ -239,14 +239,14 @@ def _segmentation(
 ) -> ExportableModel:
     from ..configs.segmentation import list_presets
     from ..models import ARCHS, load_weights
-    from ..models.internimage import MODEL_ARCHS
+    from ..models.internimage import MODEL_SPECS
     from ..segmentation import SegTrainConfig, build_segmentor
 
     # The one segmentor builder, on the model the checkpoint describes (``internimage train`` stores its fields),
     # else on a preset's head and widths, else on the UperNet of the official configs (512 wide, 150 classes).
     cfg, described = _task_config(SegTrainConfig, list_presets(), name, checkpoint, num_classes)
-    if (not described or cfg.layer_scale is None) and cfg.model in MODEL_ARCHS:
-        overrides.setdefault("layer_scale", ARCHS[MODEL_ARCHS[cfg.model]].layer_scale)  # the backbone's own
+    if (not described or cfg.layer_scale is None) and cfg.model in MODEL_SPECS:
+        overrides.setdefault("layer_scale", ARCHS[MODEL_SPECS[cfg.model][0]].layer_scale)  # the backbone's own
     model = build_segmentor(cfg, load_pretrained=False, backbone_overrides=overrides)
     body = model.backbone
     if checkpoint is not None:

@@ -2,11 +2,12 @@
 
 from .checkpoint import CheckpointError, LoadResult, convert_checkpoint, load_checkpoint
 from .factory import create_model, list_models, load_weights
-from .internimage import ARCHS, MODEL_NAMES, InternImage, InternImageArch
+from .internimage import ARCHS, MODEL_NAMES, MODEL_SPECS, InternImage, InternImageArch
 
 __all__ = [
     "ARCHS",
     "MODEL_NAMES",
+    "MODEL_SPECS",
     "CheckpointError",
     "InternImage",
     "InternImageArch",

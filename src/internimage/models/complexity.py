@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .factory import create_model
-from .internimage import _MODEL_SPECS
+from .internimage import MODEL_SPECS
 
 __all__ = ["Complexity", "model_complexity", "dcnv3_macs"]
 
@@ -42,7 +42,7 @@ def model_complexity(name: str, resolution: int | None = None, **overrides) -> C
         resolution: Square input size (defaults to the model's pretrained input size).
         **overrides: Architecture overrides passed to :func:`create_model`.
     """
-    cfg = _MODEL_SPECS[name][1]
+    cfg = MODEL_SPECS[name][1]
     size = resolution or cfg["input_size"][-1]
     with torch.device("meta"):
         model = create_model(name, **overrides).eval()

@@ -29,7 +29,7 @@ from ..ops.fused_linear import fused_mlp, fusion_enabled
 from .checkpoint import checkpoint_filter_fn
 from .recompute import gelu_mlp
 
-__all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_ARCHS", "MODEL_NAMES"]
+__all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_NAMES", "MODEL_SPECS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -776,8 +776,9 @@ def _flash(filename: str, size: int) -> dict[str, Any]:
     )
 
 
-# name -> (arch, pretrained cfg); names follow the official model zoo.
-_MODEL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
+#: The registry: model name -> (key of its architecture in :data:`ARCHS`, its timm pretrained cfg: ``input_size``,
+#: ``num_classes``, ``mean``, ``std``, weights URL). Names follow the official model zoo.
+MODEL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "internimage_t_1k_224": ("t", _official("internimage_t_1k_224", 224)),
     "internimage_s_1k_224": ("s", _official("internimage_s_1k_224", 224)),
     "internimage_b_1k_224": ("b", _official("internimage_b_1k_224", 224)),
@@ -800,15 +801,13 @@ _MODEL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "internimage_test_h_32": ("test_h", _cfg(32, 10)),
     "internimage_test_g_32": ("test_g", _cfg(32, 10)),
 }
-MODEL_NAMES: tuple[str, ...] = tuple(_MODEL_SPECS)
-#: Registered model name -> its key in :data:`ARCHS`.
-MODEL_ARCHS: dict[str, str] = {name: arch for name, (arch, _) in _MODEL_SPECS.items()}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_SPECS)
 
-default_cfgs = generate_default_cfgs({name: cfg for name, (_, cfg) in _MODEL_SPECS.items()})
+default_cfgs = generate_default_cfgs({name: cfg for name, (_, cfg) in MODEL_SPECS.items()})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> InternImage:
-    arch_name, cfg = _MODEL_SPECS[variant]
+    arch_name, cfg = MODEL_SPECS[variant]
     arch = ARCHS[arch_name].kwargs()
     arch.update(kwargs)
     arch.setdefault("num_classes", cfg["num_classes"])

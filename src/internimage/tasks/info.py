@@ -29,7 +29,7 @@ def _info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from ..models.internimage import _MODEL_SPECS
+    from ..models.internimage import MODEL_SPECS
 
     names = list_models(args.models, include_test=args.include_test)
     if not names:
@@ -37,12 +37,12 @@ def _run_info(args: argparse.Namespace) -> int:
     rows = []
     for name in names:
         c = model_complexity(name, args.resolution)
-        arch = _MODEL_SPECS[name][0]
+        arch = MODEL_SPECS[name][0]
         row = {
             "model": name,
             "arch": arch.upper(),
             "resolution": c.resolution,
-            "classes": _MODEL_SPECS[name][1]["num_classes"],
+            "classes": MODEL_SPECS[name][1]["num_classes"],
             "params": c.params,
             "gmacs": round(c.macs / 1e9, 2),
             "dcn_gmacs": round(c.dcn_macs / 1e9, 3),
