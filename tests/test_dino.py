@@ -481,7 +481,7 @@ def test_export_check_compares_with_the_exported_runs_query_selection(tmp_path, 
     # the i-th query, so the detections differ. The check gives PyTorch the exported run's selection: a file that
     # swapped two selected tokens is not an export error, a file with other numbers still is.
     import internimage.export.core as core
-    from internimage.models.detection.dino import dino_exportable
+    from internimage.export.models import dino_exportable
 
     exportable = dino_exportable(tiny_dino(seed=3), "tiny", min_side=64)
     x_shape = (1, 3, 128, 96)

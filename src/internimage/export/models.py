@@ -30,6 +30,7 @@ __all__ = [
     "ExportableModel",
     "build_exportable",
     "detection_postprocess",
+    "dino_exportable",
     "make_export_friendly",
 ]
 
@@ -186,6 +187,56 @@ def detection_postprocess(
     return detector.transform.postprocess(detections, batch.image_sizes, sizes)
 
 
+class DinoExport(nn.Module):
+    """The whole DINO inference as one graph: ``images (N, 3, H, W) normalised -> scores, labels, boxes, queries``.
+
+    No NMS is needed: the decoding is a top-k over queries x classes (the detector's ``forward_tensor``).
+    Labels are 0..K-1, boxes xyxy pixels of the input, ``query_index`` (N, Q) the encoder tokens the two-stage
+    selection took (what makes a fair comparison with PyTorch possible: see :func:`dino_exportable`).
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor, query_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        return self.detector.forward_tensor(images, query_index, return_index=True)
+
+
+def dino_exportable(model: nn.Module, name: str, min_side: int = 224):
+    """The :class:`~internimage.export.models.ExportableModel` of a built DINO or CB-DINO.
+
+    The traced example is 256 x 256 and inputs must be at least 224 a side: the two-stage query selection takes
+    the top ``num_queries`` (900) encoder tokens, so the four levels must hold at least that many.
+
+    That selection is where onnxruntime and PyTorch can part: they compute the encoder scores to ~2e-6 (as PyTorch
+    on 1 and 2 threads do), so tokens scored closer than that may be ranked in another order; and since DINO pairs
+    the i-th selected token with the i-th content query, the detections then differ, not only their order. The
+    export therefore also outputs the selection (``query_index``), and its check runs PyTorch with the exported
+    run's selection. Given the same selection, full-size DINO-T agrees within 7e-5 px at 320 x 480 and 384 x 384,
+    1.8e-4 px (1.4e-7 of the side: float32 rounding) at 800 x 1344 (``benchmarks/dino_onnx_parity.py``).
+    """
+    model.eval()
+    body = model.backbone.cb_modules[0] if model.composite else model.backbone
+    in_chans = int(body.patch_embed.conv1.in_channels)
+    module = DinoExport(model).eval()
+
+    def eager_given(images: torch.Tensor, exported: list[Any]) -> tuple[torch.Tensor, ...]:
+        return module(images, torch.as_tensor(exported[3]).long())
+
+    return ExportableModel(
+        module,
+        ["scores", "labels", "boxes", "query_index"],
+        "detection",
+        name,
+        in_chans,
+        full_model=model,
+        example_blocks=8,
+        min_side=min_side,
+        eager_given=eager_given,
+    )
+
+
 def _classification(name: str, checkpoint: str | None, num_classes: int | None, **overrides: Any) -> ExportableModel:
     from ..models import create_model
 
@@ -301,8 +352,6 @@ def _detection(
         logger.info("loaded %s (%s) into %s on %s", checkpoint, result.format, cfg.arch, cfg.model)
     model.eval()
     if cfg.arch in ("dino", "cb_dino"):
-        from ..models.detection.dino import dino_exportable
-
         return dino_exportable(model, name or cfg.model)
     names = [f"fpn_{k}" for k in _FPN_LEVELS]
     names += [f"rpn_objectness_{k}" for k in _FPN_LEVELS] + [f"rpn_deltas_{k}" for k in _FPN_LEVELS]

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import LoadResult, load_checkpoint
+from .checkpoint import LoadResult, load_checkpoint, load_detector_weights, load_segmentation_checkpoint
 from .internimage import MODEL_NAMES, InternImage, _create
 
 __all__ = ["create_model", "list_models", "load_weights"]
@@ -63,18 +63,15 @@ def create_model(
     return model
 
 
-def load_weights(
-    model: nn.Module, path: str | os.PathLike, strict: bool = True, use_ema: bool = False
-) -> LoadResult | Any:
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True, use_ema: bool = False) -> LoadResult:
     """Load a checkpoint of any supported format into any of our models: the one entry point, by model kind.
 
     * an :class:`~internimage.models.internimage.InternImage` (classifier or backbone): official, HF, timm,
       training-run or safetensors files (:func:`~internimage.models.checkpoint.load_checkpoint`);
-    * a :class:`~internimage.models.segmentation.Segmentor` (UperNet, Mask2Former): mmseg, ours, or a
-      classification checkpoint for the backbone only
-      (:func:`~internimage.models.segmentation.load_segmentation_checkpoint`);
-    * a detector of :mod:`internimage.models.detection` (Mask R-CNN, Cascade, DINO): mmdet, ours, or a
-      classification checkpoint for the backbone (:func:`~internimage.models.detection.load_detector_weights`).
+    * a segmentor (``weights_layout = 'segmentor'``: UperNet, Mask2Former): mmseg, ours, or a classification
+      checkpoint for the backbone only (:func:`~internimage.models.checkpoint.load_segmentation_checkpoint`);
+    * a detector (``weights_layout`` ``'rcnn'`` or ``'dino'``: Mask R-CNN, Cascade, DINO): mmdet, ours, or a
+      classification checkpoint for the backbone (:func:`~internimage.models.checkpoint.load_detector_weights`).
 
     Args:
         model: The model to fill.
@@ -83,24 +80,18 @@ def load_weights(
         use_ema: Take the EMA weights of a training checkpoint (classifiers and detectors).
 
     Returns:
-        The reader's load result (``format``, ``missing``, ...).
+        The :class:`~internimage.models.checkpoint.LoadResult` (``format``, ``missing``, ...).
 
     Raises:
         ValueError: a model of another kind, or ``use_ema`` for a segmentor.
     """
-    from .internimage import InternImage
-
+    layout = getattr(model, "weights_layout", None)
     if isinstance(model, InternImage):
         return load_checkpoint(model, path, strict=strict, use_ema=use_ema)
-    from .segmentation import Segmentor, load_segmentation_checkpoint
-
-    if isinstance(model, Segmentor):
+    if layout == "segmentor":
         if use_ema:
             raise ValueError("use_ema is not supported for segmentors (export the EMA weights of the run instead)")
         return load_segmentation_checkpoint(model, path, strict=strict)
-    from . import detection
-
-    detectors = (detection.InternImageMaskRCNN, detection.InternImageCascadeMaskRCNN, detection.InternImageDINO)
-    if isinstance(model, detectors):
-        return detection.load_detector_weights(model, path, strict=strict, use_ema=use_ema)
+    if layout in ("rcnn", "dino"):
+        return load_detector_weights(model, path, strict=strict, use_ema=use_ema)
     raise ValueError(f"load_weights: {type(model).__name__} is not an InternImage, a segmentor or a detector")

@@ -19,21 +19,19 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint.mmdet import MappedState, load_detector_weights, load_mmdet_detector, map_mmdet_state_dict
 from .backbone import InternImageFPN, build_internimage_body
 from .cascade import InternImageCascadeMaskRCNN, build_cascade_mask_rcnn
 from .cascade_roi_heads import CascadeRoIHeads
 from .dino import InternImageDINO, build_cb_dino, build_dino
 from .generalized_rcnn import InternImageRCNN
 from .mask_rcnn import InternImageMaskRCNN, build_mask_rcnn
-from .mmdet_keys import MappedState, load_mmdet_detector, map_mmdet_state_dict
 from .poolers import LevelRoIAlign
 from .transform import PassThroughTransform
-from .weights import DetectorLoadResult, load_detector_weights
 
 __all__ = [
     "ARCHITECTURES",
     "CascadeRoIHeads",
-    "DetectorLoadResult",
     "InternImageCascadeMaskRCNN",
     "InternImageDINO",
     "InternImageFPN",

@@ -47,6 +47,9 @@ class InternImageRCNN(GeneralizedRCNN):
         num_classes: Foreground classes (labels 1..num_classes; 0 is background).
     """
 
+    #: How :func:`internimage.models.load_weights` reads checkpoints into this model.
+    weights_layout = "rcnn"
+
     def __init__(self, backbone: InternImageFPN, rpn: MMDetRPN, roi_heads: nn.Module, num_classes: int) -> None:
         super().__init__(backbone, rpn, roi_heads, PassThroughTransform())
         self.num_classes = num_classes

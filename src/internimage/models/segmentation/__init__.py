@@ -1,7 +1,7 @@
 """Semantic segmentation on the InternImage backbone: UperNet (+ FCN auxiliary head) and Mask2Former heads,
 whole/slide/TTA inference, dataset-wide metrics, official mmseg checkpoints."""
 
-from .checkpoint import load_segmentation_checkpoint, map_mmseg_state_dict
+from ..checkpoint.mmseg import load_segmentation_checkpoint, map_mmseg_state_dict
 from .heads import ConvModule, FCNHead, UPerHead
 from .mask2former import Mask2FormerHead, MSDeformAttn
 from .metrics import SegMetric, confusion_matrix, metrics_from_confusion

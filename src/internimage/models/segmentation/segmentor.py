@@ -57,6 +57,9 @@ class Segmentor(nn.Module):
         align_corners: ``align_corners`` of the logit upsampling.
     """
 
+    #: How :func:`internimage.models.load_weights` reads checkpoints into this model.
+    weights_layout = "segmentor"
+
     def __init__(
         self,
         backbone: InternImage,

@@ -14,8 +14,6 @@ from .model import (
     InternImageDINO,
     build_cb_dino,
     build_dino,
-    dino_exportable,
-    load_dino_weights,
 )
 from .transformer import DinoTransformer
 
@@ -29,9 +27,7 @@ __all__ = [
     "InternImageDINO",
     "build_cb_dino",
     "build_dino",
-    "dino_exportable",
     "generalized_iou",
-    "load_dino_weights",
     "hungarian_assign",
     "match_cost",
     "sigmoid_focal_loss",

@@ -13,7 +13,6 @@ Parameter names are the official ones (``backbone.*``, ``neck.convs.i.conv/gn``,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,6 @@ __all__ = [
     "InternImageDINO",
     "build_cb_dino",
     "build_dino",
-    "load_dino_weights",
 ]
 
 OUT_INDICES = [1, 2, 3]  # backbone levels fed to the neck (strides 8, 16, 32), the official ``out_indices``
@@ -172,6 +170,9 @@ class InternImageDINO(nn.Module):
         bbox_head: :class:`DINOHead`.
         cb_first_weight: Weight of the assisting backbone's losses (CB only; 0.5).
     """
+
+    #: How :func:`internimage.models.load_weights` reads checkpoints into this model.
+    weights_layout = "dino"
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, bbox_head: DINOHead, cb_first_weight: float = 0.5) -> None:
         super().__init__()
@@ -313,103 +314,3 @@ def build_cb_dino(
     cb = CBInternImage(backbone, **(backbone_overrides or {}))
     neck = nn.ModuleList([ChannelMapper(cb.out_channels, neck_channels, 4)])
     return InternImageDINO(cb, neck, _head(num_classes, dict(head_kwargs, dim=neck_channels)), cb_first_weight)
-
-
-def _backbone_bodies(model: InternImageDINO) -> list[nn.Module]:
-    return list(model.backbone.cb_modules) if model.composite else [model.backbone]
-
-
-def load_dino_weights(model: InternImageDINO, path: str | os.PathLike, strict: bool = True, use_ema: bool = False):
-    """Load an official mmdet DINO / CB-DINO checkpoint, one of ours, or a classification backbone.
-
-    Our parameter names are the official ones, so detector files (official ``state_dict`` or ours) load as they
-    are. A file without ``bbox_head.*`` tensors is a backbone checkpoint: it goes into the InternImage (both
-    InternImages of CB, the lead without stem), non-strictly.
-
-    Args:
-        model: From :func:`build_dino` / :func:`build_cb_dino`.
-        path: Checkpoint file.
-        strict: Raise if a model tensor is missing or a file tensor does not fit (detector files only).
-        use_ema: Take the EMA weights of a training checkpoint.
-
-    Returns:
-        A :class:`~internimage.models.detection.weights.DetectorLoadResult`.
-    """
-    from ...checkpoint import CheckpointError, detect_format, load_checkpoint, read_checkpoint
-    from ..weights import DetectorLoadResult
-
-    _, sd = detect_format(read_checkpoint(path), use_ema=use_ema)
-    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
-    if not any(k.startswith("bbox_head.") for k in sd):
-        missing, skipped = [], []
-        for i, body in enumerate(_backbone_bodies(model)):
-            res = load_checkpoint(body, path, strict=False, use_ema=use_ema, ignore_head=True)
-            if res.mismatched or len(res.missing) == len(body.state_dict()):
-                raise CheckpointError(f"{os.fspath(path)} does not fit the DINO backbone: {res.summary()}")
-            prefix = f"backbone.cb_modules.{i}." if model.composite else "backbone."
-            missing += [prefix + k for k in res.missing]
-            skipped = list(res.unexpected)
-        return DetectorLoadResult("backbone", missing=missing, skipped=skipped)
-    own = model.state_dict()
-    fits = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    result = DetectorLoadResult("dino", [k for k in own if k not in fits], [k for k in sd if k not in fits])
-    if strict and (result.missing or result.skipped):
-        shown = (result.missing or result.skipped)[:4]
-        raise CheckpointError(
-            f"{os.fspath(path)} does not fit the DINO detector: {len(result.missing)} missing, "
-            f"{len(result.skipped)} not fitting (e.g. {', '.join(shown)})"
-        )
-    model.load_state_dict(fits, strict=False)
-    return result
-
-
-class DinoExport(nn.Module):
-    """The whole DINO inference as one graph: ``images (N, 3, H, W) normalised -> scores, labels, boxes, queries``.
-
-    No NMS is needed: the decoding is a top-k over queries x classes (:meth:`InternImageDINO.forward_tensor`).
-    Labels are 0..K-1, boxes xyxy pixels of the input, ``query_index`` (N, Q) the encoder tokens the two-stage
-    selection took (what makes a fair comparison with PyTorch possible: see :func:`dino_exportable`).
-    """
-
-    def __init__(self, detector: InternImageDINO) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor, query_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        return self.detector.forward_tensor(images, query_index, return_index=True)
-
-
-def dino_exportable(model: InternImageDINO, name: str, min_side: int = 224):
-    """The :class:`~internimage.export.models.ExportableModel` of a built DINO or CB-DINO.
-
-    The traced example is 256 x 256 and inputs must be at least 224 a side: the two-stage query selection takes
-    the top ``num_queries`` (900) encoder tokens, so the four levels must hold at least that many.
-
-    That selection is where onnxruntime and PyTorch can part: they compute the encoder scores to ~2e-6 (as PyTorch
-    on 1 and 2 threads do), so tokens scored closer than that may be ranked in another order; and since DINO pairs
-    the i-th selected token with the i-th content query, the detections then differ, not only their order. The
-    export therefore also outputs the selection (``query_index``), and its check runs PyTorch with the exported
-    run's selection. Given the same selection, full-size DINO-T agrees within 7e-5 px at 320 x 480 and 384 x 384,
-    1.8e-4 px (1.4e-7 of the side: float32 rounding) at 800 x 1344 (``benchmarks/dino_onnx_parity.py``).
-    """
-    from ....export.models import ExportableModel
-
-    model.eval()
-    body = model.backbone.cb_modules[0] if model.composite else model.backbone
-    in_chans = int(body.patch_embed.conv1.in_channels)
-    module = DinoExport(model).eval()
-
-    def eager_given(images: torch.Tensor, exported: list[Any]) -> tuple[torch.Tensor, ...]:
-        return module(images, torch.as_tensor(exported[3]).long())
-
-    return ExportableModel(
-        module,
-        ["scores", "labels", "boxes", "query_index"],
-        "detection",
-        name,
-        in_chans,
-        full_model=model,
-        example_blocks=8,
-        min_side=min_side,
-        eager_given=eager_given,
-    )

@@ -1,4 +1,4 @@
-"""Reading, converting and writing InternImage checkpoints.
+"""The format-independent core of the checkpoint readers: read safely, detect the layout, compare, write.
 
 Formats recognised (the official release's files), all read with ``torch.load(weights_only=True)`` or safetensors:
 
@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,9 @@ __all__ = [
     "convert_checkpoint",
     "detect_format",
     "refusal_message",
+    "load_backbone_bodies",
     "load_checkpoint",
+    "load_fitting",
     "normalize_state_dict",
     "read_checkpoint",
     "save_state_dict",
@@ -69,6 +71,11 @@ class LoadResult:
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def skipped(self) -> list[str]:
+        """File tensors that were not loaded: unknown names and shape conflicts."""
+        return [*self.unexpected, *(k for k, _, _ in self.mismatched)]
 
     def summary(self) -> str:
         """One line naming every problem (at most five keys of each kind)."""
@@ -280,6 +287,67 @@ def compare(model_sd: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]
     return result
 
 
+def load_fitting(
+    model: nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    fmt: str,
+    path: str | os.PathLike,
+    strict: bool,
+    what: str,
+    unmapped: list[str] | None = None,
+    needed: Callable[[str], bool] | None = None,
+) -> LoadResult:
+    """Load the tensors of ``sd`` (already in the model's names) that fit ``model``: the one loading rule of every
+    dense model (detectors, segmentors).
+
+    Args:
+        model: The model to fill.
+        sd: State dict in the model's key names.
+        fmt: Source format, for messages and the result.
+        path: The file, for messages.
+        strict: Refuse (one line naming what does not fit) unless every model tensor is found and every file
+            tensor fits; otherwise load what fits and log the rest.
+        what: Name of the model kind in messages (``detector``, ``segmentor``).
+        unmapped: File tensors that a key map could not name (counted as unexpected).
+        needed: Which model tensors the file must provide (default: all); the others keep their values.
+
+    Raises:
+        CheckpointError: ``strict`` and something does not fit.
+    """
+    own = model.state_dict()
+    result = compare({k: v for k, v in own.items() if needed is None or needed(k) or k in sd}, sd, fmt)
+    result.unexpected += list(unmapped or [])
+    if strict and not result.ok:
+        raise CheckpointError(f"checkpoint {Path(path).name} ({fmt}) does not fit the {what}: {result.summary()}")
+    bad = set(result.skipped)
+    model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
+    if not result.ok:
+        logger.warning("loaded %s (%s) partially: %s", Path(path).name, fmt, result.summary())
+    return result
+
+
+def load_backbone_bodies(bodies: dict[str, nn.Module], path: str | os.PathLike, use_ema: bool, what: str) -> LoadResult:
+    """A classification or backbone-only checkpoint into the InternImage(s) of a detector, non-strictly.
+
+    Args:
+        bodies: Prefix of each InternImage in the detector's state dict -> the module.
+        path: The checkpoint (any layout :func:`~.core.load_checkpoint` reads).
+        use_ema: Take the EMA weights of a training checkpoint.
+        what: The detector's name in messages.
+
+    Raises:
+        CheckpointError: a shape conflict, or a file that fills none of the backbone.
+    """
+    result = LoadResult("backbone")
+    for prefix, body in bodies.items():
+        res = load_checkpoint(body, path, strict=False, use_ema=use_ema, ignore_head=True)
+        if res.mismatched or len(res.missing) == len(body.state_dict()):
+            raise CheckpointError(f"{os.fspath(path)} does not fit the {what}'s backbone: {res.summary()}")
+        result.missing += [prefix + k for k in res.missing]
+        result.unexpected = list(res.unexpected)
+    return result
+
+
 def load_checkpoint(
     model: nn.Module,
     path: str | os.PathLike,
@@ -327,7 +395,7 @@ def save_state_dict(
     """Write a state dict as safetensors with :func:`internimage.io.atomic_write` (umask honoured, no partial file)."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_write
+    from ...io import atomic_write
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata or {})))

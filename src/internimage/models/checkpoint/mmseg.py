@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ..checkpoint import CheckpointError, LoadResult, compare, detect_format, normalize_state_dict, read_checkpoint
-from .segmentor import Segmentor
+from .core import LoadResult, detect_format, load_fitting, normalize_state_dict, read_checkpoint
 
 __all__ = ["load_segmentation_checkpoint", "map_mmseg_state_dict"]
 
@@ -58,7 +58,7 @@ def map_mmseg_state_dict(sd: Mapping[str, torch.Tensor], fmt: str | None = None)
 
 
 def load_segmentation_checkpoint(
-    model: Segmentor, path: str | os.PathLike, strict: bool = True, new_classes: bool = False
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, new_classes: bool = False
 ) -> LoadResult:
     """Load a segmentation or classification checkpoint into a segmentor.
 
@@ -77,24 +77,20 @@ def load_segmentation_checkpoint(
     """
     fmt, raw = detect_format(read_checkpoint(path))
     sd, kind = map_mmseg_state_dict(raw, fmt)
-    own = model.state_dict()
     if new_classes:
         sd = {k: v for k, v in sd.items() if not k.startswith(_CLASSIFIERS)}
-        own = {k: v for k, v in own.items() if not k.startswith(_CLASSIFIERS)}
-    if kind == "backbone":
-        own = {k: v for k, v in own.items() if k.startswith("backbone.")}
-    result = compare(own, sd, fmt)
-    if kind == "backbone":
+    gammas = [
+        k for k in model.state_dict() if kind == "backbone" and k.endswith((".gamma1", ".gamma2")) and k not in sd
+    ]
+    if gammas:
         # Layer-scale gammas absent from a classification checkpoint keep their init, like the original.
-        gammas = [k for k in result.missing if k.rsplit(".", 1)[-1] in ("gamma1", "gamma2")]
-        result.missing = [k for k in result.missing if k not in gammas]
-        if gammas:
-            logger.info("%d layer-scale parameters not in %s keep their initial value", len(gammas), Path(path).name)
-    if strict and not result.ok:
-        raise CheckpointError(f"checkpoint {Path(path).name} ({fmt}) does not fit the segmentor: {result.summary()}")
-    bad = {k for k, _, _ in result.mismatched} | set(result.unexpected)
-    model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False)
-    if not result.ok:
-        logger.warning("loaded %s (%s) partially: %s", Path(path).name, fmt, result.summary())
+        logger.info("%d layer-scale parameters not in %s keep their initial value", len(gammas), Path(path).name)
+
+    def needed(key: str) -> bool:
+        if new_classes and key.startswith(_CLASSIFIERS):
+            return False
+        return kind != "backbone" or (key.startswith("backbone.") and key not in gammas)
+
+    result = load_fitting(model, sd, fmt, path, strict, "segmentor", needed=needed)
     logger.info("loaded %s (%s, %s) into the segmentor", Path(path).name, fmt, kind)
     return result

@@ -1,4 +1,4 @@
-"""Map official mmdet 2.x detection checkpoints (InternImage Mask R-CNN / Cascade Mask R-CNN) onto our detectors.
+"""Detector weights: official mmdet 2.x checkpoints (InternImage Mask R-CNN / Cascade Mask R-CNN), ours, backbones.
 
 Renames, and the layout changes between mmdet and torchvision:
 
@@ -34,9 +34,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, detect_format, read_checkpoint
+from .core import (
+    CheckpointError,
+    LoadResult,
+    _strip_wrappers,
+    detect_format,
+    load_backbone_bodies,
+    load_fitting,
+    read_checkpoint,
+)
+from .dino import load_dino_weights
 
-__all__ = ["MappedState", "load_mmdet_detector", "map_mmdet_state_dict"]
+__all__ = [
+    "MappedState",
+    "load_detector_weights",
+    "load_mmdet_detector",
+    "map_mmdet_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +91,6 @@ class MappedState:
     source: dict[str, str] = field(default_factory=dict)
     unmapped: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-
-
-def _strip_wrappers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop DDP / ``torch.compile`` prefixes."""
-    return {re.sub(r"^((module|_orig_mod)\.)+", "", k): v for k, v in sd.items()}
 
 
 def _rename(key: str) -> str | None:
@@ -151,42 +160,66 @@ def map_mmdet_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module | None
     return out
 
 
-def load_mmdet_detector(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> MappedState:
-    """Load an official mmdet detection checkpoint into a detector built by this package.
+def load_mmdet_detector(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:
+    """Load an official mmdet detection checkpoint into a Mask R-CNN or Cascade Mask R-CNN of this package.
 
     Args:
-        model: A Mask R-CNN or Cascade Mask R-CNN from :mod:`internimage.models.detection`.
+        model: The detector.
         path: The ``.pth`` (``{'state_dict': ...}``) or a safetensors file with mmdet names.
         strict: Raise unless every checkpoint tensor finds exactly one model tensor of the same shape and every
             model tensor is covered.
-
-    Returns:
-        The :class:`MappedState` that was loaded.
 
     Raises:
         CheckpointError: in strict mode, a one-line list of the problems.
     """
     _, sd = detect_format(read_checkpoint(path))
     mapped = map_mmdet_state_dict(sd, model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in mapped.state_dict]
-    unexpected = [k for k in mapped.state_dict if k not in own] + mapped.unmapped
-    mismatched = [
-        f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
-        for k, v in mapped.state_dict.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    problems = [
-        f"{len(items)} {label} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape conflicts", mismatched))
-        if items
-    ]
-    if problems and strict:
-        raise CheckpointError(f"mmdet checkpoint {os.fspath(path)} does not fit the detector: {'; '.join(problems)}")
-    if problems:
-        logger.warning("loaded %s partially: %s", os.fspath(path), "; ".join(problems))
-    bad = {k.split(":")[0] for k in mismatched}
-    model.load_state_dict({k: v for k, v in mapped.state_dict.items() if k in own and k not in bad}, strict=False)
     if mapped.ignored:
         logger.info("ignored %d EMA shadow buffers of %s", len(mapped.ignored), os.fspath(path))
-    return mapped
+    return load_fitting(model, mapped.state_dict, "mmdet", path, strict, "detector", mapped.unmapped)
+
+
+_MMDET_HEADS = ("neck.", "rpn_head.", "roi_head.")
+_OUR_HEADS = ("backbone.fpn.", "rpn.", "roi_heads.")
+
+
+def _class_specific_regression(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our Cascade checkpoints from before class-specific regression had 4 ``fc_reg`` rows per stage: repeating them
+    for every class predicts exactly the same boxes."""
+    own = model.state_dict()
+    out = dict(sd)
+    for k, v in sd.items():
+        if re.search(r"box_heads\.\d+\.fc_reg\.", k) and k in own and v.shape[0] == 4 < own[k].shape[0]:
+            out[k] = v.repeat(own[k].shape[0] // 4, *([1] * (v.dim() - 1)))
+    return out
+
+
+def load_detector_weights(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, use_ema: bool = False
+) -> LoadResult:
+    """Load a checkpoint into a Mask R-CNN, Cascade Mask R-CNN or DINO of this package.
+
+    Args:
+        model: The detector (DINO is recognised by ``model.weights_layout == 'dino'``).
+        path: Our ``model.safetensors`` / training checkpoint, an official mmdet detector checkpoint, or a
+            classification / backbone checkpoint (then only the backbone is loaded).
+        strict: Raise if any model tensor is missing or any file tensor does not fit (use False to fine-tune
+            from a checkpoint with another number of classes: mis-shaped tensors are skipped and logged).
+        use_ema: Take the EMA weights of a training checkpoint.
+
+    Returns:
+        The :class:`~.core.LoadResult` (``format``: ``ours``, ``mmdet``, ``dino`` or ``backbone``).
+
+    Raises:
+        CheckpointError: unreadable file, or (strict) a one-line list of what does not fit.
+    """
+    if getattr(model, "weights_layout", None) == "dino":
+        return load_dino_weights(model, path, strict=strict, use_ema=use_ema)
+    _, sd = detect_format(read_checkpoint(path), use_ema=use_ema)
+    sd = _strip_wrappers(sd)
+    if any(k.startswith(_OUR_HEADS) for k in sd):
+        return load_fitting(model, _class_specific_regression(sd, model), "ours", path, strict, "detector")
+    if any(k.startswith(_MMDET_HEADS) for k in sd):
+        mapped = map_mmdet_state_dict(sd, model)
+        return load_fitting(model, mapped.state_dict, "mmdet", path, strict, "detector", mapped.unmapped)
+    return load_backbone_bodies({"backbone.body.": model.backbone.body}, path, use_ema, "detector")
