@@ -13,9 +13,14 @@ import yaml
 
 import internimage
 from conftest import make_folder
-from internimage.classification import imagenet_22k_to_1k_indices, topk_correct
+from internimage.classification import (
+    ClassificationConfig,
+    imagenet_22k_to_1k_indices,
+    list_presets,
+    load_preset,
+    topk_correct,
+)
 from internimage.cli import main
-from internimage.configs import ClassificationConfig, list_presets, load_preset
 from internimage.engine import load_config, read_metrics, save_config
 
 TRAIN_SET = [

@@ -11,10 +11,10 @@ import torch
 
 from conftest import write_idx
 from internimage.classification import load_classifier
+from internimage.classification.demo import TensorImages, augment, demo_config, fit_to_budget
 from internimage.cli import main
 from internimage.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from internimage.data import fashion_mnist as fm
-from internimage.demo import TensorImages, augment, demo_config, fit_to_budget
 
 
 def _fake_fashion_mnist(root: Path, n: int = 96) -> Path:
@@ -98,7 +98,7 @@ def test_images_are_padded_black_and_sizes_checked() -> None:
 
 
 def test_budget_shortens_the_schedule_never_lengthens_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import internimage.demo as demo
+    import internimage.classification.demo as demo
 
     cfg = demo_config(str(tmp_path))  # 3 epochs of 60000 // 128 = 468 steps: 1404 steps
     monkeypatch.setattr(demo, "_time_steps", lambda cfg, task: (0.1, 0.05))  # s per step, s per eval batch

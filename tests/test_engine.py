@@ -331,7 +331,7 @@ def test_torchrun_two_processes_match_one_process(
 
 # ------------------------------------------------------------------------------------------ bad input and faults
 def test_config_values_are_checked_when_the_config_is_built(tmp_path: Path) -> None:
-    from internimage.configs import ClassificationConfig
+    from internimage.classification import ClassificationConfig
 
     cases = [
         (TypeError, "epochs must be an integer, got 1.7", ["epochs=1.7"]),  # was silently 1

@@ -7,16 +7,28 @@ A config is saved as ``config.yaml`` next to every run, and the same file (or a 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
 import os
+import pkgutil
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..io import atomic_write
 
-__all__ = ["TrainConfig", "apply_overrides", "load_config", "save_config"]
+__all__ = [
+    "TaskConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "checkpoint_fields",
+    "get_preset_in",
+    "list_presets_in",
+    "load_config",
+    "save_config",
+]
 
 C = TypeVar("C", bound="TrainConfig")
 
@@ -356,3 +368,86 @@ def load_config(cls: type[C], path: str | os.PathLike) -> C:
     if not isinstance(data, dict):
         raise ValueError(f"config {path} is not a mapping")
     return cls.from_dict(data)
+
+
+def checkpoint_fields(path: str, meta_key: str, config_cls: Any) -> dict[str, Any]:
+    """Model fields a run stored with its weights: safetensors metadata (``Task.export_metadata``) or ``config.yaml``.
+
+    Args:
+        path: Checkpoint file: a run's ``model.safetensors`` or ``<run>/checkpoints/step_N.pth``.
+        meta_key: safetensors metadata key holding the JSON model fields.
+        config_cls: Training config class whose ``model_fields()`` a run's ``config.yaml`` yields.
+
+    Returns:
+        The fields found (empty if the checkpoint carries none).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta[meta_key]) if meta_key in meta else {}
+    run_config = p.parent.parent / "config.yaml"  # the trainer's layout: <run>/checkpoints/step_N.pth
+    if run_config.is_file():
+        return load_config(config_cls, run_config).model_fields()
+    return {}
+
+
+# ------------------------------------------------------------------------------------------------- presets
+def list_presets_in(package: str) -> list[str]:
+    """Names of the preset modules of ``package`` (a task's ``presets`` package: ``<name>.py`` defining ``PRESET``)."""
+    path = importlib.import_module(package).__path__
+    return sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
+
+
+def get_preset_in(package: str, name: str) -> dict[str, Any]:
+    """The ``PRESET`` dict (a copy) of ``package.name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    names = list_presets_in(package)
+    if name not in names:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(names)}")
+    return dict(importlib.import_module(f"{package}.{name}").PRESET)
+
+
+T = TypeVar("T", bound="TaskConfig")
+
+
+class TaskConfig:
+    """Presets and stored model fields for a task's :class:`TrainConfig` subclass (mixed in before it).
+
+    The subclass sets ``presets_package`` (the dotted name of its ``presets`` package) and ``meta_key`` (the
+    safetensors metadata key its :class:`~internimage.engine.Task` stores the model fields under).
+    """
+
+    meta_key: ClassVar[str] = ""
+    presets_package: ClassVar[str] = ""
+
+    @classmethod
+    def list_presets(cls) -> list[str]:
+        """Names of the task's shipped presets."""
+        return list_presets_in(cls.presets_package)
+
+    @classmethod
+    def preset_fields(cls, name: str) -> dict[str, Any]:
+        """The fields (a copy) of the preset ``name``."""
+        return get_preset_in(cls.presets_package, name)
+
+    @classmethod
+    def from_preset(cls: type[T], name: str, **overrides: Any) -> T:
+        """The official recipe ``name`` (see :meth:`list_presets`) plus ``overrides``, validated."""
+        cfg = apply_overrides(apply_overrides(cls(), cls.preset_fields(name)), overrides)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_checkpoint(cls: type[T], path: str | Path, **overrides: Any) -> T:
+        """The model fields stored with ``path`` (our ``model.safetensors`` or a run checkpoint) plus ``overrides``."""
+        cfg = apply_overrides(apply_overrides(cls(), checkpoint_fields(str(path), cls.meta_key, cls)), overrides)
+        cfg.validate()
+        return cfg

@@ -13,16 +13,14 @@ the trainer sums it into the ``skipped`` metric and the log.
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .config import TrainConfig, load_config
+from .config import TrainConfig, checkpoint_fields
 from .distributed import DistInfo
 from .optim import param_groups
 
@@ -105,29 +103,3 @@ class Task(abc.ABC):
     def export_metadata(self) -> dict[str, str]:
         """String metadata stored in the exported ``model.safetensors`` (e.g. model name, class names)."""
         return {}
-
-
-def checkpoint_fields(path: str, meta_key: str, config_cls: Any) -> dict[str, Any]:
-    """Model fields a run stored with its weights: safetensors metadata (``Task.export_metadata``) or ``config.yaml``.
-
-    Args:
-        path: Checkpoint file: a run's ``model.safetensors`` or ``<run>/checkpoints/step_N.pth``.
-        meta_key: safetensors metadata key holding the JSON model fields.
-        config_cls: Training config class whose ``model_fields()`` a run's ``config.yaml`` yields.
-
-    Returns:
-        The fields found (empty if the checkpoint carries none).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        return json.loads(meta[meta_key]) if meta_key in meta else {}
-    run_config = p.parent.parent / "config.yaml"  # the trainer's layout: <run>/checkpoints/step_N.pth
-    if run_config.is_file():
-        return load_config(config_cls, run_config).model_fields()
-    return {}

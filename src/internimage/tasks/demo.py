@@ -1,6 +1,6 @@
 """``internimage demo``: train a small InternImage on Fashion-MNIST, evaluate, predict, draw, all offline.
 
-Argument parsing and printing around :mod:`internimage.demo`. Data come from the Debian package
+Argument parsing and printing around :mod:`internimage.classification.demo`. Data come from the Debian package
 ``dataset-fashion-mnist``, ``--data DIR``, or torchvision's download. Outputs in ``--output``: the run (checkpoints,
 ``metrics.csv``, ``model.safetensors``), ``curves.png``, ``predictions.png`` and ``demo.json`` (accuracy, steps,
 wall and CPU time).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..demo import FashionMNISTTask, demo_config, fit_to_budget, prediction_grid
+from ..classification.demo import FashionMNISTTask, demo_config, fit_to_budget, prediction_grid
 from ..engine import apply_overrides
 
 

@@ -3,7 +3,7 @@
 The ``internimage demo`` command (:mod:`internimage.tasks.demo`) is argument parsing around this module::
 
     from internimage.data import find_fashion_mnist
-    from internimage.demo import FashionMNISTTask, demo_config
+    from internimage.classification.demo import FashionMNISTTask, demo_config
     from internimage.engine import Trainer
 
     cfg = demo_config("runs/demo")
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .classification import ClassificationTask
-from .configs import ClassificationConfig
-from .engine import DistInfo
+from ..engine import DistInfo
+from .config import ClassificationConfig
+from .task import ClassificationTask
 
 __all__ = [
     "DEMO_MODEL",
@@ -157,7 +157,7 @@ class FashionMNISTTask(ClassificationTask):
         test_limit: int = 0,
         augment_train: bool = False,
     ) -> None:
-        from .data import FASHION_MNIST_CLASSES
+        from ..data import FASHION_MNIST_CLASSES
 
         super().__init__(cfg, classes=list(FASHION_MNIST_CLASSES))
         self.data_dir = Path(data_dir)
@@ -166,7 +166,7 @@ class FashionMNISTTask(ClassificationTask):
         self.augment_train = augment_train
 
     def build_datasets(self, info: DistInfo) -> tuple[Dataset, Dataset | None]:
-        from .data import load_fashion_mnist
+        from ..data import load_fashion_mnist
 
         xs, ys = load_fashion_mnist(self.data_dir, "train")
         if self.train_limit:
@@ -178,7 +178,7 @@ class FashionMNISTTask(ClassificationTask):
         return TensorImages(xs, ys, size), TensorImages(xt, yt, size)
 
     def collate_fn(self, train: bool) -> Any:
-        from .data import SkipCollate
+        from ..data import SkipCollate
 
         return SkipCollate()
 
@@ -261,7 +261,7 @@ def prediction_grid(model: nn.Module, images: TensorImages, classes: list[str], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write
+    from ..io import atomic_write
 
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(images), generator=g)[:n]

@@ -1,7 +1,7 @@
 """Presets of the official ImageNet classification recipes, named like the official ``classification/configs``.
 
-Each preset module defines ``PRESET``, a dict of :class:`internimage.configs.ClassificationConfig` fields, the same
-format as the detection and segmentation presets. Learning rates are given for a global batch of
+Each preset module defines ``PRESET``, a dict of :class:`~internimage.classification.ClassificationConfig` fields,
+the same format as the detection and segmentation presets. Learning rates are given for a global batch of
 ``lr_base_batch`` = 512 and scaled linearly, as the original does: at its global batch of 4096 the from-scratch lr
 becomes 4e-3.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._registry import get_in, list_in
+from ...engine.config import get_preset_in, list_presets_in
 
 __all__ = ["IMAGENET", "finetune_22k", "from_scratch", "get_preset", "list_presets"]
 
@@ -59,7 +59,7 @@ def finetune_22k(model: str, img_size: int, drop_path_rate: float) -> dict[str, 
 
 def list_presets() -> list[str]:
     """Names of the shipped presets."""
-    return list_in(__name__)
+    return list_presets_in(__name__)
 
 
 def get_preset(name: str) -> dict[str, Any]:
@@ -68,4 +68,4 @@ def get_preset(name: str) -> dict[str, Any]:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    return get_in(__name__, name)
+    return get_preset_in(__name__, name)
