@@ -8,8 +8,9 @@ and a kernel that fails to build from disabling the other.
 
 A kernel is compiled on first use with :func:`torch.utils.cpp_extension.load` (needs a C++ compiler and
 ``ninja``) and cached in torch's extension directory under a name that hashes the source, the flags, the torch
-version and the CPU flags, so an edit, an upgrade or a different machine sharing the cache rebuilds instead of
-loading a stale or illegal binary. Nothing is built at import time. If the build fails,
+version, the CPU flags and the source and torch locations, so an edit, an upgrade or a different machine sharing
+the cache rebuilds instead of loading a stale or illegal binary, and two installations do not rebuild over each
+other. Nothing is built at import time. If the build fails,
 :meth:`CppKernel.available` warns once and returns ``False``, and callers fall back to the reference.
 """
 
@@ -73,6 +74,9 @@ class CppKernel:
         digest = hashlib.sha256()
         for part in (self.source.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode()):
             digest.update(part)
+        # torch rebuilds a cached extension whose build command changed: two installations (another checkout or
+        # venv: other source and include paths) sharing one cache would rebuild over each other on every run.
+        digest.update(f"{self.source.resolve()}|{Path(torch.__file__).resolve().parent}".encode())
         # -march=native binaries are only valid on CPUs with the same features.
         digest.update(_cpu_flags().encode())
         return f"internimage_{self.source.stem}_{digest.hexdigest()[:16]}"
