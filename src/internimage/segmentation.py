@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -137,6 +138,28 @@ class SegTrainConfig(TaskConfig, TrainConfig):
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.classes and len(self.classes) != self.num_classes:
             raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
+        self._validate_pipeline()
+
+    def _validate_pipeline(self) -> None:
+        """Sizes, ratios and weights of the train and test pipelines, checked when the config is built.
+
+        Bad values here used to fail deep inside a run (a zero stride divides by zero in slide inference) or,
+        worse, not at all (no test ratio means no forward pass, and every pixel is scored as class 0).
+        """
+        for name in ("img_scale", "crop_size", "test_crop", "test_stride"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ValueError(f"{name} must be >= 1, got {list(getattr(self, name))}")
+        lo, hi = self.ratio_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"ratio_range must be [lo, hi] with 0 < lo <= hi, got {list(self.ratio_range)}")
+        if not self.test_ratios or any(r <= 0 for r in self.test_ratios):
+            raise ValueError(f"test_ratios must be one or more ratios > 0, got {list(self.test_ratios)}")
+        if not 0 < self.cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio must be in (0, 1], got {self.cat_max_ratio}")
+        if self.num_points < 1:
+            raise ValueError(f"num_points must be >= 1, got {self.num_points}")
+        if self.aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
 
     def model_fields(self) -> dict[str, Any]:
         """What is needed to rebuild the model and its test-time behaviour (stored with exported weights)."""
@@ -194,8 +217,20 @@ def build_segmentor(
     return model
 
 
-def build_dataset(cfg: SegTrainConfig, split: str, train: bool) -> Any:
-    """The dataset of ``split`` with the official train or test transform."""
+def build_dataset(cfg: SegTrainConfig, split: str, train: bool, check_zero_label: bool = True) -> Any:
+    """The dataset of ``split`` with the official train or test transform, labelled in the model's class order.
+
+    Args:
+        cfg: Dataset fields; ``cfg.classes`` are the model's class names (the checkpoint's when evaluating):
+            a ``classes.txt`` naming the same classes in another order is mapped to them by name.
+        split: Split folder.
+        train: Official train transform, else the test one.
+        check_zero_label: Warn when the label maps suggest that ``reduce_zero_label`` throws away a real class.
+
+    Raises:
+        FileNotFoundError: no images, or no label maps for the split.
+        ValueError: the dataset's classes are not the model's.
+    """
     from .data.segmentation import ADE20KDataset, CityscapesDataset, SegTestTransform, SegTrainTransform
 
     if not cfg.data_root:
@@ -205,15 +240,40 @@ def build_dataset(cfg: SegTrainConfig, split: str, train: bool) -> Any:
     else:
         transform = SegTestTransform()
     if cfg.dataset == "cityscapes":
-        ds = CityscapesDataset(cfg.data_root, split, transform)
+        ds = CityscapesDataset(cfg.data_root, split, transform, require_labels=True)
     else:
-        names = cfg.classes or None
         ds = ADE20KDataset(
-            cfg.data_root, split, transform, cfg.reduce_zero_label, num_classes=cfg.num_classes, classes=names
+            cfg.data_root,
+            split,
+            transform,
+            cfg.reduce_zero_label,
+            num_classes=cfg.num_classes,
+            model_classes=cfg.classes or None,
+            require_labels=True,
         )
+        if check_zero_label:
+            _warn_zero_label(ds, Path(cfg.data_root) / split)
     if ds.num_classes != cfg.num_classes:
         raise ValueError(f"dataset {cfg.data_root} has {ds.num_classes} classes but num_classes={cfg.num_classes}")
     return ds
+
+
+def _warn_zero_label(ds: Any, where: Path) -> None:
+    """One warning when label 0 looks like a named class that ``reduce_zero_label=true`` ignores.
+
+    A warning, not a refusal: the evidence (0 present, and as many names as max label + 1) also fits an
+    ADE20K-style split that merely lacks its top class, a common case for small validation splits, where
+    ``reduce_zero_label=true`` is right and a refusal would block a correct run with no way to confirm it.
+    """
+    if ds.zero_label_looks_real():
+        logger.warning(
+            "%s: label 0 looks like a real class (it occurs, and the %d class names cover labels 0..%d), but "
+            "reduce_zero_label=true ignores it and shifts every label down by one; pass --set "
+            "reduce_zero_label=false if 0 is a class",
+            where,
+            ds.num_classes,
+            ds.num_classes - 1,
+        )
 
 
 def evaluate_segmentor(
@@ -237,21 +297,27 @@ def evaluate_segmentor(
     metric = SegMetric(cfg.num_classes, ignore_index=bare.ignore_index, class_names=class_names)
     limit = real_sample_count(loader)
     seen = 0
-    for batch in tqdm(loader, desc="eval", disable=not progress, unit="batch"):
-        for sample in batch:
-            counted = limit is None or seen < limit
-            seen += 1
-            probs = bare.predict(
-                sample["image"][None].to(device),
-                scale=cfg.img_scale,
-                ratios=cfg.test_ratios,
-                flip=cfg.test_flip,
-                mode=cfg.test_mode,
-                crop_size=cfg.test_crop,
-                stride=cfg.test_stride,
-            )
-            if counted:
-                metric.update(probs.argmax(1), sample["label"][None].to(device))
+    try:
+        for batch in tqdm(loader, desc="eval", disable=not progress, unit="batch"):
+            for sample in batch:
+                counted = limit is None or seen < limit
+                seen += 1
+                probs = bare.predict(
+                    sample["image"][None].to(device),
+                    scale=cfg.img_scale,
+                    ratios=cfg.test_ratios,
+                    flip=cfg.test_flip,
+                    mode=cfg.test_mode,
+                    crop_size=cfg.test_crop,
+                    stride=cfg.test_stride,
+                )
+                if counted:
+                    metric.update(probs.argmax(1), sample["label"][None].to(device))
+    except Exception as err:
+        # A worker's error comes back in a reference cycle that holds the loader's iterator: only a later garbage
+        # collection would stop its worker processes, after a 5 s timeout each. Freeing the frames stops them now.
+        traceback.clear_frames(err.__traceback__)
+        raise
     metric.all_reduce()
     return metric.compute()
 
@@ -305,7 +371,9 @@ class SegTask(Task):
     def build_datasets(self, info: Any) -> tuple[Any, Any]:
         train = build_dataset(self.cfg, self.cfg.train_split, train=True)
         self.class_names = self.class_names or list(train.classes)
-        val = build_dataset(self.cfg, self.cfg.val_split, train=False) if self.cfg.val_split else None
+        val = None
+        if self.cfg.val_split:  # same folder and convention: the train split's warning covers it
+            val = build_dataset(self.cfg, self.cfg.val_split, train=False, check_zero_label=False)
         return train, val
 
     def collate_fn(self, train: bool) -> Any:

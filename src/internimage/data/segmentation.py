@@ -10,6 +10,10 @@ Layouts:
   ``root/gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` (19 classes, 255 ignored); raw ``*_labelIds.png`` are
   mapped to train ids on the fly when the train-id files are absent.
 
+Every label map is checked when it is read, before any transform: one channel, the size of its image, and only
+class ids or the ignore index (the error names the file and the value). Given the model's class names, a dataset
+whose ``classes.txt`` lists the same classes in another order is relabelled to the model's order by name.
+
 Transforms (tensors, RGB): :class:`SegTrainTransform` is the official pipeline: keep-ratio resize of the image
 scale (2048, 512) by a random ratio in [0.5, 2.0], random crop (retried up to 10 times while one class covers
 >= 75 % of the crop), horizontal flip p=0.5, photometric distortion, ImageNet normalisation, padding to the crop
@@ -39,6 +43,7 @@ __all__ = [
     "CityscapesDataset",
     "SegTestTransform",
     "SegTrainTransform",
+    "class_lookup",
     "default_palette",
     "photometric_distortion",
     "seg_collate",
@@ -88,6 +93,60 @@ def _read_label(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(img).astype(np.int64))
 
 
+def _check_label_values(label: torch.Tensor, path: Path, top: int, ignored: Sequence[int], meaning: str) -> None:
+    """Refuse a label map holding a value outside ``0..top-1`` that is not one of ``ignored``.
+
+    Checked on the stored values, before any transform: a bad value would otherwise surface only when a random
+    crop happens to include it, as an out-of-bounds error of the loss that names neither file nor value.
+
+    Raises:
+        ValueError: naming the file, the first bad value and what the values mean (``meaning``).
+    """
+    bad = (label < 0) | (label >= top)
+    for value in ignored:
+        bad &= label != value
+    if bool(bad.any()):
+        raise ValueError(f"label map {path} holds value {int(label[bad].flatten()[0])}; {meaning}")
+
+
+def _is_placeholder(names: Sequence[str]) -> bool:
+    """Names made up for unnamed classes (``class 0`` ...): they say nothing about which class is which."""
+    return list(names) == [f"class {i}" for i in range(len(names))]
+
+
+def class_lookup(dataset_names: Sequence[str], model_names: Sequence[str], where: str) -> torch.Tensor | None:
+    """Label id of the dataset -> class index of the model, matched by name.
+
+    Args:
+        dataset_names: The dataset's class names, in label-id order.
+        model_names: The model's (checkpoint's) class names, in output order.
+        where: What named the dataset's classes (for the error message).
+
+    Returns:
+        None when both lists are equal (nothing to map), else a (K,) int64 lookup table.
+
+    Raises:
+        ValueError: the two lists do not name the same classes (one line naming the unmatched ones).
+    """
+    dataset_names, model_names = list(dataset_names), list(model_names)
+    if dataset_names == model_names:
+        return None
+    unknown = [n for n in dataset_names if n not in model_names]
+    missing = [n for n in model_names if n not in dataset_names]
+    if unknown or missing or len(set(dataset_names)) != len(dataset_names) or len(dataset_names) != len(model_names):
+        raise ValueError(
+            f"{where} names other classes than the model: only in the dataset: {_few(unknown)}; only in the "
+            f"model: {_few(missing)}; list the model's class names (in any order)"
+        )
+    return torch.tensor([model_names.index(n) for n in dataset_names], dtype=torch.int64)
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    if not names:
+        return "-"
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
 class _SegDataset(Dataset):
     """Pairs of (image, label path); subclasses fill ``self.samples`` and ``self.classes``."""
 
@@ -103,6 +162,7 @@ class _SegDataset(Dataset):
         self.palette = default_palette(len(self.classes))
         self.transform = transform
         self.ignore_index = ignore_index
+        self._lookup: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -112,7 +172,23 @@ class _SegDataset(Dataset):
         return len(self.samples)
 
     def load_label(self, path: Path) -> torch.Tensor:
-        return _read_label(path)
+        label = _read_label(path)
+        meaning = f"with {self.num_classes} classes the values are 0..{self.num_classes - 1} and {self.ignore_index}"
+        _check_label_values(label, path, self.num_classes, (self.ignore_index,), meaning + " (ignored)")
+        return label
+
+    def align_classes(self, model_classes: Sequence[str], where: str) -> None:
+        """Label the samples in the model's class order: label id k becomes the index of its name in the model's.
+
+        Args:
+            model_classes: The model's class names, in output order.
+            where: What named the dataset's classes (for the error message).
+
+        Raises:
+            ValueError: the dataset's names are not the model's (in some order).
+        """
+        self._lookup = class_lookup(self.classes, model_classes, where)
+        self.classes = tuple(model_classes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Returns ``{'image': (3, H, W) float, 'label': (H, W) int64, 'path': str}`` after the transform."""
@@ -122,9 +198,12 @@ class _SegDataset(Dataset):
             label = self.load_label(label_path)
             if label.shape != image.shape[1:]:
                 raise ValueError(
-                    f"label {label_path.name} is {tuple(label.shape)} but image {image_path.name} is "
+                    f"label map {label_path} is {tuple(label.shape)} but its image {image_path} is "
                     f"{tuple(image.shape[1:])}"
                 )
+            if self._lookup is not None:
+                valid = label != self.ignore_index
+                label[valid] = self._lookup[label[valid]]
         else:
             label = torch.full(image.shape[1:], self.ignore_index, dtype=torch.int64)
         if self.transform is not None:
@@ -150,6 +229,10 @@ class ADE20KDataset(_SegDataset):
             ``reduce_zero_label`` (ADE20K), else max label + 1 over the split.
         classes: Class names (override ``classes.txt``).
         ignore_index: Label value excluded from training and metrics.
+        model_classes: The model's class names: when ``classes.txt`` names the same classes in another order, the
+            labels are remapped to the model's order (see :meth:`align_classes`); without ``classes.txt`` they
+            name the label ids.
+        require_labels: Refuse a split without ``annotations/<split>`` (training and evaluation need labels).
     """
 
     def __init__(
@@ -161,37 +244,60 @@ class ADE20KDataset(_SegDataset):
         num_classes: int | None = None,
         classes: Sequence[str] | None = None,
         ignore_index: int = 255,
+        model_classes: Sequence[str] | None = None,
+        require_labels: bool = False,
     ) -> None:
         root = Path(root)
+        samples = self._pair(root, split, require_labels)
+        self.reduce_zero_label = reduce_zero_label
+        names_file = root / "classes.txt"
+        names = list(classes) if classes is not None else _read_classes(names_file)
+        self.named = bool(names) and not _is_placeholder(names)
+        if not self.named and model_classes:
+            names = list(model_classes)
+        if num_classes is None:
+            num_classes = len(names) if names else 150 if reduce_zero_label else None
+        if num_classes is None:
+            num_classes = self._scan_num_classes(samples, ignore_index)
+        if not names:
+            names = [f"class {i}" for i in range(num_classes)]
+        where = str(names_file) if classes is None else "the class names given"
+        if model_classes and self.named and not _is_placeholder(model_classes):
+            # Checked before the count, so a wrong list is refused with the names that do not match.
+            class_lookup(names, model_classes, where)
+        if len(names) != num_classes:
+            raise ValueError(f"{len(names)} class names for {num_classes} classes")
+        super().__init__(samples, names, transform, ignore_index)
+        if model_classes and self.named and not _is_placeholder(model_classes):
+            self.align_classes(model_classes, where)
+
+    @staticmethod
+    def _pair(root: Path, split: str, require_labels: bool) -> list[tuple[Path, Path | None]]:
+        """(image, label map or None) of every image of the split."""
         image_dir, label_dir = root / "images" / split, root / "annotations" / split
         if not image_dir.is_dir():
             raise FileNotFoundError(f"ADE20K-style dataset: no image folder {image_dir}")
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         if not images:
             raise FileNotFoundError(f"ADE20K-style dataset: no images in {image_dir}")
+        if require_labels and not label_dir.is_dir():
+            raise FileNotFoundError(
+                f"ADE20K-style dataset: no label folder {label_dir}; evaluating or training needs the label maps "
+                "(predict segments unlabelled images)"
+            )
         samples: list[tuple[Path, Path | None]] = []
         for img in images:
             label = label_dir / f"{img.stem}.png"
             if label_dir.is_dir() and not label.is_file():
                 raise FileNotFoundError(f"ADE20K-style dataset: image {img.name} has no label map {label}")
             samples.append((img, label if label_dir.is_dir() else None))
-        self.reduce_zero_label = reduce_zero_label
-        names = list(classes) if classes is not None else _read_classes(root / "classes.txt")
-        if num_classes is None:
-            num_classes = len(names) if names else 150 if reduce_zero_label else None
-        if num_classes is None:
-            num_classes = self._scan_num_classes(samples, ignore_index)
-        if names is None:
-            names = [f"class {i}" for i in range(num_classes)]
-        if len(names) != num_classes:
-            raise ValueError(f"{len(names)} class names for {num_classes} classes")
-        super().__init__(samples, names, transform, ignore_index)
+        return samples
 
     def _scan_num_classes(self, samples: list[tuple[Path, Path | None]], ignore_index: int) -> int:
         top = 0
         for _, label_path in samples:
             if label_path is not None:
-                label = self.load_label(label_path)
+                label = _read_label(label_path)
                 label = label[label != ignore_index]
                 top = max(top, int(label.max()) + 1 if label.numel() else 0)
         if top == 0:
@@ -200,10 +306,43 @@ class ADE20KDataset(_SegDataset):
 
     def load_label(self, path: Path) -> torch.Tensor:
         label = _read_label(path)
+        k = self.num_classes
         if self.reduce_zero_label:
+            meaning = f"with {k} classes and reduce_zero_label=true the values are 1..{k}, 0 and 255 (ignored)"
+            _check_label_values(label, path, k + 1, (255, self.ignore_index), meaning)
             label = torch.where(label == 0, 255, label - 1)
             label[label == 254] = 255
+        else:
+            meaning = f"with {k} classes the values are 0..{k - 1} and {self.ignore_index} (ignored)"
+            _check_label_values(label, path, k, (self.ignore_index,), meaning)
         return label
+
+    def zero_label_looks_real(self) -> bool:
+        """Whether the label maps say that 0 is a named class, which ``reduce_zero_label`` would throw away.
+
+        True when the split's label maps hold 0 and the class names count max label + 1 (so 0 has a name); with
+        ADE20K's convention the names count max label. This is evidence, not proof: a split can lack its top
+        class by chance (a small validation split), and then ``reduce_zero_label`` is right all the same, so
+        callers warn rather than refuse. Reads every label map unless a value >= the class count shows early
+        that the ADE20K convention holds, or one that cannot be read (the loader then names it and its problem).
+        """
+        if not self.reduce_zero_label or not self.named:
+            return False
+        k, seen_zero, top = self.num_classes, False, -1
+        for _, path in self.samples:
+            if path is None:
+                continue
+            try:
+                label = _read_label(path)
+            except (OSError, ValueError):
+                return False
+            label = label[(label != 255) & (label != self.ignore_index)]
+            if label.numel():
+                seen_zero = seen_zero or bool((label == 0).any())
+                top = max(top, int(label.max()))
+            if top >= k:
+                return False
+        return seen_zero and top + 1 == k
 
 
 class CityscapesDataset(_SegDataset):
@@ -214,10 +353,16 @@ class CityscapesDataset(_SegDataset):
         split: ``train`` / ``val`` / ``test``.
         transform: ``(uint8 image, int64 label) -> (image, label)``.
         ignore_index: Label value excluded from training and metrics.
+        require_labels: Refuse an image without a label map (training and evaluation need labels).
     """
 
     def __init__(
-        self, root: str | Path, split: str = "train", transform: Callable | None = None, ignore_index: int = 255
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Callable | None = None,
+        ignore_index: int = 255,
+        require_labels: bool = False,
     ) -> None:
         root = Path(root)
         image_dir = root / "leftImg8bit" / split
@@ -231,7 +376,13 @@ class CityscapesDataset(_SegDataset):
             stem = img.name[: -len("_leftImg8bit.png")]
             gt = root / "gtFine" / split / img.parent.name
             train_ids, raw_ids = gt / f"{stem}_gtFine_labelTrainIds.png", gt / f"{stem}_gtFine_labelIds.png"
-            samples.append((img, train_ids if train_ids.is_file() else raw_ids if raw_ids.is_file() else None))
+            label = train_ids if train_ids.is_file() else raw_ids if raw_ids.is_file() else None
+            if label is None and require_labels:
+                raise FileNotFoundError(
+                    f"Cityscapes-style dataset: image {img} has no label map ({train_ids.name} or {raw_ids.name} "
+                    f"in {gt}); evaluating or training needs the label maps"
+                )
+            samples.append((img, label))
         super().__init__(samples, CITYSCAPES_CLASSES, transform, ignore_index)
         lut = torch.full((256,), ignore_index, dtype=torch.int64)
         for raw, train in _CITYSCAPES_ID_TO_TRAIN.items():
@@ -239,10 +390,9 @@ class CityscapesDataset(_SegDataset):
         self._lut = lut
 
     def load_label(self, path: Path) -> torch.Tensor:
-        label = _read_label(path)
-        if path.name.endswith("_labelIds.png"):
-            label = self._lut[label.clamp(0, 255)]
-        return label
+        if not path.name.endswith("_labelIds.png"):
+            return super().load_label(path)
+        return self._lut[_read_label(path).clamp(0, 255)]  # raw ids: every id not evaluated is ignored
 
 
 # --------------------------------------------------------------------------------------------- transforms

@@ -39,6 +39,8 @@ from ._common import (
     add_config_arguments,
     add_output,
     add_overrides,
+    add_overwrite,
+    check_outputs,
     output_stems,
     overrides,
     print_config,
@@ -137,12 +139,12 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="add horizontally flipped views")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
     add_output(parser, "folder for seg_metrics.json and per_class_iou.png")
+    add_overwrite(parser)
     add_config_arguments(parser)
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader, Subset
-
+def _eval_config(args: argparse.Namespace) -> SegTrainConfig:
+    """The checkpoint's config with the eval flags (``--mode``, ``--ms``, ``--flip``) applied, validated."""
     from ..configs.segmentation import MS_RATIOS
 
     cfg = _resolve_config(args, train=False)
@@ -153,29 +155,42 @@ def _eval(args: argparse.Namespace) -> int:
         over["test_ratios"] = MS_RATIOS
     if args.flip:
         over["test_flip"] = True
-    cfg = apply_overrides(cfg, over)
+    return apply_overrides(cfg, over)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader, Subset
+
+    cfg = _eval_config(args)
     if args.print_config:
         print_config(cfg)
         return 0
-    device = resolve_device(args.device)
-    model = load_segmentor(cfg, args.checkpoint, device)
+    # Every refusal (labels, classes, outputs) before the model is built and before anything is written.
     ds = build_dataset(cfg, args.split or cfg.val_split, train=False)
+    out = Path(args.output) if args.output else None
+    targets = [out / "seg_metrics.json", out / "per_class_iou.png"] if out else []
+    read = [Path(args.checkpoint), *(p for pair in ds.samples for p in pair if p is not None)]
+    check_outputs(targets, read, args.overwrite)
+    model = load_segmentor(cfg, args.checkpoint, resolve_device(args.device))
     names = list(ds.classes)
     if args.limit > 0:
         ds = Subset(ds, range(min(args.limit, len(ds))))
     loader = DataLoader(ds, batch_size=1, collate_fn=list_collate, num_workers=min(2, os.cpu_count() or 1))
     result = evaluate_segmentor(model, loader, cfg, names, progress=True)
-    print(f"images {len(ds)}  aAcc {100 * result['aAcc']:.2f}  mIoU {100 * result['mIoU']:.2f}  "
-          f"mAcc {100 * result['mAcc']:.2f}")  # fmt: skip
-    width = max(len(n) for n in names)
-    for name, v in result["per_class"].items():
-        print(f"  {name:<{width}}  IoU {100 * v['IoU']:6.2f}  Acc {100 * v['Acc']:6.2f}")
-    if args.output:
-        out = Path(args.output)
+    _print_metrics(result, len(ds), names)
+    if out:
         atomic_write(out / "seg_metrics.json", json.dumps(result, indent=2))
         png = plot_per_class(result, out / "per_class_iou.png")
         print(f"wrote {out / 'seg_metrics.json'}" + (f" and {png}" if png else ""))
     return 0
+
+
+def _print_metrics(result: dict[str, Any], images: int, names: list[str]) -> None:
+    print(f"images {images}  aAcc {100 * result['aAcc']:.2f}  mIoU {100 * result['mIoU']:.2f}  "
+          f"mAcc {100 * result['mAcc']:.2f}")  # fmt: skip
+    width = max(len(n) for n in names)
+    for name, v in result["per_class"].items():
+        print(f"  {name:<{width}}  IoU {100 * v['IoU']:6.2f}  Acc {100 * v['Acc']:6.2f}")
 
 
 # ------------------------------------------------------------------------------------------------- predict
@@ -185,10 +200,22 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="images or folders of images")
     parser.add_argument("--checkpoint", required=True, help="our model.safetensors, a training or an mmseg checkpoint")
     add_output(parser, "folder for <name>_seg.png and <name>_label.png", default="predictions")
+    add_overwrite(parser)
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode")
     parser.add_argument("--ms", action="store_true", help="official multi-scale test")
     parser.add_argument("--flip", action="store_true", help="add horizontally flipped views")
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours (default 0.5)")
+
+
+def _predict_targets(args: argparse.Namespace, paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(overlay, label map) output of every image, checked against the inputs and existing files."""
+    out_dir = Path(args.output)
+    targets = [
+        (out_dir / stem.with_name(stem.name + "_seg.png"), out_dir / stem.with_name(stem.name + "_label.png"))
+        for stem in output_stems(paths)
+    ]
+    check_outputs([t for pair in targets for t in pair], [*paths, Path(args.checkpoint)], args.overwrite)
+    return targets
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -202,26 +229,24 @@ def _predict(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     cfg = _resolve_config(args, train=False)
-    device = resolve_device(args.device)
-    model = load_segmentor(cfg, args.checkpoint, device)
+    paths = collect_images(args.inputs)
+    targets = _predict_targets(args, paths)
+    model = load_segmentor(cfg, args.checkpoint, resolve_device(args.device))
     names = cfg.class_names()
     palette = default_palette(cfg.num_classes)
-    out_dir = Path(args.output)
-    paths = collect_images(args.inputs)
-    for path, stem in zip(tqdm(paths, desc="predict", unit="img"), output_stems(paths)):
+    for path, (overlay, label_png) in zip(tqdm(paths, desc="predict", unit="img"), targets):
         try:
             rgb = np.asarray(load_image(path, "RGB")).copy()  # 16-bit images scaled, not clipped to white
         except OSError as err:
             raise ValueError(f"cannot read image {path}: {err}") from err
         ratios = MS_RATIOS if args.ms else None
         label = segment(model, rgb, cfg, ratios=ratios, flip=args.flip or None, mode=args.mode)
-        overlay = out_dir / stem.with_name(stem.name + "_seg.png")
         save_png(render_overlay(rgb, label, palette, names, args.alpha), overlay)
-        save_png(Image.fromarray(label), out_dir / stem.with_name(stem.name + "_label.png"))
+        save_png(Image.fromarray(label), label_png)
         top = np.bincount(label.ravel(), minlength=cfg.num_classes).argsort()[::-1][:3]
         shares = ", ".join(f"{names[i]} {100 * (label == i).mean():.1f}%" for i in top if (label == i).any())
         tqdm.write(f"{path}: {shares} -> {overlay}")
-    print(f"{len(paths)} images: {2 * len(paths)} PNGs -> {out_dir}/")
+    print(f"{len(paths)} images: {2 * len(paths)} PNGs -> {args.output}/")
     return 0
 
 
