@@ -18,8 +18,11 @@ Infer::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,17 +59,18 @@ class DetTrainConfig(TaskConfig, TrainConfig):
         model: Backbone name from :func:`internimage.list_models` (architecture only; weights via ``pretrained``).
         pretrained: Checkpoint to start from: classification (backbone), official mmdet detector, or ours.
         num_classes: Foreground classes (80 for COCO).
-        classes: Class names (default: the dataset's categories).
+        classes: Class names of labels 1..K (default: the training file's categories, by sorted id). Datasets are
+            matched to them by category name, so a file numbering the same categories differently is read right.
         data_root: Folder the annotation and image paths below are relative to.
         train_ann, train_images, val_ann, val_images: COCO annotation files and image folders (``val_ann``
             empty = no evaluation during training).
         recipe: Train pipeline: ``1x`` (1333x800 + flip), ``3x`` (multi-scale + crop AutoAugment), ``dino`` (DINO
             T/L's AutoAugment) or ``dino_ss`` (DINO H/G/CB-H's multi-scale range); see ``detection_transforms``.
-        img_scale: ``(long, short)`` of the single-scale resize (train 1x and test).
-        scale_factor: Multiplies every pipeline size (small-image experiments).
+        img_scale: ``(long, short)`` of the single-scale resize (train 1x and test), positive integers.
+        scale_factor: Multiplies every pipeline size (small-image experiments), > 0.
         drop_path_rate, layer_scale: Backbone overrides (official detection configs use ``layer_scale=1.0``).
         model_kwargs: Extra detector builder arguments (e.g. ``fpn_channels``, ``roi_align``, RPN sizes).
-        score_thresh: Minimum score drawn by ``predict``.
+        score_thresh: Minimum score drawn by ``predict``, in [0, 1].
     """
 
     meta_key: ClassVar[str] = META_KEY
@@ -118,6 +122,19 @@ class DetTrainConfig(TaskConfig, TrainConfig):
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.classes and len(self.classes) != self.num_classes:
             raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be unique names, got {self.classes}")
+        self._validate_sizes()
+
+    def _validate_sizes(self) -> None:
+        """Pipeline sizes and the score threshold: a zero scale or an impossible threshold fails only much later."""
+        scale = list(self.img_scale)
+        if len(scale) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in scale):
+            raise ValueError(f"img_scale must be two positive integers (long, short), got {scale}")
+        if not (math.isfinite(self.scale_factor) and self.scale_factor > 0):
+            raise ValueError(f"scale_factor must be > 0, got {self.scale_factor}")
+        if not 0 <= self.score_thresh <= 1:
+            raise ValueError(f"score_thresh must be in [0, 1], got {self.score_thresh}")
 
     def model_fields(self) -> dict[str, Any]:
         """What is needed to rebuild the model and its test pipeline (stored with exported weights)."""
@@ -153,12 +170,16 @@ def _path(cfg: DetTrainConfig, rel: str) -> Path:
 
 
 def build_dataset(cfg: DetTrainConfig, train: bool) -> Any:
-    """The COCO train or val set of ``cfg`` with the official pipeline."""
+    """The COCO train or val set of ``cfg`` with the official pipeline.
+
+    With ``cfg.classes`` (a checkpoint's or a run's class names) the categories are matched by name, so labels mean
+    the same classes whatever ids the file gives them; without (official weights) labels follow the sorted ids.
+    """
     from .data.coco import CocoDetection, detection_transforms
 
     ann, images = (cfg.train_ann, cfg.train_images) if train else (cfg.val_ann, cfg.val_images)
     transforms = detection_transforms(cfg.recipe, train, tuple(cfg.img_scale), cfg.scale_factor)
-    ds = CocoDetection(_path(cfg, ann), _path(cfg, images), transforms, train=train)
+    ds = CocoDetection(_path(cfg, ann), _path(cfg, images), transforms, train=train, classes=cfg.classes or None)
     if ds.num_classes != cfg.num_classes:
         raise ValueError(f"{_path(cfg, ann)} has {ds.num_classes} categories but num_classes={cfg.num_classes}")
     return ds
@@ -198,15 +219,16 @@ def evaluate_detector(
     image_ids: list[int] = []
     seen = 0
     main = info is None or info.is_main
-    for batch in tqdm(loader, desc="eval", disable=not main, leave=False):
-        images = [img.to(device) for img in batch["images"]]
-        targets = batch["targets"]
-        preds = model(images, orig_sizes=[tuple(t["orig_size"]) for t in targets])
-        keep = len(targets) if real is None else max(0, min(len(targets), real - seen))
-        seen += len(targets)
-        ids = [int(t["image_id"]) for t in targets[:keep]]
-        results += predictions_to_coco(preds[:keep], ids, dataset.cat_ids)
-        image_ids += ids
+    with _batches(loader) as batches:
+        for batch in tqdm(batches, total=len(loader), desc="eval", disable=not main, leave=False):
+            images = [img.to(device) for img in batch["images"]]
+            targets = batch["targets"]
+            preds = model(images, orig_sizes=[tuple(t["orig_size"]) for t in targets])
+            keep = len(targets) if real is None else max(0, min(len(targets), real - seen))
+            seen += len(targets)
+            ids = [int(t["image_id"]) for t in targets[:keep]]
+            results += predictions_to_coco(preds[:keep], ids, dataset.cat_ids)
+            image_ids += ids
     if info is not None and info.distributed:
         import torch.distributed as dist
 
@@ -215,7 +237,25 @@ def evaluate_detector(
         results = [r for part in gathered for r in part[0]]
         image_ids = [i for part in gathered for i in part[1]]
     iou_types = ("bbox", "segm") if any("segmentation" in r for r in results) or _has_masks(model) else ("bbox",)
-    return coco_evaluate(dataset.ann_file, results, iou_types, image_ids=sorted(set(image_ids)))
+    # The validated annotations (degenerate polygons dropped), not the raw file: the ground truth the model saw.
+    gt = getattr(dataset, "coco", None) or dataset.ann_file
+    return coco_evaluate(gt, results, iou_types, image_ids=sorted(set(image_ids)))
+
+
+@contextlib.contextmanager
+def _batches(loader: Any) -> Iterator[Any]:
+    """An iterator over ``loader`` whose worker processes stop as soon as the loop raises (an unreadable image).
+
+    Left to a later garbage collection, torch's worker shutdown waits 5 s per worker before giving up on them.
+    """
+    batches = iter(loader)
+    try:
+        yield batches
+    except BaseException:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # private, hence looked up defensively
+        if callable(shutdown):
+            shutdown()
+        raise
 
 
 def _has_masks(model: torch.nn.Module) -> bool:
@@ -245,9 +285,10 @@ class DetTask(Task):
 
     def build_datasets(self, info: Any) -> tuple[Any, Any]:
         train = build_dataset(self.cfg, train=True)
-        val = build_dataset(self.cfg, train=False) if self.cfg.val_ann else None
         if not self.cfg.classes:
             self.cfg.classes = list(train.class_names)
+        # Built after the names are fixed: a val file numbering the same categories differently is matched by name.
+        val = build_dataset(self.cfg, train=False) if self.cfg.val_ann else None
         return train, val
 
     def collate_fn(self, train: bool) -> Any:

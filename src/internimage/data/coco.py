@@ -10,7 +10,8 @@ Pipelines follow the official InternImage mmdet 2.x configs (``detection/configs
 
 Normalisation and padding to a multiple of 32 happen inside the detector. Samples are
 ``(image uint8 (3, H, W), target)`` with target ``boxes`` (K, 4) xyxy float, ``labels`` (K,) int64 in 1..K
-(contiguous, by sorted category id; 0 is background), ``masks`` (K, H, W) uint8, ``image_id`` and ``orig_size``.
+(contiguous: in the order of the model's class names when given, categories matched by name, else by sorted
+category id; 0 is background), ``masks`` (K, H, W) uint8, ``image_id`` and ``orig_size``.
 Evaluation uses faster-coco-eval (pycocotools-compatible; ``pip install internimage[detection]``).
 """
 
@@ -20,8 +21,10 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,9 @@ __all__ = [
     "coco_evaluate",
     "collate_detection",
     "detection_transforms",
+    "label_order",
     "predictions_to_coco",
+    "read_coco",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +71,10 @@ def _mask_api():
 class CocoDetection(torch.utils.data.Dataset):
     """Instances of a COCO-format annotation file.
 
+    The file is validated once, when the dataset is opened (see :func:`read_coco`): a broken record is a one-line
+    ``ValueError`` naming the file and the record, and every image file must exist, instead of an error deep in a
+    loader worker when the sample happens to be drawn.
+
     Args:
         ann_file: COCO ``instances_*.json``.
         img_dir: Folder the ``file_name`` entries are relative to.
@@ -73,9 +82,11 @@ class CocoDetection(torch.utils.data.Dataset):
         train: Drop images without usable objects and images smaller than ``min_size`` (mmdet's train filter).
         min_size: Minimum image side kept in training.
         with_masks: Decode instance masks (needed by Mask R-CNN).
+        classes: Names of labels 1..K (a checkpoint's classes): categories are matched to them by name. Default:
+            labels follow the sorted category ids.
 
-    Crowd annotations and boxes under 1 px are not training targets (mmdet ignores them); evaluation still reads
-    them from the annotation file.
+    Crowd annotations, boxes under 1 px and (with masks) annotations whose polygons were all invalid are not
+    training targets (mmdet ignores them); evaluation reads the validated annotations (:attr:`coco`).
     """
 
     def __init__(
@@ -86,27 +97,25 @@ class CocoDetection(torch.utils.data.Dataset):
         train: bool = False,
         min_size: int = 32,
         with_masks: bool = True,
+        classes: Sequence[str] | None = None,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.img_dir = Path(img_dir)
-        if not self.ann_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {self.ann_file}")
+        data, maskless = read_coco(self.ann_file)
         if not self.img_dir.is_dir():
             raise FileNotFoundError(f"COCO image folder not found: {self.img_dir}")
-        with open(self.ann_file) as f:
-            data = json.load(f)
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"{self.ann_file} is not a COCO instances file: no '{key}' list")
+        self.coco = data
         self.transforms = transforms
         self.with_masks = with_masks
-        self.cat_ids = sorted(c["id"] for c in data["categories"])
+        self.cat_ids = label_order(data["categories"], classes, self.ann_file)
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
         names = {c["id"]: c["name"] for c in data["categories"]}
         self.class_names = [names[c] for c in self.cat_ids]
         anns: dict[int, list[dict[str, Any]]] = {}
         for ann in data["annotations"]:
-            anns.setdefault(ann["image_id"], []).append(ann)
+            # Without a valid polygon an object has no mask target: mmdet's ignore flag drops it from training.
+            if not (with_masks and ann["id"] in maskless):
+                anns.setdefault(ann["image_id"], []).append(ann)
         images = sorted(data["images"], key=lambda im: im["id"])
         if train:
             images = [
@@ -118,6 +127,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.anns = anns
         if not self.images:
             raise ValueError(f"{self.ann_file} has no usable images")
+        _check_image_files(self.img_dir, self.images, self.ann_file)
         # Indices of the wide (width > height) and the other images: mmdet's aspect-ratio groups, for redraws.
         wide = [info["width"] > info["height"] for info in self.images]
         self._orientation = {flag: [i for i, w in enumerate(wide) if w == flag] for flag in (True, False)}
@@ -130,9 +140,17 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.images)
 
     def load_image(self, index: int) -> torch.Tensor:
-        """(3, H, W) uint8 RGB."""
-        path = self.img_dir / self.images[index]["file_name"]
-        arr = np.asarray(load_image(path, "RGB"))
+        """(3, H, W) uint8 RGB.
+
+        Raises:
+            OSError: naming the file, for an unreadable or truncated image.
+        """
+        info = self.images[index]
+        path = self.img_dir / info["file_name"]
+        try:
+            arr = np.asarray(load_image(path, "RGB"))
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise OSError(f"cannot read image {path} (image id {info['id']} of {self.ann_file}): {err}") from err
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
     def load_target(self, index: int) -> dict[str, Any]:
@@ -157,8 +175,8 @@ class CocoDetection(torch.utils.data.Dataset):
             image, target = self.load_image(index), self.load_target(index)
             if tuple(image.shape[-2:]) != target["orig_size"]:
                 raise ValueError(
-                    f"{self.images[index]['file_name']}: image is {tuple(image.shape[-2:])}, "
-                    f"annotations say {target['orig_size']}"
+                    f"{self.img_dir / self.images[index]['file_name']}: image is {tuple(image.shape[-2:])}, "
+                    f"{self.ann_file} says (height, width) = {target['orig_size']}"
                 )
             if self.transforms is None:
                 return image, target
@@ -183,6 +201,203 @@ def _xyxy(b: Sequence[float]) -> list[float]:
     return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
 
 
+# ----------------------------------------------------------------------------------------------- validation
+def read_coco(ann_file: str | os.PathLike) -> tuple[dict[str, Any], set[int]]:
+    """Load and validate a COCO instances file once, so that no sample can fail later because of its records.
+
+    Checked: valid JSON; ``images`` / ``annotations`` / ``categories`` lists; unique integer ids of each (COCO's
+    index keeps one record per id: duplicates silently lose annotations or merge images); images with a
+    ``file_name`` and positive integer ``width`` / ``height``; annotations naming an existing image and category,
+    with ``bbox`` = 4 finite numbers of non-negative size and a well-formed ``segmentation``. Polygons with fewer
+    than 3 points or an odd number of coordinates are dropped (the COCO mask API reads a list whose first polygon
+    has 4 values as boxes): one warning counts them.
+
+    Args:
+        ann_file: The annotation file.
+
+    Returns:
+        The loaded file (invalid polygons removed) and the ids of annotations left without any polygon by that.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file and the first bad record.
+    """
+    path = Path(ann_file)
+    data = _load_json(path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise ValueError(f"{path} is not a COCO instances file: no '{key}' list")
+    cat_ids = _check_categories(data["categories"], path)
+    images = _check_images(data["images"], path)
+    _check_annotations(data["annotations"], images, cat_ids, path)
+    return data, _drop_bad_polygons(data["annotations"], path)
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 JSON file: {err}") from err
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ids(records: list[Any], kind: str, path: Path) -> list[int]:
+    """The integer ``id`` of every record; duplicates are refused (COCO indexes records by id)."""
+    ids = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or not _is_int(rec.get("id")):
+            raise ValueError(f"{path}: {kind} #{i} has no integer 'id': {_short(rec)}")
+        ids.append(rec["id"])
+    if len(set(ids)) != len(ids):
+        counts = Counter(ids)
+        dups = [k for k, n in counts.items() if n > 1]
+        shown = ", ".join(f"{k} ({counts[k]} times)" for k in dups[:5]) + (", ..." if len(dups) > 5 else "")
+        files = [r["file_name"] for r in records if r["id"] == dups[0] and isinstance(r.get("file_name"), str)]
+        named = f": {', '.join(files[:5])} share id {dups[0]}" if files else ""
+        raise ValueError(f"{path}: {kind} ids must be unique; repeated: {kind} id {shown}{named}")
+    return ids
+
+
+def _check_categories(categories: list[Any], path: Path) -> set[int]:
+    ids = _ids(categories, "category", path)
+    for cat in categories:
+        if not isinstance(cat.get("name"), str):
+            raise ValueError(f"{path}: category {cat['id']} has no 'name' string")
+    return set(ids)
+
+
+def _check_images(images: list[Any], path: Path) -> dict[int, dict[str, Any]]:
+    _ids(images, "image", path)
+    for im in images:
+        if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            raise ValueError(f"{path}: image {im['id']} has no 'file_name'")
+        for key in ("width", "height"):
+            if not _is_int(im.get(key)) or im[key] < 1:
+                got = f"got {im[key]!r}" if key in im else "missing"
+                raise ValueError(
+                    f"{path}: image {im['id']} ({im['file_name']}): '{key}' must be a positive integer, {got}"
+                )
+    return {im["id"]: im for im in images}
+
+
+def _check_annotations(
+    annotations: list[Any], images: dict[int, dict[str, Any]], cat_ids: set[int], path: Path
+) -> None:
+    _ids(annotations, "annotation", path)
+    for ann in annotations:
+        where = f"{path}: annotation {ann['id']}"
+        if ann.get("image_id") not in images:
+            raise ValueError(f"{where}: image_id {ann.get('image_id')!r} is not an image of the file")
+        if ann.get("category_id") not in cat_ids:
+            shown = ", ".join(map(str, sorted(cat_ids)[:10])) + (", ..." if len(cat_ids) > 10 else "")
+            raise ValueError(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories' (ids {shown})")
+        _check_bbox(ann, where)
+        _check_segmentation(ann.get("segmentation"), images[ann["image_id"]], where)
+
+
+def _check_bbox(ann: dict[str, Any], where: str) -> None:
+    box = ann.get("bbox")
+    if box is None:
+        raise ValueError(f"{where} has no 'bbox'")
+    if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+        raise ValueError(f"{where}: bbox must be 4 numbers [x, y, width, height], got {_short(box)}")
+    if box[2] < 0 or box[3] < 0:
+        raise ValueError(f"{where}: bbox {box} has a negative width or height (COCO boxes are [x, y, width, height])")
+    if "area" in ann and not _is_number(ann["area"]):
+        raise ValueError(f"{where}: area must be a number, got {_short(ann['area'])}")
+
+
+def _check_segmentation(seg: Any, image: dict[str, Any], where: str) -> None:
+    if seg is None or (isinstance(seg, list) and all(isinstance(p, list) for p in seg)):
+        return
+    if isinstance(seg, dict) and "counts" in seg:
+        if list(seg.get("size", ())) != [image["height"], image["width"]]:
+            size = [image["height"], image["width"]]
+            raise ValueError(f"{where}: RLE size {seg.get('size')!r} is not the image's [height, width] {size}")
+        return
+    raise ValueError(f"{where}: segmentation must be a list of polygons or an RLE dict, got {_short(seg)}")
+
+
+def _valid_polygon(poly: list[Any]) -> bool:
+    return len(poly) >= 6 and len(poly) % 2 == 0
+
+
+def _drop_bad_polygons(annotations: list[dict[str, Any]], path: Path) -> set[int]:
+    """Remove degenerate polygons in place; returns the ids of annotations left without any."""
+    touched, emptied, dropped = [], set(), 0
+    for ann in annotations:
+        seg = ann.get("segmentation")
+        if not isinstance(seg, list) or all(_valid_polygon(p) for p in seg):
+            continue
+        kept = [p for p in seg if _valid_polygon(p)]
+        dropped += len(seg) - len(kept)
+        touched.append(ann["id"])
+        if not kept:
+            emptied.add(ann["id"])
+        ann["segmentation"] = kept
+    if dropped:
+        shown = ", ".join(map(str, touched[:5])) + (", ..." if len(touched) > 5 else "")
+        logger.warning(
+            "%s: dropped %d polygon(s) with fewer than 3 points or an odd number of coordinates "
+            "(annotation(s) %s); %d annotation(s) left without a mask are not training targets",
+            path, dropped, shown, len(emptied),
+        )  # fmt: skip
+    return emptied
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def label_order(categories: list[dict[str, Any]], classes: Sequence[str] | None, ann_file: Path) -> list[int]:
+    """Category id of each label 1..K: ``classes`` matched by name, else the sorted ids (official checkpoints).
+
+    Raises:
+        ValueError: names that cannot be matched one to one, named in one line.
+    """
+    if not classes:
+        return sorted(c["id"] for c in categories)
+    by_name: dict[str, int] = {}
+    for cat in categories:
+        if cat["name"] in by_name:
+            raise ValueError(
+                f"{ann_file}: category name {cat['name']!r} is used by ids {by_name[cat['name']]} and {cat['id']}; "
+                "names must be unique to match the model's classes"
+            )
+        by_name[cat["name"]] = cat["id"]
+    unknown = [n for n in by_name if n not in classes]
+    absent = [n for n in classes if n not in by_name]
+    if unknown or absent:
+        parts = [f"categories named {', '.join(unknown[:10])} are not classes of the model"] if unknown else []
+        parts += [f"classes {', '.join(absent[:10])} have no category"] if absent else []
+        raise ValueError(f"{ann_file}: {'; '.join(parts)} (model classes: {', '.join(list(classes)[:10])})")
+    return [by_name[n] for n in classes]
+
+
+def _check_image_files(img_dir: Path, images: list[dict[str, Any]], ann_file: Path) -> None:
+    """Every image file exists (a stat each), so a missing one is named now, not by a loader worker later."""
+    missing = [im for im in images if not (img_dir / im["file_name"]).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+        first = missing[0]
+        raise FileNotFoundError(
+            f"image file not found: {img_dir / first['file_name']} (image id {first['id']} of {ann_file}){more}"
+        )
+
+
 def _decode_masks(segs: list[Any], h: int, w: int) -> torch.Tensor:
     """Polygons / RLE -> (K, h, w) uint8."""
     if not segs:
@@ -190,6 +405,9 @@ def _decode_masks(segs: list[Any], h: int, w: int) -> torch.Tensor:
     mask_api = _mask_api()
     out = np.zeros((len(segs), h, w), dtype=np.uint8)
     for i, seg in enumerate(segs):
+        if isinstance(seg, list):
+            # Only real polygons: the mask API reads a list whose first entry has 4 values as boxes.
+            seg = [p for p in seg if _valid_polygon(p)]
         if not seg:
             continue
         if isinstance(seg, list):
@@ -381,7 +599,7 @@ def predictions_to_coco(
         predictions: Per image ``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) in 1..K, optional ``masks``
             (D, 1, H, W) probabilities (kept where ``>= 0.5``, mmdet's ``mask_thr_binary``).
         image_ids: COCO image id of each prediction.
-        cat_ids: COCO category id of label 1..K (``dataset.cat_ids``).
+        cat_ids: COCO category id of label 1..K (``dataset.cat_ids``, which follows the model's class names).
     """
     results: list[dict[str, Any]] = []
     mask_api = None

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from ..data.datasets import collect_images, load_image
 from ..detection import (
@@ -36,6 +38,8 @@ from ._common import (
     add_config_arguments,
     add_output,
     add_overrides,
+    add_overwrite,
+    check_outputs,
     output_stems,
     overrides,
     print_config,
@@ -43,6 +47,8 @@ from ._common import (
     save_png,
     train_and_report,
 )
+
+logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------- config resolution
 
@@ -63,6 +69,7 @@ def _resolve_config(args: argparse.Namespace, train: bool) -> DetTrainConfig:
         "model": args.model,
         "num_classes": args.num_classes,
         "data_root": getattr(args, "data_root", None),
+        "score_thresh": getattr(args, "score_thresh", None),  # predict's flag, range-checked by validate()
     }
     cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None})
     cfg = apply_overrides(cfg, overrides(args))
@@ -120,6 +127,7 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="folder the annotation / image paths are relative to")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
     add_output(parser, "folder for det_metrics.json")
+    add_overwrite(parser)
     add_config_arguments(parser)
 
 
@@ -133,19 +141,20 @@ def _eval(args: argparse.Namespace) -> int:
         print_config(cfg)
         return 0
     device = resolve_device(args.device)
+    ds = build_dataset(cfg, train=False)  # the annotations are checked before the model is built
+    target = Path(args.output) / "det_metrics.json" if args.output else None
+    if target is not None:
+        check_outputs([target], [Path(args.checkpoint), ds.ann_file], args.overwrite)
     model = load_detector(cfg, args.checkpoint, device)
-    ds = build_dataset(cfg, train=False)
     if args.limit > 0:
         ds = Subset(ds, range(min(args.limit, len(ds))))
     loader = DataLoader(ds, batch_size=1, collate_fn=collate_detection, num_workers=min(2, os.cpu_count() or 1))
     metrics = evaluate_detector(model, loader)
     for key, value in metrics.items():
         print(f"{key:<14} {value:.4f}")
-    if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "det_metrics.json", json.dumps(metrics, indent=2))
-        print(f"metrics: {out / 'det_metrics.json'}")
+    if target is not None:
+        atomic_write(target, json.dumps(metrics, indent=2))
+        print(f"metrics: {target}")
     return 0
 
 
@@ -156,42 +165,57 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="our model.safetensors, a training or an mmdet checkpoint")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     add_output(parser, "folder for the PNGs and predictions.json", default="predictions")
+    add_overwrite(parser)
     parser.add_argument("--score-thresh", type=float, help="minimum score drawn (default: the config's, 0.3)")
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm import tqdm
 
     cfg = _resolve_config(args, train=False)
+    out = Path(args.output)
+    paths = collect_images(args.inputs)
+    pngs = [out / stem.with_name(stem.name + ".png") for stem in output_stems(paths)]
+    # Every target is checked before the first write: an --output equal to an input folder would draw over it.
+    check_outputs([*pngs, out / "predictions.json"], [*paths, Path(args.checkpoint)], args.overwrite)
     device = resolve_device(args.device)
     model = load_detector(cfg, args.checkpoint, device)
     names = cfg.class_names()
-    out = Path(args.output)
-    paths = collect_images(args.inputs)
     records = []
-    for path, stem in zip(tqdm(paths, desc="predict"), output_stems(paths)):
-        try:
-            rgb = np.asarray(load_image(path, "RGB")).copy()  # 16-bit images scaled, not clipped to white
-        except OSError as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-        pred = detect(model, rgb, cfg, args.score_thresh)
-        target = out / stem.with_name(stem.name + ".png")
-        save_png(render_detections(rgb, pred, names), target)
-        records.append(
-            {
-                "image": str(path),
-                "png": str(target),
-                "detections": [
-                    {"label": names[int(lb) - 1], "score": round(float(s), 4), "box": [round(float(c), 1) for c in b]}
-                    for b, s, lb in zip(pred["boxes"], pred["scores"], pred["labels"])
-                ],
-            }
-        )
-        print(f"{path}: {len(records[-1]['detections'])} objects -> {target}")
+    for path, png in zip(tqdm(paths, desc="predict"), pngs):
+        rgb = _read_rgb(path)
+        if rgb is None:
+            continue
+        pred = detect(model, rgb, cfg)
+        save_png(render_detections(rgb, pred, names), png)
+        records.append({"image": str(path), "png": str(png), "detections": _detections(pred, names)})
+        print(f"{path}: {len(records[-1]['detections'])} objects -> {png}")
+    if not records:
+        raise RuntimeError(f"none of the {len(paths)} images could be read")
     atomic_write(out / "predictions.json", json.dumps(records, indent=2))
     print(f"{len(records)} images: {len(records)} PNGs and predictions.json -> {out}/")
+    if len(paths) > len(records):
+        print(f"{len(paths) - len(records)} unreadable image(s) skipped")
     return 0
+
+
+def _read_rgb(path: Path) -> Any:
+    """(H, W, 3) uint8 RGB, or None (logged) for an unreadable file: one bad image does not end the run."""
+    import numpy as np
+
+    try:
+        return np.asarray(load_image(path, "RGB")).copy()  # 16-bit images scaled, not clipped to white
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        logger.warning("skipping unreadable image %s: %s", path, err)
+        return None
+
+
+def _detections(pred: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """JSON records of one image's detections, labelled with the model's class names."""
+    return [
+        {"label": names[int(lb) - 1], "score": round(float(s), 4), "box": [round(float(c), 1) for c in b]}
+        for b, s, lb in zip(pred["boxes"], pred["scores"], pred["labels"])
+    ]
 
 
 COMMANDS = {
