@@ -24,8 +24,8 @@ import time
 import torch
 
 import internimage.ops.ms_deform_attn as msda
-from internimage.models.detection import build_detector
-from internimage.models.detection.dino import build_dino
+from internimage.detection.models import build_detector
+from internimage.detection.models.dino import build_dino
 
 
 def _models() -> dict[str, torch.nn.Module]:

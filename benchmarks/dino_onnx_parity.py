@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from internimage.detection.models.dino.matching import hungarian_assign
 from internimage.export import build_exportable, export
-from internimage.models.detection.dino.matching import hungarian_assign
 
 
 def _with_topk_outputs(src: Path, dst: Path, k: int, final_k: int) -> None:

@@ -23,14 +23,14 @@ pytest.importorskip("faster_coco_eval")
 
 from conftest import cli_fails  # noqa: E402
 from internimage.cli import main  # noqa: E402
-from internimage.data.coco import CocoDetection, Compose, Resize, collate_detection  # noqa: E402
 from internimage.detection import (  # noqa: E402
     META_KEY,
-    DetTask,
-    DetTrainConfig,
+    DetectionConfig,
+    DetectionTask,
     build_dataset,
     build_detector_from_config,
 )
+from internimage.detection.data import CocoDetection, Compose, Resize, collate_detection  # noqa: E402
 from internimage.models.checkpoint import save_state_dict  # noqa: E402
 from test_detection import MASK_RCNN, make_coco  # noqa: E402
 
@@ -38,9 +38,9 @@ KWARGS = {k: v for k, v in MASK_RCNN.items() if k != "backbone_overrides"}
 CLASSES = ["box", "disc"]  # make_coco's categories 3 and 6
 
 
-def _config(**fields: Any) -> DetTrainConfig:
+def _config(**fields: Any) -> DetectionConfig:
     base = dict(model="internimage_test_32", num_classes=2, img_scale=(64, 48), model_kwargs=KWARGS, workers=0)
-    return DetTrainConfig(**{**base, **fields})
+    return DetectionConfig(**{**base, **fields})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -142,7 +142,7 @@ def test_labels_follow_the_configured_class_order(data):
     # A run without names takes the train file's; a val file numbering them differently is matched by them.
     cfg = _config(data_root=str(data["root"]), train_ann="ann.json", train_images="images", val_ann=swapped.name)
     cfg.val_images = "images"
-    train, val = DetTask(cfg).build_datasets(None)
+    train, val = DetectionTask(cfg).build_datasets(None)
     assert cfg.classes == CLASSES and train.cat_ids == [3, 6] and val.cat_ids == [6, 3]
 
 

@@ -22,9 +22,9 @@ from PIL import Image
 
 from conftest import cli_fails
 from internimage.cli import main
-from internimage.data.segmentation import SegTestTransform
 from internimage.models.checkpoint import save_state_dict
-from internimage.segmentation import SegTask, SegTrainConfig, build_dataset, build_segmentor
+from internimage.segmentation import SegmentationConfig, SegmentationTask, build_dataset, build_segmentor
+from internimage.segmentation.data import SegTestTransform
 from test_segmentation import synthetic_scene
 
 NAMES = ["red", "green", "blue", "yellow"]
@@ -38,12 +38,12 @@ def scenes(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _fit_checkpoint(path: Path) -> None:
-    """A tiny UperNet whose classifier is fitted to the colours, saved as ``SegTask.export_metadata`` does.
+    """A tiny UperNet whose classifier is fitted to the colours, saved as ``SegmentationTask.export_metadata`` does.
 
     A linear probe: the random network's features of three scenes are computed once, and only the final 1x1
     classifier is fitted to them (a logistic regression), seconds instead of minutes of backward passes.
     """
-    cfg = SegTrainConfig(
+    cfg = SegmentationConfig(
         model="internimage_test_32",
         num_classes=len(NAMES),
         classes=NAMES,
@@ -78,7 +78,7 @@ def _fit_checkpoint(path: Path) -> None:
     with torch.no_grad():
         classifier.weight.copy_(linear.weight[:, :, None, None])
         classifier.bias.copy_(linear.bias)
-    save_state_dict(model.state_dict(), path, SegTask(cfg).export_metadata())
+    save_state_dict(model.state_dict(), path, SegmentationTask(cfg).export_metadata())
 
 
 def write_split(
@@ -178,7 +178,7 @@ def test_eval_warns_when_label_zero_is_a_named_class(seg: Path, tmp_path: Path, 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="internimage"):
         raw = _metrics(seg, data, tmp_path / "b", capsys, "--set", "reduce_zero_label=false")
-        cfg = SegTrainConfig.from_checkpoint(seg / "model.safetensors", data_root=str(seg / "data"))
+        cfg = SegmentationConfig.from_checkpoint(seg / "model.safetensors", data_root=str(seg / "data"))
         build_dataset(cfg, "validation", train=False)  # ADE20K's convention: 0 = unlabelled, no warning
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
     assert raw["mIoU"] > reduced["mIoU"] + 0.2

@@ -229,7 +229,7 @@ def test_extract_mirrors_relative_paths_and_never_overwrites(tmp_path: Path, cap
     vectors = [np.load(out / w) for w in written]
     assert not np.allclose(vectors[0], vectors[1])  # two different images, two different files
     # Same folder, same stem, different suffix: the suffix stays in the names.
-    from internimage.tasks._common import output_stems
+    from internimage.commands._common import output_stems
 
     assert output_stems([tmp_path / "d" / "x.jpg", tmp_path / "d" / "x.png"]) == [Path("x_jpg"), Path("x_png")]
     with pytest.raises(ValueError, match="given twice"):
@@ -239,7 +239,7 @@ def test_extract_mirrors_relative_paths_and_never_overwrites(tmp_path: Path, cap
 def test_load_weights_is_one_entry_point_for_every_model_kind(tmp_path: Path) -> None:
     from internimage.models import load_weights
     from internimage.models.checkpoint import save_state_dict
-    from internimage.segmentation import SegTrainConfig, build_segmentor
+    from internimage.segmentation import SegmentationConfig, build_segmentor
 
     torch.manual_seed(0)
     src = internimage.create_model("internimage_test_32", num_classes=3)
@@ -247,7 +247,7 @@ def test_load_weights_is_one_entry_point_for_every_model_kind(tmp_path: Path) ->
     dst = internimage.create_model("internimage_test_32", num_classes=3)
     load_weights(dst, tmp_path / "cls.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
-    cfg = SegTrainConfig(model="internimage_test_32", num_classes=4, decode_channels=16, aux_channels=8)
+    cfg = SegmentationConfig(model="internimage_test_32", num_classes=4, decode_channels=16, aux_channels=8)
     seg = build_segmentor(cfg)
     save_state_dict(seg.state_dict(), tmp_path / "seg.safetensors")
     other = build_segmentor(cfg)

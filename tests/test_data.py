@@ -96,7 +96,7 @@ def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path: Path, pil_mode
     gray, _ = ImageFolderDataset(tmp_path / "data", mode="L")[0]
     assert np.array_equal(np.asarray(gray), k.astype(np.uint8))
     # The segmentation and COCO readers decode images the same way.
-    from internimage.data.segmentation import _read_image
+    from internimage.segmentation.data import _read_image
 
     assert torch.equal(_read_image(path)[0], torch.from_numpy(k.astype(np.uint8)))
 

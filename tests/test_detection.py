@@ -13,18 +13,16 @@ import pytest
 import torch
 
 from internimage import create_model
-from internimage.data.coco import (
+from internimage.detection.data import (
     CocoDetection,
     Compose,
     RandomFlip,
     Resize,
-    coco_evaluate,
     collate_detection,
     detection_transforms,
-    predictions_to_coco,
 )
-from internimage.models.checkpoint import CheckpointError
-from internimage.models.detection import (
+from internimage.detection.evaluation import coco_evaluate, predictions_to_coco
+from internimage.detection.models import (
     LevelRoIAlign,
     build_detector,
     build_internimage_body,
@@ -32,6 +30,7 @@ from internimage.models.detection import (
     load_mmdet_detector,
     map_mmdet_state_dict,
 )
+from internimage.models.checkpoint import CheckpointError
 
 
 def _importable(name: str) -> bool:
@@ -429,15 +428,15 @@ def test_autocast_keeps_heads_and_boxes_in_float32(coco4):
 
 
 def test_presets_follow_the_official_recipes():
-    from internimage.configs.detection import get_preset, list_presets
-    from internimage.detection import DetTrainConfig
+    from internimage.detection import DetectionConfig
+    from internimage.detection.presets import get_preset, list_presets
     from internimage.engine.config import apply_overrides
 
     # The Mask R-CNN / Cascade presets; the DINO ones are checked in tests/test_dino.py.
     names = [n for n in list_presets() if not n.startswith("dino_")]
     assert len(names) == 10 and "mask_rcnn_internimage_t_fpn_1x_coco" in names
     for name in names:
-        cfg = apply_overrides(DetTrainConfig(), get_preset(name))
+        cfg = apply_overrides(DetectionConfig(), get_preset(name))
         cfg.validate()
         assert cfg.layer_scale == 1.0 and cfg.num_classes == 80 and cfg.weight_decay == 0.05
         assert cfg.optimizer == "adamw" and cfg.sched == "step" and cfg.warmup_iters == 500
@@ -445,13 +444,13 @@ def test_presets_follow_the_official_recipes():
         assert (cfg.epochs, cfg.decay_milestones, cfg.recipe) == (
             (12, [8, 11], "1x") if "_1x_" in name else (36, [27, 33], "3x")
         )
-    t = apply_overrides(DetTrainConfig(), get_preset("mask_rcnn_internimage_t_fpn_1x_coco"))
+    t = apply_overrides(DetectionConfig(), get_preset("mask_rcnn_internimage_t_fpn_1x_coco"))
     assert (t.arch, t.model, t.drop_path_rate, t.lr, t.layer_decay) == (
         "mask_rcnn", "internimage_t_1k_224", 0.2, 1e-4, 1.0,
     )  # fmt: skip
     b = get_preset("mask_rcnn_internimage_b_fpn_3x_coco")
     assert b["drop_path_rate"] == 0.4
-    xl = apply_overrides(DetTrainConfig(), get_preset("cascade_internimage_xl_fpn_3x_coco"))
+    xl = apply_overrides(DetectionConfig(), get_preset("cascade_internimage_xl_fpn_3x_coco"))
     assert (xl.arch, xl.lr, xl.layer_decay, xl.drop_path_rate, xl.ema) == ("cascade_mask_rcnn", 2e-4, 0.9, 0.6, True)
     with pytest.raises(ValueError, match="unknown detection preset"):
         get_preset("mask_rcnn_internimage_q_fpn_1x_coco")
@@ -507,8 +506,8 @@ def _official_groups(names_params, depths, rate, wd, offset_lr_scale):
 @pytest.mark.parametrize("arch", ["dino", "cb_dino", "mask_rcnn"])
 def test_detection_param_groups_are_the_official_constructors(arch):
     # Every parameter's lr scale and weight decay against the official rule applied to the official names.
+    from internimage.detection.models.dino import build_cb_dino, build_dino
     from internimage.engine import param_groups
-    from internimage.models.detection.dino import build_cb_dino, build_dino
 
     tiny = dict(neck_channels=32, num_queries=20, enc_layers=1, dec_layers=2, heads=2, hidden=64, num_dn_queries=6)
     if arch == "mask_rcnn":
@@ -533,7 +532,7 @@ def test_detection_param_groups_are_the_official_constructors(arch):
 
 
 def test_dino_pipelines_follow_the_official_configs():
-    from internimage.data.coco import RandomCrop, Resize
+    from internimage.detection.data import RandomCrop, Resize
 
     random.seed(0)
     # H/G/CB-H: Resize(img_scale=[(2000, 600), (2000, 1800)], multiscale_mode='range'): short side uniform in 600-1800.

@@ -16,17 +16,17 @@ import pytest
 import torch
 from torch import nn
 
-from internimage.configs.detection import get_preset, list_presets
-from internimage.models.detection import build_detector, load_detector_weights
-from internimage.models.detection.anchor_utils import MMDetAnchorGenerator
-from internimage.models.detection.box_coding import DeltaXYWHCoder, MaxIoUMatcher
-from internimage.models.detection.cascade_roi_heads import (
+from internimage.detection.models import build_detector, load_detector_weights
+from internimage.detection.models.anchor_utils import MMDetAnchorGenerator
+from internimage.detection.models.box_coding import DeltaXYWHCoder, MaxIoUMatcher
+from internimage.detection.models.cascade_roi_heads import (
     DEFAULT_STAGE_STDS,
     CascadeRoIHeads,
     ConvFCBoxHead,
     FCNMaskHead,
 )
-from internimage.models.detection.roi_heads import mask_targets, paste_masks
+from internimage.detection.models.roi_heads import mask_targets, paste_masks
+from internimage.detection.presets import get_preset, list_presets
 
 # --------------------------------------------------------------------------------- official tensor layouts
 # Backbones of the official detection configs (channels, depths, groups, post_norm); all use layer_scale=1.0,
@@ -509,7 +509,7 @@ def test_cascade_training_regresses_the_gt_class():
 def test_mask_rcnn_box_loss_is_l1_on_the_gt_class_deltas():
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-    from internimage.models.detection.roi_heads import MMDetRoIHeads
+    from internimage.detection.models.roi_heads import MMDetRoIHeads
 
     torch.manual_seed(0)
     predictor = FastRCNNPredictor(4, K + 1).double()
@@ -649,7 +649,7 @@ def test_mask_rcnn_test_path_is_mmdet_get_bboxes():
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
     from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
-    from internimage.models.detection.roi_heads import MMDetRoIHeads
+    from internimage.detection.models.roi_heads import MMDetRoIHeads
 
     torch.manual_seed(0)
     predictor = FastRCNNPredictor(4, K + 1).double()

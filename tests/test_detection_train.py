@@ -10,15 +10,9 @@ import torch
 
 pytest.importorskip("faster_coco_eval")
 
-from internimage.data.coco import (  # noqa: E402
-    CocoDetection,
-    Compose,
-    Resize,
-    coco_evaluate,
-    collate_detection,
-    predictions_to_coco,
-)
-from internimage.models.detection import build_detector  # noqa: E402
+from internimage.detection.data import CocoDetection, Compose, Resize, collate_detection  # noqa: E402
+from internimage.detection.evaluation import coco_evaluate, predictions_to_coco  # noqa: E402
+from internimage.detection.models import build_detector  # noqa: E402
 from test_detection import CASCADE, MASK_RCNN, make_coco  # noqa: E402
 
 

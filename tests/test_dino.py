@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from internimage import create_model
-from internimage.models.detection.dino import (
+from internimage.detection.models.dino import (
     CdnQueryGenerator,
     build_cb_dino,
     build_dino,
@@ -18,7 +18,7 @@ from internimage.models.detection.dino import (
     match_cost,
     sigmoid_focal_loss,
 )
-from internimage.models.detection.dino.matching import box_cxcywh_to_xyxy, inverse_sigmoid
+from internimage.detection.models.dino.matching import box_cxcywh_to_xyxy, inverse_sigmoid
 
 pytest.importorskip("scipy")
 
@@ -337,7 +337,8 @@ def test_full_size_parameter_counts_match_the_zoo(build, backbone, layer_scale, 
 @pytest.mark.slow
 def test_overfitting_four_images_reaches_box_ap_above_half(tmp_path):
     pytest.importorskip("faster_coco_eval")
-    from internimage.data.coco import CocoDetection, coco_evaluate, collate_detection, predictions_to_coco
+    from internimage.detection.data import CocoDetection, collate_detection
+    from internimage.detection.evaluation import coco_evaluate, predictions_to_coco
     from test_detection import make_coco
 
     ann, images = make_coco(tmp_path, 4)
@@ -402,8 +403,8 @@ def test_onnx_export_of_the_whole_detector_matches_pytorch_on_two_sizes(tmp_path
 
 @pytest.mark.parametrize("cb", [False, True], ids=["dino", "cb_dino"])
 def test_weight_loader_takes_official_files_and_classification_backbones(tmp_path, cb):
+    from internimage.detection.models import build_detector, load_detector_weights
     from internimage.models.checkpoint import CheckpointError
-    from internimage.models.detection import build_detector, load_detector_weights
 
     official = tmp_path / "official.pth"
     sd = official_dino_state(cb)
@@ -456,15 +457,15 @@ def test_cli_train_eval_predict_with_arch_dino(tmp_path, capsys):
 
 
 def test_presets_follow_the_official_dino_configs():
-    from internimage.detection import DetTrainConfig
+    from internimage.detection import DetectionConfig
 
-    t = DetTrainConfig.from_preset("dino_4scale_internimage_t_1x_coco_layer_wise_lr")
+    t = DetectionConfig.from_preset("dino_4scale_internimage_t_1x_coco_layer_wise_lr")
     assert (t.arch, t.model, t.lr, t.weight_decay, t.layer_decay, t.clip_grad) == (
         "dino", "internimage_t_1k_224", 1e-4, 1e-4, 0.9, 0.1
     )  # fmt: skip
     assert (t.epochs, t.decay_milestones, t.drop_path_rate, t.layer_scale, t.recipe) == (12, [11], 0.2, 1.0, "dino")
     assert t.offset_lr_mul == 1.0
-    cb = DetTrainConfig.from_preset("dino_4scale_cbinternimage_h_objects365_coco_ss")
+    cb = DetectionConfig.from_preset("dino_4scale_cbinternimage_h_objects365_coco_ss")
     assert cb.arch == "cb_dino" and cb.model_kwargs == dict(num_dn_queries=1000, max_per_img=300)
     assert (cb.recipe, tuple(cb.img_scale), cb.offset_lr_mul) == ("dino_ss", (2000, 1000), 1e-3)
     assert (cb.layer_decay, cb.drop_path_rate, cb.layer_scale, cb.iters, cb.decay_milestones) == (

@@ -235,9 +235,9 @@ def _our_checkpoint(path, model, task: str, fields: dict) -> str:
 def test_export_builds_the_segmentor_our_checkpoint_describes(tmp_path, capsys):
     # Layer scale on a backbone that has none by default, narrow heads, 5 named classes: export used to build the
     # default UperNet (150 classes, no gamma) and refuse the file.
-    from internimage.segmentation import SegTrainConfig, build_segmentor
+    from internimage.segmentation import SegmentationConfig, build_segmentor
 
-    cfg = SegTrainConfig(model="internimage_test_32", num_classes=5, classes=list("abcde"), decode_channels=16)
+    cfg = SegmentationConfig(model="internimage_test_32", num_classes=5, classes=list("abcde"), decode_channels=16)
     cfg.aux_channels, cfg.layer_scale = 8, 0.5
     torch.manual_seed(0)
     trained = build_segmentor(cfg, load_pretrained=False).eval()
@@ -257,10 +257,10 @@ def test_export_builds_the_segmentor_our_checkpoint_describes(tmp_path, capsys):
 
 
 def test_export_builds_the_detector_our_checkpoint_describes(tmp_path, capsys):
-    from internimage.detection import DetTrainConfig, build_detector_from_config
+    from internimage.detection import DetectionConfig, build_detector_from_config
 
     widths = {"fpn_channels": 32, "mask_channels": 16, "head_conv_channels": 16, "head_fc_dim": 64}
-    cfg = DetTrainConfig(model="internimage_test_32", arch="cascade_mask_rcnn", num_classes=2, model_kwargs=widths)
+    cfg = DetectionConfig(model="internimage_test_32", arch="cascade_mask_rcnn", num_classes=2, model_kwargs=widths)
     cfg.classes, cfg.layer_scale = ["box", "disc"], 0.5
     torch.manual_seed(0)
     trained = build_detector_from_config(cfg, load_pretrained=False).eval()
@@ -269,5 +269,5 @@ def test_export_builds_the_detector_our_checkpoint_describes(tmp_path, capsys):
     got, want = model.full_model.state_dict(), trained.state_dict()
     assert type(model.full_model) is type(trained) and set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
-    assert main(["export", "--task", "detection", "--detector", "dino", "--checkpoint", ck]) == 1
-    assert "is a cascade_mask_rcnn detector, not --detector dino" in capsys.readouterr().err
+    assert main(["export", "--task", "detection", "--arch", "dino", "--checkpoint", ck]) == 1
+    assert "is a cascade_mask_rcnn detector, not --arch dino" in capsys.readouterr().err

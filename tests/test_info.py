@@ -11,7 +11,7 @@ from internimage.models.complexity import model_complexity
 
 # The official model zoo's published figures (OpenGVLab/InternImage README, ImageNet-1K table: #params, FLOPs at the
 # evaluation size; recorded in shared/spec/ORIGINAL.md 1.1 and in the "zoo" column of our README's Models table),
-# written here rather than read from ``internimage.tasks.info.ZOO``. Params must be within 1% and FLOPs within 5%;
+# written here rather than read from ``internimage.commands.info.ZOO``. Params must be within 1% and FLOPs within 5%;
 # "3B" for G is a rounded figure that the exact count (3.076B) misses by 2.5%, so G's params are checked at 3%.
 PUBLISHED = [
     # model, params, FLOPs (multiply-accumulates, as the paper counts them), evaluation size, params tolerance

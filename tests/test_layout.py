@@ -28,10 +28,10 @@ LAYERS: list[set[str]] = [
     {"ops"},
     {"models"},
     {"data", "engine"},
-    {"plotting", "configs"},
+    {"plotting"},
     {"classification", "detection", "segmentation"},
-    {"export", "demo"},
-    {"tasks", "cli", "__main__"},
+    {"export"},
+    {"commands", "cli", "__main__"},
 ]
 #: Packages of one layer that may not import each other.
 SIBLINGS_APART = {"classification", "detection", "segmentation"}
@@ -196,7 +196,7 @@ def test_downward_and_private_within_a_package_are_fine(tmp_path: Path) -> None:
         "internimage/models/a.py": "from ..ops import k\nfrom ._private import x\n",
         "internimage/models/_private.py": "",
         "internimage/ops/k.py": "",
-        "internimage/tasks/c.py": "from ..detection import d\nfrom ..export import e\n",
+        "internimage/commands/c.py": "from ..detection import d\nfrom ..export import e\n",
         "internimage/detection/d.py": "",
         "internimage/export/e.py": "",
     }

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 import internimage
-from internimage.data.segmentation import (
+from internimage.models.checkpoint import CheckpointError
+from internimage.models.internimage import MODEL_SPECS, InternImage
+from internimage.segmentation.data import (
     ADE20KDataset,
     CityscapesDataset,
     SegTestTransform,
@@ -23,10 +25,8 @@ from internimage.data.segmentation import (
     photometric_distortion,
     seg_collate,
 )
-from internimage.models.checkpoint import CheckpointError
-from internimage.models.internimage import MODEL_SPECS, InternImage
-from internimage.models.segmentation import (
-    SegMetric,
+from internimage.segmentation.evaluation import SegMetric
+from internimage.segmentation.models import (
     build_upernet,
     load_segmentation_checkpoint,
     mmseg_layer_id,
@@ -340,11 +340,11 @@ def test_mask2former_param_groups_follow_the_original_constructor():
 
 
 def test_engine_uses_the_official_segmentation_rule():
-    from internimage.segmentation import SegTask, SegTrainConfig
+    from internimage.segmentation import SegmentationConfig, SegmentationTask
 
-    cfg = SegTrainConfig(model="internimage_test_32", num_classes=K, decode_channels=CH, aux_channels=AUX)
+    cfg = SegmentationConfig(model="internimage_test_32", num_classes=K, decode_channels=CH, aux_channels=AUX)
     cfg.layer_decay = 0.9
-    task = SegTask(cfg)
+    task = SegmentationTask(cfg)
     model = task.build_model()
     scale = {n: g["lr_scale"] for g in task.param_groups(model) for n in g["names"]}
     wd = {n: g["weight_decay"] for g in task.param_groups(model) for n in g["names"]}
@@ -355,7 +355,7 @@ def test_engine_uses_the_official_segmentation_rule():
     assert wd["backbone.levels.0.blocks.0.dcn.offset.weight"] == cfg.weight_decay
     cfg.batch_size = 1
     with pytest.raises(ValueError, match="batch_size 1 without multi-GPU SyncBatchNorm"):
-        SegTask(cfg).build_model()
+        SegmentationTask(cfg).build_model()
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -508,8 +508,8 @@ def test_collate_and_test_transform():
 
 # ----------------------------------------------------------------------------------------------- presets
 def test_presets_follow_the_official_recipes():
-    from internimage.configs.segmentation import get_preset, list_presets
-    from internimage.segmentation import SegTrainConfig
+    from internimage.segmentation import SegmentationConfig
+    from internimage.segmentation.presets import get_preset, list_presets
 
     expected = {  # variant: (crop, lr, layer decay, images per GPU)
         "t": (512, 6e-5, 1.0, 2),
@@ -525,7 +525,7 @@ def test_presets_follow_the_official_recipes():
         variant = name.split("_")[2]
         crop, lr, decay, batch = expected[variant]
         assert name == f"upernet_internimage_{variant}_{crop}_160k_ade20k"
-        cfg = SegTrainConfig.from_dict({**SegTrainConfig().to_dict(), **get_preset(name)})
+        cfg = SegmentationConfig.from_dict({**SegmentationConfig().to_dict(), **get_preset(name)})
         cfg.validate()
         assert (cfg.crop_size, cfg.lr, cfg.layer_decay, cfg.batch_size) == ((crop, crop), lr, decay, batch)
         assert (cfg.iters, cfg.warmup_iters, cfg.sched, cfg.poly_power, cfg.min_lr) == (160000, 1500, "poly", 1.0, 0)
@@ -537,15 +537,15 @@ def test_presets_follow_the_official_recipes():
 
 
 def test_full_size_parameter_counts_match_the_official_zoo():
-    from internimage.configs.segmentation import get_preset
     from internimage.engine.config import apply_overrides
-    from internimage.segmentation import SegTrainConfig, build_segmentor
+    from internimage.segmentation import SegmentationConfig, build_segmentor
+    from internimage.segmentation.presets import get_preset
 
     readme = {"t_512": 59e6, "s_512": 80e6, "b_512": 128e6, "l_640": 256e6, "xl_640": 368e6, "h_896": 1.12e9}
     readme = {f"upernet_internimage_{k}_160k_ade20k": v for k, v in readme.items()}
     readme["mask2former_internimage_h_896_80k_cocostuff2ade20k_ss"] = 1.31e9
     for key, official in readme.items():
-        cfg = apply_overrides(SegTrainConfig(), get_preset(key))
+        cfg = apply_overrides(SegmentationConfig(), get_preset(key))
         with torch.device("meta"):  # shapes only: no memory, no init time
             model = build_segmentor(cfg, load_pretrained=False)
         assert sum(p.numel() for p in model.parameters()) == pytest.approx(official, rel=0.005), key
@@ -639,7 +639,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------- Mask2Former
 def tiny_mask2former(num_classes: int = K):
-    from internimage.models.segmentation.segmentor import build_mask2former
+    from internimage.segmentation.models.segmentor import build_mask2former
 
     torch.manual_seed(0)
     backbone = internimage.create_model("internimage_test_32", num_classes=0, layer_scale=1.0)
@@ -648,7 +648,7 @@ def tiny_mask2former(num_classes: int = K):
 
 
 def test_deformable_attention_samples_exactly_at_reference_points():
-    from internimage.models.segmentation.mask2former import MSDeformAttn
+    from internimage.segmentation.models.mask2former import MSDeformAttn
 
     attn = MSDeformAttn(8, heads=2, levels=1, points=1)
     torch.nn.init.zeros_(attn.sampling_offsets.bias)  # zero offsets: sample at the reference point itself
@@ -661,7 +661,7 @@ def test_deformable_attention_samples_exactly_at_reference_points():
 
 
 def test_hungarian_matching_recovers_the_planted_assignment():
-    from internimage.models.segmentation.mask2former import hungarian_match, semantic_targets
+    from internimage.segmentation.models.mask2former import hungarian_match, semantic_targets
 
     label = torch.zeros(16, 16, dtype=torch.long)
     label[:8] = 2

@@ -1,6 +1,6 @@
 """``internimage <command>``: a thin dispatcher.
 
-Each command lives in a module of :mod:`internimage.tasks` exposing ``COMMANDS = {name: (add_arguments, run)}``;
+Each command lives in a module of :mod:`internimage.commands` exposing ``COMMANDS = {name: (add_arguments, run)}``;
 only the module of the command being run is imported, so ``internimage --help`` stays fast. ``train``, ``eval``
 and ``predict`` take ``--task classification|detection|segmentation`` and are served by the module of that task.
 """
@@ -16,16 +16,16 @@ from collections.abc import Sequence
 
 # command -> (module, one-line help). Task-specific commands resolve their module from --task.
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("internimage.tasks.info", "table of every registered model: parameters and GFLOPs (MACs)"),
-    "convert": ("internimage.tasks.info", "convert any supported checkpoint to safetensors"),
-    "demo": ("internimage.tasks.demo", "train, evaluate and predict on Fashion-MNIST end to end"),
+    "info": ("internimage.commands.info", "table of every registered model: parameters and GFLOPs (MACs)"),
+    "convert": ("internimage.commands.info", "convert any supported checkpoint to safetensors"),
+    "demo": ("internimage.commands.demo", "train, evaluate and predict on Fashion-MNIST end to end"),
     "train": ("{task}", "train a model (--task classification|detection|segmentation)"),
     "eval": ("{task}", "evaluate a model on a dataset"),
     "predict": ("{task}", "predict on images or folders"),
-    "extract": ("internimage.tasks.classification", "save intermediate features to .npy / safetensors"),
-    "plot": ("internimage.tasks.plot", "draw loss / accuracy / lr curves of a run to PNG"),
-    "export": ("internimage.tasks.export", "export to ONNX / ONNX-TensorRT / torch.export (.pt2)"),
-    "benchmark": ("internimage.tasks.benchmark", "latency / throughput / memory per backend"),
+    "extract": ("internimage.commands.classification", "save intermediate features to .npy / safetensors"),
+    "plot": ("internimage.commands.plot", "draw loss / accuracy / lr curves of a run to PNG"),
+    "export": ("internimage.commands.export", "export to ONNX / ONNX-TensorRT / torch.export (.pt2)"),
+    "benchmark": ("internimage.commands.benchmark", "latency / throughput / memory per backend"),
 }
 _TASKS = ("classification", "detection", "segmentation")
 
@@ -51,10 +51,18 @@ def _task_of(argv: Sequence[str]) -> str:
     pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.task is None and known.preset:
-        from .configs import preset_task
-
-        return preset_task(known.preset) or "classification"
+        return _preset_task(known.preset) or "classification"
     return known.task or "classification"
+
+
+def _preset_task(name: str) -> str | None:
+    """The task whose presets include ``name`` (``internimage train --preset NAME`` needs no ``--task``)."""
+    from .classification import ClassificationConfig
+    from .detection import DetectionConfig
+    from .segmentation import SegmentationConfig
+
+    configs = {"classification": ClassificationConfig, "detection": DetectionConfig, "segmentation": SegmentationConfig}
+    return next((task for task, cfg in configs.items() if name in cfg.list_presets()), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, text = _COMMANDS[command]
     task = _task_of(rest)
     if module_name == "{task}":
-        module_name = f"internimage.tasks.{task}"
+        module_name = f"internimage.commands.{task}"
     try:
         module = importlib.import_module(module_name)
         add_arguments, run = module.COMMANDS[command]
@@ -77,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internimage {command}: not available in this installation ({err})", file=sys.stderr)  # noqa: T201
         return 2
     parser = argparse.ArgumentParser(prog=f"internimage {command}", description=text)
-    if module_name.startswith("internimage.tasks.") and command in ("train", "eval", "predict"):
+    if module_name.startswith("internimage.commands.") and command in ("train", "eval", "predict"):
         parser.add_argument("--task", default=task, choices=_TASKS, help="default: the preset's, else classification")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     add_arguments(parser)

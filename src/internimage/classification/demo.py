@@ -1,6 +1,6 @@
 """A small InternImage trained on Fashion-MNIST in minutes on a CPU: recipe, data, task, time budget, prediction grid.
 
-The ``internimage demo`` command (:mod:`internimage.tasks.demo`) is argument parsing around this module::
+The ``internimage demo`` command (:mod:`internimage.commands.demo`) is argument parsing around this module::
 
     from internimage.data import find_fashion_mnist
     from internimage.classification.demo import FashionMNISTTask, demo_config

@@ -7,9 +7,11 @@ trainer sums into the log. Each failure is logged once at debug level with the f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 __all__ = [
+    "workers_stop_on_error",
     "IMAGE_EXTENSIONS",
     "FileListDataset",
     "ImageFolderDataset",
@@ -255,3 +258,17 @@ def collect_images(inputs: list[str], recursive: bool = False) -> list[Path]:
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(inputs)}")
     return paths
+
+
+@contextlib.contextmanager
+def workers_stop_on_error() -> Iterator[None]:
+    """Around a loop over a DataLoader: when the loop raises, its worker processes stop at once.
+
+    A worker's error comes back in a reference cycle that holds the loader's iterator, so only a later garbage
+    collection would stop the workers, after a 5 s timeout each; freeing the traceback's frames stops them now.
+    """
+    try:
+        yield
+    except BaseException as err:
+        traceback.clear_frames(err.__traceback__)
+        raise

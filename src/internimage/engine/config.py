@@ -411,7 +411,9 @@ def get_preset_in(package: str, name: str) -> dict[str, Any]:
     """
     names = list_presets_in(package)
     if name not in names:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(names)}")
+        parts = package.split(".")
+        task = f"{parts[-2]} " if len(parts) > 2 and parts[-1] == "presets" else ""  # internimage.<task>.presets
+        raise ValueError(f"unknown {task}preset {name!r}; known: {', '.join(names)}")
     return dict(importlib.import_module(f"{package}.{name}").PRESET)
 
 

@@ -20,11 +20,10 @@ from .core import (
     trace,
     verify_export,
 )
-from .models import DETECTORS, TASKS, ExportableModel, build_exportable, detection_postprocess
+from .models import TASKS, ExportableModel, build_exportable, detection_postprocess
 from .trt import TRT_ATTRIBUTES, TRT_DOMAIN, TRT_OP, export_as_custom_op, trt_dcnv3_numpy
 
 __all__ = [
-    "DETECTORS",
     "FORMATS",
     "TASKS",
     "TRT_ATTRIBUTES",

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 __all__ = [
-    "DETECTORS",
     "TASKS",
     "ExportAdaptiveAvgPool2d",
     "ExportableModel",
@@ -37,7 +36,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TASKS = ("classification", "detection", "segmentation")
-DETECTORS = ("mask_rcnn", "cascade", "dino", "cb_dino")
 _FPN_LEVELS = ("0", "1", "2", "3", "pool")
 
 
@@ -132,8 +130,8 @@ class DetectionDense(nn.Module):
     """Backbone + FPN + RPN head of a torchvision-style two-stage detector, as one tensor-in/tensors-out graph.
 
     Args:
-        detector: A detector from :func:`~internimage.models.detection.mask_rcnn.build_mask_rcnn` or
-            :func:`~internimage.models.detection.cascade.build_cascade_mask_rcnn` (eval mode).
+        detector: A detector from :func:`~internimage.detection.models.mask_rcnn.build_mask_rcnn` or
+            :func:`~internimage.detection.models.cascade.build_cascade_mask_rcnn` (eval mode).
     """
 
     def __init__(self, detector: nn.Module) -> None:
@@ -288,14 +286,14 @@ def _task_config(
 def _segmentation(
     name: str | None, checkpoint: str | None, num_classes: int | None, **overrides: Any
 ) -> ExportableModel:
-    from ..configs.segmentation import list_presets
     from ..models import ARCHS, load_weights
     from ..models.internimage import MODEL_SPECS
-    from ..segmentation import SegTrainConfig, build_segmentor
+    from ..segmentation import SegmentationConfig, build_segmentor
+    from ..segmentation.presets import list_presets
 
     # The one segmentor builder, on the model the checkpoint describes (``internimage train`` stores its fields),
     # else on a preset's head and widths, else on the UperNet of the official configs (512 wide, 150 classes).
-    cfg, described = _task_config(SegTrainConfig, list_presets(), name, checkpoint, num_classes)
+    cfg, described = _task_config(SegmentationConfig, list_presets(), name, checkpoint, num_classes)
     if (not described or cfg.layer_scale is None) and cfg.model in MODEL_SPECS:
         overrides.setdefault("layer_scale", ARCHS[MODEL_SPECS[cfg.model][0]].layer_scale)  # the backbone's own
     model = build_segmentor(cfg, load_pretrained=False, backbone_overrides=overrides)
@@ -315,32 +313,28 @@ def _segmentation(
     )
 
 
-#: ``--detector`` names -> the detection config's ``arch``.
-_ARCH_OF_DETECTOR = {"mask_rcnn": "mask_rcnn", "cascade": "cascade_mask_rcnn", "dino": "dino", "cb_dino": "cb_dino"}
-
-
 def _detection(
     name: str | None,
     checkpoint: str | None,
     num_classes: int | None,
-    detector: str | None = None,
+    arch: str | None = None,
     **overrides: Any,
 ) -> ExportableModel:
-    from ..configs.detection import list_presets
-    from ..detection import DetTrainConfig, build_detector_from_config
+    from ..detection import ARCHITECTURES, DetectionConfig, build_detector_from_config
+    from ..detection.models import load_detector_weights
+    from ..detection.presets import list_presets
     from ..engine.config import apply_overrides
-    from ..models.detection import load_detector_weights
 
-    if detector is not None and detector not in _ARCH_OF_DETECTOR:
-        raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+    if arch is not None and arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
     # The model the checkpoint describes (arch, widths, classes, layer scale), else a preset's, else the official
-    # Mask R-CNN / Cascade / DINO of ``detector`` on the backbone ``name`` (layer_scale=1.0, as every official
+    # Mask R-CNN / Cascade / DINO of ``arch`` on the backbone ``name`` (layer_scale=1.0, as every official
     # detection config).
-    cfg, described = _task_config(DetTrainConfig, list_presets(), name, checkpoint, num_classes)
-    if detector is not None and (not described or _ARCH_OF_DETECTOR[detector] != cfg.arch):
+    cfg, described = _task_config(DetectionConfig, list_presets(), name, checkpoint, num_classes)
+    if arch is not None and arch != cfg.arch:
         if described:
-            raise ValueError(f"{checkpoint or name} is a {cfg.arch} detector, not --detector {detector}")
-        cfg = apply_overrides(cfg, {"arch": _ARCH_OF_DETECTOR[detector]})
+            raise ValueError(f"{checkpoint or name} is a {cfg.arch} detector, not --arch {arch}")
+        cfg = apply_overrides(cfg, {"arch": arch})
     if overrides:
         cfg = apply_overrides(cfg, {"layer_scale": overrides.pop("layer_scale", cfg.layer_scale)})
     if overrides:
@@ -369,7 +363,7 @@ def build_exportable(
     name: str | None,
     checkpoint: str | None = None,
     num_classes: int | None = None,
-    detector: str | None = None,
+    arch: str | None = None,
     **overrides: Any,
 ) -> ExportableModel:
     """Build the export-ready module of ``task``: the model ``checkpoint`` describes, as ``eval`` builds it.
@@ -382,8 +376,8 @@ def build_exportable(
         checkpoint: Weights of the whole model (classifier, segmentor or detector).
         num_classes: Classes (default: the checkpoint's, else the model's / preset's; 150 for segmentation, 80
             for detection).
-        detector: ``mask_rcnn``, ``cascade``, ``dino`` or ``cb_dino`` (detection only; default: the checkpoint's
-            or preset's architecture, else ``mask_rcnn``).
+        arch: A detection architecture of :data:`internimage.detection.ARCHITECTURES` (detection only; default:
+            the checkpoint's or preset's, else ``mask_rcnn``).
         **overrides: InternImage arguments (e.g. ``layer_scale=1.0``).
 
     Returns:
@@ -396,5 +390,5 @@ def build_exportable(
     if task == "segmentation":
         return _segmentation(name, checkpoint, num_classes, **overrides)
     if task == "detection":
-        return _detection(name, checkpoint, num_classes, detector, **overrides)
+        return _detection(name, checkpoint, num_classes, arch, **overrides)
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")

@@ -22,7 +22,7 @@ def load_dino_weights(
     """Load a checkpoint into a DINO (``model.backbone``: an InternImage, or a CB-InternImage with ``cb_modules``).
 
     Args:
-        model: A DINO of :mod:`internimage.models.detection.dino` (``model.composite`` says CB or not).
+        model: A DINO of :mod:`internimage.detection.models.dino` (``model.composite`` says CB or not).
         path: Checkpoint file.
         strict: Raise if a model tensor is missing or a file tensor does not fit (detector files only).
         use_ema: Take the EMA weights of a training checkpoint.

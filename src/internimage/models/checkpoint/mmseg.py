@@ -1,4 +1,4 @@
-"""Loading weights into a :class:`~internimage.models.segmentation.Segmentor`.
+"""Loading weights into a :class:`~internimage.segmentation.models.Segmentor`.
 
 Accepted sources (read with ``weights_only=True`` or safetensors, through :mod:`internimage.models.checkpoint`):
 
@@ -7,7 +7,7 @@ Accepted sources (read with ``weights_only=True`` or safetensors, through :mod:`
   ``fpn_bottleneck``, ``conv_seg``, ``convs.0``), so the mapping is the identity on heads; SyncBN buffers land in
   BatchNorm;
 * official mmseg Mask2Former checkpoints (``decode_head.pixel_decoder.*``, ``decode_head.transformer_decoder.*``,
-  query/class/mask embeddings): :class:`~internimage.models.segmentation.mask2former.Mask2FormerHead` uses the
+  query/class/mask embeddings): :class:`~internimage.segmentation.models.mask2former.Mask2FormerHead` uses the
   mmcv container names, so this is the identity too;
 * our own segmentor files (same layout, safetensors);
 * classification checkpoints (official, HF, plain): backbone only, the classifier is dropped and the heads keep

@@ -1,0 +1,119 @@
+"""COCO instance detection / segmentation in Python: config, engine task, builders, evaluation, inference, drawing.
+
+Train (the same as ``internimage train --task detection --preset mask_rcnn_internimage_t_fpn_1x_coco``)::
+
+    from internimage.detection import DetectionTask, DetectionConfig
+    from internimage.engine import Trainer
+
+    cfg = DetectionConfig.from_preset("mask_rcnn_internimage_t_fpn_1x_coco", data_root="coco", output="runs/t")
+    Trainer(cfg, DetectionTask(cfg)).fit()
+
+Infer::
+
+    cfg = DetectionConfig.from_checkpoint("runs/t/model.safetensors")
+    model = load_detector(cfg, "runs/t/model.safetensors")
+    pred = detect(model, rgb, cfg)                 # boxes, labels, scores (and masks) above cfg.score_thresh
+    render_detections(rgb, pred, cfg.class_names()).save("out.png")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine import Task
+from ..models.internimage import InternImageBlock
+from .config import META_KEY, DetectionConfig
+from .evaluation import evaluate_detector
+
+__all__ = [
+    "DetectionTask",
+    "build_dataset",
+    "build_detector_from_config",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- library glue
+def build_detector_from_config(cfg: DetectionConfig, load_pretrained: bool = True) -> torch.nn.Module:
+    """The detector of ``cfg`` (with ``cfg.pretrained`` loaded non-strictly when asked)."""
+    from ..models import load_weights
+    from .models import build_detector
+
+    overrides = {"drop_path_rate": cfg.drop_path_rate, "layer_scale": cfg.layer_scale}
+    model = build_detector(cfg.arch, cfg.model, cfg.num_classes, backbone_overrides=overrides, **cfg.model_kwargs)
+    if load_pretrained and cfg.pretrained:
+        result = load_weights(model, cfg.pretrained, strict=False)
+        logger.info(
+            "initialised from %s (%s): %d tensors kept their initial values",
+            cfg.pretrained, result.format, len(result.missing),
+        )  # fmt: skip
+    return model
+
+
+def _path(cfg: DetectionConfig, rel: str) -> Path:
+    return Path(cfg.data_root) / rel if cfg.data_root else Path(rel)
+
+
+def build_dataset(cfg: DetectionConfig, train: bool) -> Any:
+    """The COCO train or val set of ``cfg`` with the official pipeline.
+
+    With ``cfg.classes`` (a checkpoint's or a run's class names) the categories are matched by name, so labels mean
+    the same classes whatever ids the file gives them; without (official weights) labels follow the sorted ids.
+    """
+    from .data import CocoDetection, detection_transforms
+
+    ann, images = (cfg.train_ann, cfg.train_images) if train else (cfg.val_ann, cfg.val_images)
+    transforms = detection_transforms(cfg.recipe, train, tuple(cfg.img_scale), cfg.scale_factor)
+    ds = CocoDetection(_path(cfg, ann), _path(cfg, images), transforms, train=train, classes=cfg.classes or None)
+    if ds.num_classes != cfg.num_classes:
+        raise ValueError(f"{_path(cfg, ann)} has {ds.num_classes} categories but num_classes={cfg.num_classes}")
+    return ds
+
+
+class DetectionTask(Task):
+    """COCO instance detection / segmentation for the engine's :class:`~internimage.engine.Trainer`."""
+
+    primary_metric = "bbox_mAP"
+    fsdp_unit_types = (InternImageBlock,)
+
+    def __init__(self, cfg: DetectionConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: DetectionConfig = cfg
+
+    def build_model(self) -> torch.nn.Module:
+        model = build_detector_from_config(self.cfg)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and torch.cuda.is_available():
+            # The official Cascade heads use SyncBN; PyTorch's SyncBatchNorm runs on GPUs only.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def build_datasets(self, info: Any) -> tuple[Any, Any]:
+        train = build_dataset(self.cfg, train=True)
+        if not self.cfg.classes:
+            self.cfg.classes = list(train.class_names)
+        # Built after the names are fixed: a val file numbering the same categories differently is matched by name.
+        val = build_dataset(self.cfg, train=False) if self.cfg.val_ann else None
+        return train, val
+
+    def collate_fn(self, train: bool) -> Any:
+        from .data import collate_detection
+
+        return collate_detection
+
+    def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        losses = model(batch["images"], batch["targets"])
+        return {"loss": sum(losses.values()), **losses}
+
+    def evaluate(self, model: torch.nn.Module, loader: Any, info: Any) -> dict[str, float]:
+        return evaluate_detector(model, loader, info)
+
+    def export_metadata(self) -> dict[str, str]:
+        return {"task": "detection", META_KEY: json.dumps(self.cfg.model_fields())}

@@ -1,0 +1,220 @@
+"""Semantic segmentation in Python: config, engine task, the segmentor builder, evaluation, inference, drawing.
+
+Train (the same as ``internimage train --task segmentation --preset upernet_internimage_t_512_160k_ade20k``)::
+
+    from internimage.engine import Trainer
+    from internimage.segmentation import SegmentationTask, SegmentationConfig
+
+    cfg = SegmentationConfig.from_preset("upernet_internimage_t_512_160k_ade20k", data_root="ADEChallengeData2016")
+    Trainer(cfg, SegmentationTask(cfg)).fit()
+
+Infer::
+
+    cfg = SegmentationConfig.from_checkpoint("runs/t/model.safetensors")
+    model = load_segmentor(cfg, "runs/t/model.safetensors")
+    label = segment(model, rgb, cfg)                # (H, W) class ids
+    render_overlay(rgb, label, default_palette(cfg.num_classes), cfg.class_names()).save("out.png")
+
+Importing this module registers the ``segmentation`` layer-decay and no-decay rules with
+:mod:`internimage.engine.optim`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine import Task
+from ..models.internimage import InternImageBlock
+from .config import META_KEY, SegmentationConfig
+from .evaluation import evaluate_segmentor, format_per_class
+
+__all__ = [
+    "SegmentationTask",
+    "build_dataset",
+    "build_segmentor",
+    "list_collate",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- library glue
+def build_segmentor(
+    cfg: SegmentationConfig, load_pretrained: bool = True, backbone_overrides: dict[str, Any] | None = None
+) -> Any:
+    """The one segmentor builder: UperNet or Mask2Former (``cfg.head``) on the backbone of ``cfg``.
+
+    Args:
+        cfg: Model fields (backbone, head, widths, classes).
+        load_pretrained: Load ``cfg.pretrained`` (if set) through :func:`internimage.models.load_weights`.
+        backbone_overrides: Extra :func:`internimage.create_model` arguments (they win over ``cfg``'s).
+    """
+    from ..models import create_model, load_weights
+    from .models import build_mask2former, build_upernet
+
+    overrides: dict[str, Any] = {"num_classes": 0, "drop_path_rate": cfg.drop_path_rate, "layer_scale": cfg.layer_scale}
+    backbone = create_model(cfg.model, **{**overrides, **(backbone_overrides or {})})
+    if cfg.head == "mask2former":
+        model = build_mask2former(
+            backbone,
+            cfg.num_classes,
+            dim=cfg.decode_channels,
+            num_queries=cfg.num_queries,
+            heads=cfg.attn_heads,
+            hidden=cfg.ffn_channels,
+            enc_layers=cfg.enc_layers,
+            dec_layers=cfg.dec_layers,
+            num_points=cfg.num_points,
+        )
+    else:
+        model = build_upernet(
+            backbone,
+            cfg.num_classes,
+            channels=cfg.decode_channels,
+            aux_channels=cfg.aux_channels,
+            aux=cfg.aux_channels > 0,
+            aux_loss_weight=cfg.aux_weight,
+            avg_non_ignore=cfg.avg_non_ignore,
+        )
+    if load_pretrained and cfg.pretrained:
+        load_weights(model, cfg.pretrained, strict=True)
+    return model
+
+
+def build_dataset(cfg: SegmentationConfig, split: str, train: bool, check_zero_label: bool = True) -> Any:
+    """The dataset of ``split`` with the official train or test transform, labelled in the model's class order.
+
+    Args:
+        cfg: Dataset fields; ``cfg.classes`` are the model's class names (the checkpoint's when evaluating):
+            a ``classes.txt`` naming the same classes in another order is mapped to them by name.
+        split: Split folder.
+        train: Official train transform, else the test one.
+        check_zero_label: Warn when the label maps suggest that ``reduce_zero_label`` throws away a real class.
+
+    Raises:
+        FileNotFoundError: no images, or no label maps for the split.
+        ValueError: the dataset's classes are not the model's.
+    """
+    from .data import ADE20KDataset, CityscapesDataset, SegTestTransform, SegTrainTransform
+
+    if not cfg.data_root:
+        raise ValueError("no dataset: pass --data-root (or data_root=... in the config)")
+    if train:
+        transform = SegTrainTransform(cfg.crop_size, cfg.img_scale, cfg.ratio_range, cfg.cat_max_ratio)
+    else:
+        transform = SegTestTransform()
+    if cfg.dataset == "cityscapes":
+        ds = CityscapesDataset(cfg.data_root, split, transform, require_labels=True)
+    else:
+        ds = ADE20KDataset(
+            cfg.data_root,
+            split,
+            transform,
+            cfg.reduce_zero_label,
+            num_classes=cfg.num_classes,
+            model_classes=cfg.classes or None,
+            require_labels=True,
+        )
+        if check_zero_label:
+            _warn_zero_label(ds, Path(cfg.data_root) / split)
+    if ds.num_classes != cfg.num_classes:
+        raise ValueError(f"dataset {cfg.data_root} has {ds.num_classes} classes but num_classes={cfg.num_classes}")
+    return ds
+
+
+def _warn_zero_label(ds: Any, where: Path) -> None:
+    """One warning when label 0 looks like a named class that ``reduce_zero_label=true`` ignores.
+
+    A warning, not a refusal: the evidence (0 present, and as many names as max label + 1) also fits an
+    ADE20K-style split that merely lacks its top class, a common case for small validation splits, where
+    ``reduce_zero_label=true`` is right and a refusal would block a correct run with no way to confirm it.
+    """
+    if ds.zero_label_looks_real():
+        logger.warning(
+            "%s: label 0 looks like a real class (it occurs, and the %d class names cover labels 0..%d), but "
+            "reduce_zero_label=true ignores it and shifts every label down by one; pass --set "
+            "reduce_zero_label=false if 0 is a class",
+            where,
+            ds.num_classes,
+            ds.num_classes - 1,
+        )
+
+
+def list_collate(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation for the engine's :class:`~internimage.engine.Trainer`."""
+
+    primary_metric = "mIoU"
+    fsdp_unit_types = (InternImageBlock,)
+
+    def __init__(self, cfg: SegmentationConfig) -> None:
+        super().__init__(cfg)
+        self.class_names: list[str] = list(cfg.classes)
+
+    def build_model(self) -> torch.nn.Module:
+        import torch.distributed as dist
+
+        model = build_segmentor(self.cfg)
+        multi_gpu = dist.is_initialized() and dist.get_world_size() > 1 and self.cfg.device != "cpu"
+        if multi_gpu and torch.cuda.is_available():
+            # The official configs use SyncBN in the heads; it also makes 1 image per GPU (H) trainable.
+            return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        if has_bn and self.cfg.batch_size < 2:
+            raise ValueError(
+                "batch_size 1 without multi-GPU SyncBatchNorm cannot train: the BatchNorm of UperNet's 1x1 "
+                "pyramid-pooling branch needs more than one value per channel; use batch_size >= 2"
+            )
+        return model
+
+    def build_datasets(self, info: Any) -> tuple[Any, Any]:
+        train = build_dataset(self.cfg, self.cfg.train_split, train=True)
+        self.class_names = self.class_names or list(train.classes)
+        val = None
+        if self.cfg.val_split:  # same folder and convention: the train split's warning covers it
+            val = build_dataset(self.cfg, self.cfg.val_split, train=False, check_zero_label=False)
+        return train, val
+
+    def collate_fn(self, train: bool) -> Any:
+        from .data import seg_collate
+
+        # Validation images keep their own sizes, so they travel as a list and are run one by one.
+        return seg_collate if train else list_collate
+
+    def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return model(batch["image"], batch["label"])
+
+    def evaluate(self, model: torch.nn.Module, loader: Any, info: Any) -> dict[str, float]:
+        result = evaluate_segmentor(model, loader, self.cfg, self.class_names or None)
+        if info.is_main:
+            logger.info("per-class IoU: %s", format_per_class(result))
+        return {k: result[k] for k in ("mIoU", "mAcc", "aAcc")}
+
+    def export_metadata(self) -> dict[str, str]:
+        fields = self.cfg.model_fields()
+        fields["classes"] = self.class_names
+        return {"task": "segmentation", META_KEY: json.dumps(fields)}
+
+
+def _register_layer_decay() -> None:
+    """Register the official segmentation layer-decay and no-decay rules with the engine."""
+    from ..engine import optim
+
+    def rule(model: torch.nn.Module, decay: float, offset_lr_mul: float) -> Any:
+        del offset_lr_mul  # the segmentation recipe's offset_lr_scale is 1.0 for every released config
+        layer_id, num_ids = model.layer_id_fn()
+        return lambda name: decay ** (num_ids - 1 - layer_id(name))
+
+    # The official constructor also exempts every name containing "norm" from weight decay.
+    optim.register_layer_decay_rule("segmentation", rule, optim.no_decay_bias_1d_and_norm)
+
+
+_register_layer_decay()
