@@ -217,7 +217,12 @@ class LambdaScheduler:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int, steps_per_epoch: int, lr: float, lr_scale: float
+    optimizer: torch.optim.Optimizer,
+    cfg: Any,
+    total_steps: int,
+    steps_per_epoch: int,
+    lr: float,
+    batch_lr_factor: float,
 ) -> Any:
     """A per-optimizer-step scheduler (``step_update(step)``) honouring each group's ``lr_scale``.
 
@@ -233,14 +238,15 @@ def build_scheduler(
         total_steps: Optimizer steps of the whole schedule.
         steps_per_epoch: Optimizer steps per epoch (converts epoch-based settings).
         lr: Effective peak lr (already batch-scaled).
-        lr_scale: The batch scaling factor applied to ``lr`` (applied to ``min_lr``/``warmup_lr`` too).
+        batch_lr_factor: The linear batch scaling of ``lr`` (global batch / ``lr_base_batch``), applied to
+            ``min_lr`` and ``warmup_lr`` too; each group's ``lr_scale`` (layer decay) multiplies on top.
     """
     from timm.scheduler import CosineLRScheduler
 
     warmup = cfg.warmup_iters if cfg.warmup_iters > 0 else int(round(cfg.warmup_epochs * steps_per_epoch))
     warmup = min(warmup, max(total_steps - 1, 0))
-    warmup_lr = cfg.warmup_lr * lr_scale if cfg.warmup_lr is not None else lr * cfg.warmup_ratio
-    min_lr = cfg.min_lr * lr_scale
+    warmup_lr = cfg.warmup_lr * batch_lr_factor if cfg.warmup_lr is not None else lr * cfg.warmup_ratio
+    min_lr = cfg.min_lr * batch_lr_factor
     # timm reads each group's base lr from ``lr`` here and multiplies by ``lr_scale`` when stepping.
     for group in optimizer.param_groups:
         group["lr"] = lr

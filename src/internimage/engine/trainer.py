@@ -180,12 +180,12 @@ class Trainer:
         self.total_steps = cfg.iters if cfg.iters > 0 else cfg.epochs * self.steps_per_epoch
 
         self.global_batch = cfg.batch_size * info.world_size * cfg.accum_steps
-        self.lr_scale = self.global_batch / cfg.lr_base_batch if cfg.lr_base_batch > 0 else 1.0
-        self.lr = cfg.lr * self.lr_scale
+        self.batch_lr_factor = self.global_batch / cfg.lr_base_batch if cfg.lr_base_batch > 0 else 1.0
+        self.lr = cfg.lr * self.batch_lr_factor
         groups = self.task.param_groups(unwrap_model(model))
         self.optimizer = build_optimizer(groups, cfg)
         self.scheduler = build_scheduler(
-            self.optimizer, cfg, self.total_steps, self.steps_per_epoch, self.lr, self.lr_scale
+            self.optimizer, cfg, self.total_steps, self.steps_per_epoch, self.lr, self.batch_lr_factor
         )
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.amp == "fp16")
         self.ckpt = CheckpointManager(self.output / "checkpoints", cfg.keep_last)
