@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import internimage
+from internimage.engine.optim import param_groups
 from internimage.models.checkpoint import CheckpointError
 from internimage.models.internimage import MODEL_SPECS, InternImage
 from internimage.segmentation.data import (
@@ -31,7 +32,6 @@ from internimage.segmentation.models import (
     load_segmentation_checkpoint,
     mmseg_layer_id,
     rescale_size,
-    seg_param_groups,
 )
 
 K = 4
@@ -312,28 +312,25 @@ def test_official_layer_decay_ids_and_groups():
     # The AdamW groups of the tiny UperNet against the original constructor, parameter by parameter.
     num = sum(model.backbone.depths)
     expected = original_param_groups(model, num, 0.9, model.backbone.depths, weight_decay=0.05)
-    groups = seg_param_groups(model, lr=1e-3, weight_decay=0.05, layer_decay=0.9)
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.9, rule="segmentation")
     by_name = {id(p): g for g in groups for p in g["params"]}
     params = dict(model.named_parameters())
     assert sum(len(g["params"]) for g in groups) == len(params)
     for name, (scale, wd) in expected.items():
         group = by_name[id(params[name])]
-        assert group["lr_scale"] == pytest.approx(scale) and group["lr"] == pytest.approx(1e-3 * scale), name
+        assert group["lr_scale"] == pytest.approx(scale), name
         assert group["weight_decay"] == wd, name
     assert by_name[id(params["decode_head.conv_seg.weight"])]["lr_scale"] == 1.0
     assert by_name[id(params["backbone.patch_embed.conv1.weight"])]["lr_scale"] == pytest.approx(0.9 ** (num + 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="seg_param_groups decays Mask2Former's sampling_offsets weights; the original constructor (also used by "
-    "the Mask2Former-H config) puts every name containing 'sampling_offsets' in its no-decay group",
-)
 def test_mask2former_param_groups_follow_the_original_constructor():
+    # The original constructor (also the Mask2Former-H config's) puts every name containing 'sampling_offsets' in
+    # its no-decay group; the removed seg_param_groups used to decay those weights.
     model = tiny_mask2former()
     num = sum(model.backbone.depths)
     expected = original_param_groups(model, num, 0.95, model.backbone.depths, weight_decay=0.05)
-    groups = seg_param_groups(model, lr=1e-5, weight_decay=0.05, layer_decay=0.95)
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.95, rule="segmentation")
     by_name = {id(p): g for g in groups for p in g["params"]}
     ours = {name: (by_name[id(p)]["lr_scale"], by_name[id(p)]["weight_decay"]) for name, p in model.named_parameters()}
     assert {k: v for k, v in ours.items() if v != pytest.approx(expected[k])} == {}

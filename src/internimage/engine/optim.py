@@ -15,6 +15,10 @@ A *layer-decay rule* maps ``(model, decay, offset_lr_mul)`` to a function ``name
   ``backbone.body.``); a composite backbone (two InternImages) gets no layer decay, as the original's name rule
   matches none of its parameters.
 
+* ``segmentation`` (the official ``segmentation/mmcv_custom/custom_layer_decay_optimizer_constructor.py``): the
+  model answers its layer ids (``model.layer_id_fn()``: ``(name -> id, number of ids)``); scale
+  ``decay ** (num_ids - 1 - id)``.
+
 Register more with :func:`register_layer_decay_rule`. The matching *no-weight-decay* rules are in
 :data:`NO_DECAY_RULES`.
 """
@@ -106,6 +110,13 @@ def _detection_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Cal
     return scale
 
 
+def _model_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Callable[[str], float]:
+    # The model answers its own layer ids (the segmentors: the official mmseg constructor's rule).
+    del offset_lr_mul  # the segmentation recipe's offset_lr_scale is 1.0 for every released config
+    layer_id, num_ids = model.layer_id_fn()
+    return lambda name: decay ** (num_ids - 1 - layer_id(name))
+
+
 def no_decay_bias_and_1d(name: str, param: torch.Tensor) -> bool:
     """No weight decay on biases and 1-D parameters (norms, layer scales): the classification recipe."""
     return param.ndim <= 1 or name.endswith(".bias")
@@ -140,6 +151,7 @@ def register_layer_decay_rule(name: str, rule: LayerDecayRule, no_decay: NoDecay
 
 register_layer_decay_rule("classification", _classification_rule, no_decay_bias_and_1d)
 register_layer_decay_rule("detection", _detection_rule, no_decay_bias_1d_and_norm)
+register_layer_decay_rule("segmentation", _model_rule, no_decay_bias_1d_and_norm)
 
 
 def param_groups(

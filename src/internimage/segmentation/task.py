@@ -15,8 +15,8 @@ Infer::
     label = segment(model, rgb, cfg)                # (H, W) class ids
     render_overlay(rgb, label, default_palette(cfg.num_classes), cfg.class_names()).save("out.png")
 
-Importing this module registers the ``segmentation`` layer-decay and no-decay rules with
-:mod:`internimage.engine.optim`.
+The official layer-decay rule (``layer_decay_rule: segmentation``) asks the segmentor for its layer ids
+(``Segmentor.layer_id_fn``).
 """
 
 from __future__ import annotations
@@ -202,19 +202,3 @@ class SegmentationTask(Task):
         fields = self.cfg.model_fields()
         fields["classes"] = self.class_names
         return {"task": "segmentation", META_KEY: json.dumps(fields)}
-
-
-def _register_layer_decay() -> None:
-    """Register the official segmentation layer-decay and no-decay rules with the engine."""
-    from ..engine import optim
-
-    def rule(model: torch.nn.Module, decay: float, offset_lr_mul: float) -> Any:
-        del offset_lr_mul  # the segmentation recipe's offset_lr_scale is 1.0 for every released config
-        layer_id, num_ids = model.layer_id_fn()
-        return lambda name: decay ** (num_ids - 1 - layer_id(name))
-
-    # The official constructor also exempts every name containing "norm" from weight decay.
-    optim.register_layer_decay_rule("segmentation", rule, optim.no_decay_bias_1d_and_norm)
-
-
-_register_layer_decay()

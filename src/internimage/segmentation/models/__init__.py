@@ -4,7 +4,7 @@ whole/slide/TTA inference (metrics: :mod:`..evaluation`; weights: :mod:`internim
 from ...models.checkpoint.mmseg import load_segmentation_checkpoint, map_mmseg_state_dict
 from .heads import ConvModule, FCNHead, UPerHead
 from .mask2former import Mask2FormerHead, MSDeformAttn
-from .segmentor import Segmentor, build_mask2former, build_upernet, mmseg_layer_id, rescale_size, seg_param_groups
+from .segmentor import Segmentor, build_mask2former, build_upernet, mmseg_layer_id, rescale_size
 
 __all__ = [
     "ConvModule",
@@ -19,5 +19,4 @@ __all__ = [
     "map_mmseg_state_dict",
     "mmseg_layer_id",
     "rescale_size",
-    "seg_param_groups",
 ]

@@ -25,7 +25,7 @@ from torch import nn
 from ...models.internimage import InternImage
 from .heads import FCNHead, UPerHead
 
-__all__ = ["Segmentor", "build_mask2former", "mmseg_layer_id", "rescale_size", "seg_param_groups"]
+__all__ = ["Segmentor", "build_mask2former", "mmseg_layer_id", "rescale_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -272,34 +272,6 @@ def mmseg_layer_id(name: str, depths: Sequence[int], num_layers: int) -> int:
     if kind not in ("downsample", "norm"):  # blocks.j and post_norms.k alike, as the original parses them
         return start + int(parts[4])
     return 1 + sum(depths[: min(level + 1, len(depths) - 1)])
-
-
-def seg_param_groups(
-    model: Segmentor, lr: float, weight_decay: float, layer_decay: float = 1.0
-) -> list[dict[str, Any]]:
-    """AdamW param groups under the official rule (layer decay, no decay for 1-D/bias/``norm`` parameters).
-
-    Each group carries ``lr``, ``weight_decay`` and ``lr_scale`` (schedulers multiply their lr by it).
-    """
-    layer_id, num_ids = model.layer_id_fn()
-    groups: dict[str, dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = param.ndim == 1 or name.endswith(".bias") or "norm" in name
-        lid = layer_id(name)
-        key = f"layer_{lid}_{'no_decay' if no_decay else 'decay'}"
-        if key not in groups:
-            scale = layer_decay ** (num_ids - 1 - lid)
-            groups[key] = {
-                "params": [],
-                "lr": lr * scale,
-                "lr_scale": scale,
-                "weight_decay": 0.0 if no_decay else weight_decay,
-                "name": key,
-            }
-        groups[key]["params"].append(param)
-    return list(groups.values())
 
 
 def build_upernet(
