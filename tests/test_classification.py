@@ -56,6 +56,14 @@ def test_train_writes_run_and_counts_skipped_images(trained: tuple[Path, Path]) 
         assert (run / name).is_file(), name
     cfg = load_config(ClassificationConfig, run / "config.yaml")  # the effective config, reloadable
     assert cfg.model == "internimage_test_32" and cfg.epochs == 2 and cfg.label_smoothing == 0.1
+    # The one metadata format of every task: "task" and the model fields as JSON under "<task>_config".
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    fields = json.loads(meta["classification_config"])
+    assert meta["task"] == "classification" and fields["model"] == "internimage_test_32"
+    assert fields["classes"] == ["class0", "class1", "class2"] and fields["img_size"] == cfg.img_size
     rows = read_metrics(run)
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]

@@ -7,7 +7,10 @@ from typing import Any, ClassVar
 
 from ..engine.config import TaskConfig, TrainConfig
 
-__all__ = ["ClassificationConfig", "list_presets", "load_preset"]
+__all__ = ["META_KEY", "ClassificationConfig", "list_presets", "load_preset"]
+
+#: safetensors metadata key of the model fields a classification run stores (see ``ClassificationTask``).
+META_KEY = "classification_config"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class ClassificationConfig(TaskConfig, TrainConfig):
         map22kto1k: Evaluate a 21841-class model on 1000 ImageNet-1k classes (logits of the 1k synsets).
     """
 
+    meta_key: ClassVar[str] = META_KEY
     presets_package: ClassVar[str] = "internimage.classification.presets"
     model: str = "internimage_t_1k_224"
     model_kwargs: dict[str, Any] = field(default_factory=dict)

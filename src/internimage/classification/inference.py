@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..engine.distributed import unwrap_model
+from .config import META_KEY
 from .task import class_names
 
 __all__ = ["ImagePaths", "extract_features", "image_loader", "load_classifier", "predict", "save_features"]
@@ -27,8 +28,9 @@ __all__ = ["ImagePaths", "extract_features", "image_loader", "load_classifier", 
 logger = logging.getLogger(__name__)
 
 
-def _checkpoint_metadata(path: Path) -> dict[str, str]:
-    """Metadata our runs store: safetensors header, or ``metadata``/``config`` of a training checkpoint."""
+def _checkpoint_metadata(path: Path) -> dict[str, Any]:
+    """The model fields our runs store (decoded): safetensors header, or ``metadata``/``config`` of a training
+    checkpoint. Files written before the one JSON format (flat string keys) are read too."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -36,20 +38,27 @@ def _checkpoint_metadata(path: Path) -> dict[str, str]:
 
         try:
             with safe_open(str(path), "pt") as f:
-                return dict(f.metadata() or {})
+                meta = dict(f.metadata() or {})
         except Exception as err:  # SafetensorError, OSError: a damaged or truncated file
             raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip() or type(err).__name__}") from err
-    from ..models.checkpoint import read_checkpoint
+    else:
+        from ..models.checkpoint import read_checkpoint
 
-    ckpt = read_checkpoint(path)
-    meta = dict(ckpt.get("metadata") or {}) if isinstance(ckpt.get("metadata"), dict) else {}
-    if "model" not in meta and isinstance(ckpt.get("config"), str):
-        cfg = json.loads(ckpt["config"])
-        if "model" in cfg:
-            meta.setdefault("model", cfg["model"])
-            meta.setdefault("model_kwargs", json.dumps(cfg.get("model_kwargs", {})))
-            meta.setdefault("img_size", str(cfg.get("img_size", 224)))
-    return meta
+        ckpt = read_checkpoint(path)
+        meta = dict(ckpt.get("metadata") or {}) if isinstance(ckpt.get("metadata"), dict) else {}
+        if META_KEY not in meta and "model" not in meta and isinstance(ckpt.get("config"), str):
+            cfg = json.loads(ckpt["config"])
+            if "model" in cfg:
+                keys = ("model", "model_kwargs", "img_size")
+                return {k: cfg[k] for k in keys if k in cfg}
+    if META_KEY in meta:
+        return json.loads(meta[META_KEY])
+    # The earlier flat layout: plain strings, lists as JSON.
+    fields: dict[str, Any] = {k: meta[k] for k in ("model", "image_mode") if k in meta}
+    for key in ("model_kwargs", "classes", "mean", "std", "img_size"):
+        if key in meta:
+            fields[key] = json.loads(meta[key])
+    return fields
 
 
 def _head_size(path: Path, use_ema: bool) -> int | None:
@@ -75,7 +84,7 @@ def load_classifier(
     """
     from ..models import create_model
 
-    meta: dict[str, str] = {}
+    meta: dict[str, Any] = {}
     path = Path(checkpoint) if checkpoint else None
     if path is not None:
         if path.is_dir():
@@ -88,7 +97,7 @@ def load_classifier(
         raise ValueError("no model: pass --model NAME (see `internimage info`)")
     if name is None:
         raise ValueError(f"{path} does not name its architecture: pass --model (see `internimage info`)")
-    kwargs = json.loads(meta.get("model_kwargs", "{}")) if not model or model == meta.get("model") else {}
+    kwargs = dict(meta.get("model_kwargs", {})) if not model or model == meta.get("model") else {}
     if path is not None:
         head = _head_size(path, use_ema)
         if head is not None:
@@ -102,13 +111,13 @@ def load_classifier(
     from ..models.internimage import MODEL_SPECS
 
     default_size = MODEL_SPECS[name][1]["input_size"][-1]
-    classes = json.loads(meta["classes"]) if "classes" in meta else class_names(net.num_classes)
+    classes = list(meta["classes"]) if "classes" in meta else class_names(net.num_classes)
     info = {
         "classes": classes,
         "classes_stored": "classes" in meta,
         "img_size": int(meta.get("img_size", default_size)),
-        "mean": tuple(json.loads(meta["mean"])) if "mean" in meta else (0.485, 0.456, 0.406),
-        "std": tuple(json.loads(meta["std"])) if "std" in meta else (0.229, 0.224, 0.225),
+        "mean": tuple(meta.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(meta.get("std", (0.229, 0.224, 0.225))),
         "image_mode": meta.get("image_mode", "RGB"),
     }
     return net, info

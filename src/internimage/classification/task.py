@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..engine import DistInfo, Task, all_reduce_sum, real_sample_count
 from ..models.internimage import InternImageBlock
-from .config import ClassificationConfig
+from .config import META_KEY, ClassificationConfig
 
 __all__ = [
     "IMAGENET_1K",
@@ -163,18 +163,18 @@ class ClassificationTask(Task):
         return create_model(c.model, pretrained=c.pretrained, checkpoint_path=c.init_checkpoint or None, **kwargs)
 
     def export_metadata(self) -> dict[str, str]:
+        """``task`` and the model fields as JSON under ``classification_config``: every task's one format."""
         c = self.cfg
-        kwargs = dict(c.model_kwargs, num_classes=self.num_classes)
-        return {
-            "task": "classification",
+        fields = {
             "model": c.model,
-            "model_kwargs": json.dumps(kwargs),
-            "classes": json.dumps(self.classes),
-            "img_size": str(c.img_size),
-            "mean": json.dumps(list(c.mean)),
-            "std": json.dumps(list(c.std)),
+            "model_kwargs": dict(c.model_kwargs, num_classes=self.num_classes),
+            "classes": list(self.classes),
+            "img_size": c.img_size,
+            "mean": list(c.mean),
+            "std": list(c.std),
             "image_mode": c.image_mode,
         }
+        return {"task": "classification", META_KEY: json.dumps(fields)}
 
     # steps
     def _mixup_fn(self) -> Any:
