@@ -69,6 +69,27 @@ class ClassificationConfig(TaskConfig, TrainConfig):
     label_smoothing: float = 0.1
     map22kto1k: bool = False
 
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field (the engine's fields first)."""
+        super().validate()
+        if self.img_size <= 0:
+            raise ValueError(f"img_size must be > 0, got {self.img_size}")
+        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be > 0, got {list(self.std)}")
+        chans = self.input_channels()
+        if chans is not None and len(self.mean) != chans:
+            raise ValueError(f"mean and std have {len(self.mean)} values but the input has {chans} channel(s)")
+
+    def input_channels(self) -> int | None:
+        """Input channels where the config states them: ``model_kwargs['in_chans']``, else the PIL image mode."""
+        if isinstance(self.model_kwargs.get("in_chans"), int):
+            return self.model_kwargs["in_chans"]
+        return {"L": 1, "RGB": 3}.get(self.image_mode)
+
 
 def list_presets() -> list[str]:
     """Names of the shipped classification presets (the official ``classification/configs``)."""

@@ -74,6 +74,8 @@ class DetectionConfig(TaskConfig, TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         from .models import ARCHITECTURES
 
         if self.arch not in ARCHITECTURES:

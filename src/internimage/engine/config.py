@@ -160,25 +160,6 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
-        self._validate_task_fields()
-
-    def _validate_task_fields(self) -> None:
-        """Ranges of the fields most task configs share (image size, drop path, normalisation)."""
-        img_size = getattr(self, "img_size", None)
-        if img_size is not None and img_size <= 0:
-            raise ValueError(f"img_size must be > 0, got {img_size}")
-        drop_path = getattr(self, "drop_path_rate", None)
-        if drop_path is not None and not 0 <= drop_path < 1:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path}")
-        mean, std = getattr(self, "mean", None), getattr(self, "std", None)
-        if mean is not None and std is not None:
-            if len(mean) != len(std):
-                raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
-            if any(s <= 0 for s in std):
-                raise ValueError(f"std must be > 0, got {list(std)}")
-            chans = _input_channels(self)
-            if chans is not None and len(mean) != chans:
-                raise ValueError(f"mean and std have {len(mean)} values but the input has {chans} channel(s)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples become lists) suitable for YAML/JSON."""
@@ -223,14 +204,6 @@ _NON_NEGATIVE = (
 def _default_workers() -> int:
     """Four loader processes, fewer on a machine with fewer cores."""
     return max(1, min(4, os.cpu_count() or 1))
-
-
-def _input_channels(cfg: Any) -> int | None:
-    """Input channels where the config states them: ``model_kwargs['in_chans']``, else the PIL image mode."""
-    kwargs = getattr(cfg, "model_kwargs", None)
-    if isinstance(kwargs, dict) and isinstance(kwargs.get("in_chans"), int):
-        return kwargs["in_chans"]
-    return {"L": 1, "RGB": 3}.get(getattr(cfg, "image_mode", None))
 
 
 def _type_name(hint: Any) -> str:

@@ -89,6 +89,8 @@ class SegmentationConfig(TaskConfig, TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.head not in ("upernet", "mask2former"):
             raise ValueError(f"head must be 'upernet' or 'mask2former', got {self.head!r}")
         if self.dataset not in ("ade20k", "cityscapes"):
