@@ -140,22 +140,28 @@ def test_classification_layer_decay_follows_the_official_rule() -> None:
     assert {g["lr_scale"] for g in flat} == {1.0}
 
 
-def test_detection_layer_decay_rule_on_a_prefixed_backbone() -> None:
+def test_model_rule_asks_the_model_for_its_layer_ids() -> None:
+    # The detection / segmentation rule: the model answers (name -> id, number of ids) and names its offset keys.
     class Detector(torch.nn.Module):
+        offset_lr_keys = ("sampling_offsets",)
+
         def __init__(self) -> None:
             super().__init__()
-            self.backbone = internimage.create_model("internimage_test_32", num_classes=0)  # depths (1, 1, 2, 1)
+            self.backbone = internimage.create_model("internimage_test_32", num_classes=0)
+            self.sampling_offsets = torch.nn.Linear(4, 4)
             self.neck = torch.nn.Linear(4, 4)
 
-    groups = param_groups(Detector(), weight_decay=0.05, layer_decay=0.9, rule="detection")
+        def layer_id_fn(self):  # noqa: ANN202
+            return (lambda name: 0 if name.startswith("backbone.patch_embed") else 2 if "neck" in name else 1), 3
+
+    groups = param_groups(Detector(), weight_decay=0.05, layer_decay=0.9, rule="detection", offset_lr_mul=0.1)
     scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
     wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
-    n = 5
-    assert scale["backbone.patch_embed.conv1.weight"] == pytest.approx(0.9 ** (n + 1))
-    assert scale["backbone.levels.0.blocks.0.mlp.fc1.weight"] == pytest.approx(0.9**n)
-    assert scale["backbone.levels.2.blocks.1.mlp.fc1.weight"] == pytest.approx(0.9 ** (n + 1 - 4))
-    assert scale["neck.weight"] == 1.0
+    assert scale["backbone.patch_embed.conv1.weight"] == pytest.approx(0.9**2)
+    assert scale["backbone.levels.0.blocks.0.mlp.fc1.weight"] == pytest.approx(0.9)
+    assert scale["sampling_offsets.weight"] == pytest.approx(0.9 * 0.1) and scale["neck.weight"] == 1.0
     assert wd["backbone.levels.0.blocks.0.norm1.0.weight"] == 0.0 and wd["neck.weight"] == 0.05
+    assert wd["sampling_offsets.weight"] == 0.0  # the official constructors' no-decay names
 
 
 # ------------------------------------------------------------------------------------------ schedules, config

@@ -1,23 +1,17 @@
 """Optimizer parameter groups (layer-wise lr decay, no-decay rules), optimizers and lr schedules.
 
-A *layer-decay rule* maps ``(model, decay, offset_lr_mul)`` to a function ``name -> lr scale``. Two rules ship:
+A *layer-decay rule* maps ``(model, decay, offset_lr_mul)`` to a function ``name -> lr scale``. These ship:
 
 * ``classification`` (the official ``classification/optimizer.py``): blocks counted backwards from the last block get
   ``decay**k``; ``patch_embed`` shares block 0's ratio, ``levels.i.downsample``/``levels.i.norm`` the ratio of the
   first block of level i+1, heads and ``post_norms`` keep 1. ``offset_lr_mul`` multiplies the lr of parameters whose
   name contains ``offset`` or ``center_feature_scale_proj`` (the official ``DCN_LR_MUL``, applied only with layer
   decay on).
-* ``detection`` (the official ``detection/mmcv_custom/custom_layer_decay_optimizer_constructor.py``): ``patch_embed``
-  and DINO's ``level_embeds`` id 0, block j of level s id ``1 + j + sum(depths[:s])`` (``post_norms.j`` too),
-  ``downsample``/``norm`` of level s the id of the first block of level s+1 (level 3: that of level 2), everything
-  else ``num_layers + 1``; scale ``decay ** (num_layers + 1 - id)``, times ``offset_lr_mul`` for ``sampling_offsets``
-  / ``reference_points``. It finds the backbone by its ``depths`` attribute and works on any prefix (``backbone.``,
-  ``backbone.body.``); a composite backbone (two InternImages) gets no layer decay, as the original's name rule
-  matches none of its parameters.
-
-* ``segmentation`` (the official ``segmentation/mmcv_custom/custom_layer_decay_optimizer_constructor.py``): the
-  model answers its layer ids (``model.layer_id_fn()``: ``(name -> id, number of ids)``); scale
-  ``decay ** (num_ids - 1 - id)``.
+* ``detection`` and ``segmentation`` (the official ``detection`` / ``segmentation``
+  ``mmcv_custom/custom_layer_decay_optimizer_constructor.py``): the model answers its layer ids
+  (``model.layer_id_fn()``: ``(name -> id, number of ids)``); scale ``decay ** (num_ids - 1 - id)``, times
+  ``offset_lr_mul`` for the parameters the model names in ``offset_lr_keys`` (detectors: ``sampling_offsets``,
+  ``reference_points``).
 
 Register more with :func:`register_layer_decay_rule`. The matching *no-weight-decay* rules are in
 :data:`NO_DECAY_RULES`.
@@ -73,48 +67,19 @@ def _classification_rule(model: nn.Module, decay: float, offset_lr_mul: float) -
     return scale
 
 
-def _detection_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Callable[[str], float]:
-    # The official detection constructor (detection/mmcv_custom/custom_layer_decay_optimizer_constructor.py) on the
-    # official parameter names, which are ours with the backbone at "backbone." (Mask R-CNN's "backbone.body.").
-    backbones = [(name, m) for name, m in model.named_modules() if hasattr(m, "depths") and hasattr(m, "levels")]
-    if not backbones:
-        raise ValueError("layer decay needs an InternImage backbone (a module with `depths` and `levels`)")
-    prefix = backbones[0][0] + "." if backbones[0][0] else ""
-    depths = list(backbones[0][1].depths)
-    num_layers = sum(depths)
-    # A composite backbone (CB-InternImage: "backbone.cb_modules.i.levels...") matches none of the original's
-    # "backbone.patch_embed" / "backbone.levels" names, so the original trains it without layer decay.
-    composite = len(backbones) > 1
-
-    def layer_id(name: str) -> int:
-        if "level_embeds" in name:  # the original counts DINO's level embeddings with the stem
-            return 0
-        if composite or not name.startswith(prefix):
-            return num_layers + 1
-        parts = name[len(prefix) :].split(".")
-        if parts[0] == "patch_embed":
-            return 0
-        if parts[0] != "levels":
-            return num_layers + 1
-        level = int(parts[1])
-        if parts[2] in ("downsample", "norm"):  # the first block of the next level (level 3 shares level 2's)
-            return 1 + sum(depths[: min(level, 2) + 1])
-        return int(parts[3]) + 1 + sum(depths[:level])  # blocks.j, and post_norms.j as the original counts them
+def _model_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Callable[[str], float]:
+    # The model answers its own layer ids (detectors and segmentors: the official constructors' rules), and names
+    # the parameters whose lr ``offset_lr_mul`` multiplies (the original's offset_lr_scale).
+    layer_id, num_ids = model.layer_id_fn()
+    offset_keys = tuple(getattr(model, "offset_lr_keys", ()))
 
     def scale(name: str) -> float:
-        s = decay ** (num_layers + 1 - layer_id(name))
-        if "sampling_offsets" in name or "reference_points" in name:  # the original's offset_lr_scale
+        s = decay ** (num_ids - 1 - layer_id(name))
+        if any(key in name for key in offset_keys):
             s *= offset_lr_mul
         return s
 
     return scale
-
-
-def _model_rule(model: nn.Module, decay: float, offset_lr_mul: float) -> Callable[[str], float]:
-    # The model answers its own layer ids (the segmentors: the official mmseg constructor's rule).
-    del offset_lr_mul  # the segmentation recipe's offset_lr_scale is 1.0 for every released config
-    layer_id, num_ids = model.layer_id_fn()
-    return lambda name: decay ** (num_ids - 1 - layer_id(name))
 
 
 def no_decay_bias_and_1d(name: str, param: torch.Tensor) -> bool:
@@ -150,7 +115,7 @@ def register_layer_decay_rule(name: str, rule: LayerDecayRule, no_decay: NoDecay
 
 
 register_layer_decay_rule("classification", _classification_rule, no_decay_bias_and_1d)
-register_layer_decay_rule("detection", _detection_rule, no_decay_bias_1d_and_norm)
+register_layer_decay_rule("detection", _model_rule, no_decay_bias_1d_and_norm)
 register_layer_decay_rule("segmentation", _model_rule, no_decay_bias_1d_and_norm)
 
 

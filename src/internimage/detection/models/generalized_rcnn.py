@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from .backbone import InternImageFPN, build_internimage_body
+from .layer_decay import OFFSET_LR_KEYS, detection_layer_id_fn
 from .poolers import build_roi_pool
 from .rpn import MMDetRPN, build_rpn
 from .transform import PassThroughTransform
@@ -49,6 +51,12 @@ class InternImageRCNN(GeneralizedRCNN):
 
     #: How :func:`internimage.models.load_weights` reads checkpoints into this model.
     weights_layout = "rcnn"
+    #: Parameters whose lr ``offset_lr_mul`` multiplies under layer decay.
+    offset_lr_keys = OFFSET_LR_KEYS
+
+    def layer_id_fn(self) -> tuple[Callable[[str], int], int]:
+        """The official detection layer-decay rule for this model: ``(name -> layer id, number of ids)``."""
+        return detection_layer_id_fn(self)
 
     def __init__(self, backbone: InternImageFPN, rpn: MMDetRPN, roi_heads: nn.Module, num_classes: int) -> None:
         super().__init__(backbone, rpn, roi_heads, PassThroughTransform())

@@ -13,7 +13,7 @@ Parameter names are the official ones (``backbone.*``, ``neck.convs.i.conv/gn``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 
 from ....models.internimage import InternImage
 from ..backbone import build_internimage_body
+from ..layer_decay import OFFSET_LR_KEYS, detection_layer_id_fn
 from ..transform import PassThroughTransform
 from .head import DINOHead
 
@@ -173,6 +174,12 @@ class InternImageDINO(nn.Module):
 
     #: How :func:`internimage.models.load_weights` reads checkpoints into this model.
     weights_layout = "dino"
+    #: Parameters whose lr ``offset_lr_mul`` multiplies under layer decay.
+    offset_lr_keys = OFFSET_LR_KEYS
+
+    def layer_id_fn(self) -> tuple[Callable[[str], int], int]:
+        """The official detection layer-decay rule for this model: ``(name -> layer id, number of ids)``."""
+        return detection_layer_id_fn(self)
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, bbox_head: DINOHead, cb_first_weight: float = 0.5) -> None:
         super().__init__()
