@@ -13,6 +13,7 @@ lazy import is still a dependency). The checks:
 from __future__ import annotations
 
 import ast
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,3 +202,18 @@ def test_downward_and_private_within_a_package_are_fine(tmp_path: Path) -> None:
         "internimage/export/e.py": "",
     }
     assert layout_problems(_tree(tmp_path, files)) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("internimage.detection", "DetTrainConfig", "DetectionConfig"),
+        ("internimage.detection", "DetTask", "DetectionTask"),
+        ("internimage.segmentation", "SegTrainConfig", "SegmentationConfig"),
+        ("internimage.segmentation", "SegTask", "SegmentationTask"),
+    ],
+)
+def test_renamed_public_names_say_where_they_went(module: str, old: str, new: str) -> None:
+    with pytest.raises(ImportError, match=f"{module}.{old} is now {module}.{new}"):
+        exec(f"from {module} import {old}")  # noqa: S102
+    assert hasattr(importlib.import_module(module), new)

@@ -51,6 +51,6 @@ _RENAMED = {"DetTrainConfig": "DetectionConfig", "DetTask": "DetectionTask"}
 
 
 def __getattr__(name: str):  # noqa: ANN202
-    if name in _RENAMED:
-        raise AttributeError(f"internimage.detection.{name} is now internimage.detection.{_RENAMED[name]}")
+    if name in _RENAMED:  # ImportError: `from ... import OldName` shows this message, not a generic one
+        raise ImportError(f"internimage.detection.{name} is now internimage.detection.{_RENAMED[name]}")
     raise AttributeError(f"module 'internimage.detection' has no attribute {name!r}")

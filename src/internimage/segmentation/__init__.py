@@ -48,6 +48,6 @@ _RENAMED = {"SegTrainConfig": "SegmentationConfig", "SegTask": "SegmentationTask
 
 
 def __getattr__(name: str):  # noqa: ANN202
-    if name in _RENAMED:
-        raise AttributeError(f"internimage.segmentation.{name} is now internimage.segmentation.{_RENAMED[name]}")
+    if name in _RENAMED:  # ImportError: `from ... import OldName` shows this message, not a generic one
+        raise ImportError(f"internimage.segmentation.{name} is now internimage.segmentation.{_RENAMED[name]}")
     raise AttributeError(f"module 'internimage.segmentation' has no attribute {name!r}")
