@@ -226,7 +226,8 @@ def test_segmentor_roundtrip_through_safetensors(tmp_path):
     for p in b.parameters():
         torch.nn.init.normal_(p)
     save_state_dict(a.state_dict(), tmp_path / "seg.safetensors")
-    assert load_segmentation_checkpoint(b, tmp_path / "seg.safetensors").ok
+    result = load_segmentation_checkpoint(b, tmp_path / "seg.safetensors")
+    assert result.ok and result.format == "ours"  # our own file, not "mmdet" (it used to be logged so)
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(a.eval()(x), b.eval()(x))
 
