@@ -29,7 +29,7 @@ from ..ops.fused_linear import fused_mlp, fusion_enabled
 from .checkpoint import checkpoint_filter_fn
 from .recompute import gelu_mlp
 
-__all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_NAMES", "MODEL_SPECS"]
+__all__ = ["InternImage", "InternImageArch", "ARCHS", "MODEL_NAMES", "MODEL_SPECS", "dense_layer_id"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -945,3 +945,24 @@ def internimage_test_g_32(pretrained: bool = False, **kwargs: Any) -> InternImag
 def num_params(model: nn.Module) -> int:
     """Number of parameters (not buffers)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def dense_layer_id(name: str, depths: Sequence[int]) -> int:
+    """Layer id of an InternImage parameter under the official detection / segmentation layer-decay rule.
+
+    The rule of the original's ``mmcv_custom/custom_layer_decay_optimizer_constructor.py`` (detection and
+    segmentation alike), on a name relative to the backbone: ``patch_embed`` is 0; block j of level s (and
+    ``levels.s.post_norms.j``, as the original parses them) ``1 + sum(depths[:s]) + j``; ``levels.s.downsample`` /
+    ``levels.s.norm`` the id of the first block of level s+1 (the last level's those of the last level); anything
+    else ``sum(depths) + 1``. The lr scale of id i is ``decay ** (sum(depths) + 1 - i)``.
+    """
+    parts = name.split(".")
+    num_layers = sum(depths)
+    if parts[0] == "patch_embed":
+        return 0
+    if parts[0] != "levels":
+        return num_layers + 1
+    level = int(parts[1])
+    if parts[2] in ("downsample", "norm"):
+        return 1 + sum(depths[: min(level + 1, len(depths) - 1)])
+    return 1 + sum(depths[:level]) + int(parts[3])

@@ -1,10 +1,9 @@
 """Layer ids of the official detection layer-decay rule, which every detector answers through ``layer_id_fn``.
 
 The rule is the original's ``detection/mmcv_custom/custom_layer_decay_optimizer_constructor.py`` on the official
-parameter names (ours, with the InternImage at ``backbone.``, or Mask R-CNN's ``backbone.body.``): ``patch_embed``
-and DINO's ``level_embeds`` get id 0; block j of level s (``post_norms.j`` too) ``1 + j + sum(depths[:s])``;
-``downsample``/``norm`` of level s the id of the first block of level s+1 (level 3: that of level 2); everything
-else ``num_layers + 1``. A composite backbone (CB-InternImage: ``backbone.cb_modules.i.levels...``) matches none of
+parameter names (ours, with the InternImage at ``backbone.``, or Mask R-CNN's ``backbone.body.``): the backbone's
+ids are :func:`~internimage.models.internimage.dense_layer_id`'s, DINO's ``level_embeds`` get 0, everything else
+``num_layers + 1``. A composite backbone (CB-InternImage: ``backbone.cb_modules.i.levels...``) matches none of
 the original's ``backbone.patch_embed`` / ``backbone.levels`` names, so the original trains it without layer decay.
 """
 
@@ -13,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import nn
+
+from ...models.internimage import dense_layer_id
 
 __all__ = ["OFFSET_LR_KEYS", "detection_layer_id_fn"]
 
@@ -39,14 +40,6 @@ def detection_layer_id_fn(model: nn.Module) -> tuple[Callable[[str], int], int]:
             return 0
         if composite or not name.startswith(prefix):
             return num_layers + 1
-        parts = name[len(prefix) :].split(".")
-        if parts[0] == "patch_embed":
-            return 0
-        if parts[0] != "levels":
-            return num_layers + 1
-        level = int(parts[1])
-        if parts[2] in ("downsample", "norm"):  # the first block of the next level (level 3 shares level 2's)
-            return 1 + sum(depths[: min(level, 2) + 1])
-        return int(parts[3]) + 1 + sum(depths[:level])  # blocks.j, and post_norms.j as the original counts them
+        return dense_layer_id(name[len(prefix) :], depths)
 
     return layer_id, num_layers + 2

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models.internimage import InternImage
+from ...models.internimage import InternImage, dense_layer_id
 from .heads import FCNHead, UPerHead
 
 __all__ = ["Segmentor", "build_mask2former", "mmseg_layer_id", "rescale_size"]
@@ -250,28 +250,18 @@ class Segmentor(nn.Module):
 
 
 def mmseg_layer_id(name: str, depths: Sequence[int], num_layers: int) -> int:
-    """Layer id of a parameter under the official segmentation layer-decay rule.
+    """Layer id of a segmentor parameter under the official segmentation layer-decay rule.
 
-    ``backbone.patch_embed`` is 0; block j of level s is ``1 + sum(depths[:s]) + j``; a level's ``downsample``
-    and ``norm`` share the id of the next level's first block (the last level's norm keeps level 3's first id,
-    as in the original); heads get ``num_layers + 1`` (scale 1). ``levels.2.post_norms.k`` of H/G is read like
-    block k of level 2, a quirk of the original rule kept for parity.
-    The lr scale of id ``i`` is ``decay ** (num_layers + 1 - i)``.
+    Backbone parameters get :func:`~internimage.models.internimage.dense_layer_id`'s ids (the rule detection
+    shares); Mask2Former's query / class / mask embeddings 0, as the original puts them with the stem; the other
+    head parameters ``num_layers + 1`` (scale 1). The lr scale of id ``i`` is ``decay ** (num_layers + 1 - i)``.
     """
     parts = name.split(".")
     if parts[0] == "decode_head" and parts[1] in _M2F_LAYER0:
         return 0  # the original rule puts Mask2Former's query/class/mask embeddings with the stem (scale decay**(n+1))
     if parts[0] != "backbone":
         return num_layers + 1
-    if parts[1] == "patch_embed":
-        return 0
-    if parts[1] != "levels":
-        return num_layers + 1
-    level, kind = int(parts[2]), parts[3]
-    start = 1 + sum(depths[:level])
-    if kind not in ("downsample", "norm"):  # blocks.j and post_norms.k alike, as the original parses them
-        return start + int(parts[4])
-    return 1 + sum(depths[: min(level + 1, len(depths) - 1)])
+    return dense_layer_id(name[len("backbone.") :], depths)
 
 
 def build_upernet(
