@@ -188,3 +188,18 @@ def test_resume_into_another_architecture_is_one_line(files: Path, capsys: pytes
     argv = [*base, "--resume", "auto", "--set", *common, "epochs=2", "model_kwargs={depths: [1, 1, 2, 1]}"]
     cli_fails(capsys, argv, "was written for another architecture")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_extract_and_export_never_write_over_a_file(files: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    ck = ["--checkpoint", str(files / "catdog.safetensors")]
+    argv = ["extract", str(files / "val/dog"), *ck, "--output", str(tmp_path / "f"), "--stages", "pooled"]
+    assert main(argv) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "f").iterdir()}
+    cli_fails(capsys, argv, "already exists", "pass --overwrite")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "f").iterdir()} == first
+    assert main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+    onnx = tmp_path / "mine.onnx"
+    onnx.write_text("a file of the user's")
+    cli_fails(capsys, ["export", MODEL, "-o", str(onnx), "--no-verify"], "mine.onnx already exists")
+    assert onnx.read_text() == "a file of the user's"

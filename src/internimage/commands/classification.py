@@ -33,7 +33,7 @@ from ..classification import (
 )
 from ..data.datasets import collect_images
 from ..engine import Trainer
-from ._common import add_output, add_overrides, output_stems, resolve_config
+from ._common import add_output, add_overrides, add_overwrite, check_outputs, output_stems, resolve_config
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -220,6 +220,7 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_overwrite(parser)
 
 
 def _run_extract(args: argparse.Namespace) -> int:
@@ -233,16 +234,21 @@ def _run_extract(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors" and out.exists() and not out.is_dir():
         raise ValueError(f"--output {out} is a file, not a folder (or name a .safetensors file)")
+    paths = collect_images(args.inputs, recursive=True)
+    stems = dict(zip(map(str, paths), output_stems(paths)))
+    keys = [s if s == "pooled" else f"stage{s}" for s in stages]
+    targets = [out] if out.suffix == ".safetensors" else [
+        out / stem.with_name(f"{stem.name}_{k}.npy") for stem in stems.values() for k in keys
+    ]  # fmt: skip
+    check_outputs(targets, paths, args.overwrite)  # before any work: nothing of the user's is replaced
     info = init_distributed(args.device)
     model, meta = load_classifier(args.checkpoint, args.model, False, args.pretrained)
     model.to(info.device)
-    paths = collect_images(args.inputs, recursive=True)
     feats = extract_features(
         model, image_loader(paths, meta, args.img_size, args.batch_size), paths, stages, info.device
     )
     if not feats:
         raise RuntimeError(f"none of the {len(paths)} images could be read")
-    stems = dict(zip(map(str, paths), output_stems(paths)))
     n = save_features(feats, args.output, stems)
     if Path(args.output).suffix == ".safetensors":
         print(f"{len(feats)} images, {n} tensors -> {args.output}")

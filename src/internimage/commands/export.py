@@ -15,6 +15,8 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from ._common import add_overwrite, check_outputs
+
 _SUFFIX = {"onnx": ".onnx", "onnx-trt": ".trt.onnx", "pt2": ".pt2"}
 
 
@@ -52,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=224, help="side of the first verification input (default: 224)")
     parser.add_argument("--atol", type=float, default=1e-3, help="fail if the max abs error exceeds this")
     parser.add_argument("--no-verify", action="store_true", help="skip the check against PyTorch")
+    add_overwrite(parser)
 
 
 def _paths(args: argparse.Namespace, formats: list[str]) -> dict[str, Path]:
@@ -86,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("name the model to export, or give a --checkpoint written by `internimage train`")
     model = build_exportable(args.task, args.model, args.checkpoint, args.num_classes, args.arch)
     args.model = model.name
+    paths = _paths(args, formats)
+    check_outputs(list(paths.values()), [Path(args.checkpoint)] if args.checkpoint else [], args.overwrite)
     shapes = [] if args.no_verify else default_verify_shapes(model, args.size)
     print(f"{args.task} model {args.model}: {sum(p.numel() for p in model.module.parameters()) / 1e6:.2f} M params")
     if model.task == "detection" and model.output_names[-1] == "query_index":
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         print("detection: exporting backbone + FPN + RPN head (NMS/RoI heads run after, see the README)")
     failed = False
     reference_program = None
-    for fmt, path in _paths(args, formats).items():
+    for fmt, path in paths.items():
         program = None
         if fmt != "onnx-trt":  # onnx and pt2 export the same grid_sample trace
             reference_program = reference_program or trace(model)
