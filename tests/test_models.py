@@ -340,3 +340,95 @@ def test_stem_channels_last_path_matches_the_nchw_computation_in_float64():
     torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-3, atol=1e-3)
     for n, p in stem.named_parameters():
         torch.testing.assert_close(p.grad.double(), params[n].grad, rtol=1e-3, atol=1e-3, msg=n)
+
+
+def _fx_trace(model):
+    """The full model as an FX graph, traced the way timm's own tests and FX feature extraction trace it."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer)
+    return create_feature_extractor(
+        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer
+    )
+
+
+@pytest.mark.parametrize("name", ["internimage_test_32", "internimage_test_h_32", "flash_intern_image_t_1k_224"])
+def test_fx_traced_model_equals_eager_forward_and_gradients(name):
+    torch.manual_seed(0)
+    kw = dict(depths=(1, 1, 1, 1)) if name.startswith("flash") else {}
+    model = create_model(name, num_classes=6, **kw)
+    x = torch.randn(2, 3, 64, 64)
+    traced = _fx_trace(model.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(next(iter(traced(x).values())), model(x), rtol=0, atol=0)
+    # The input check is a no-trace function: it runs inside the graph.
+    with pytest.raises(ValueError, match="expects a float image batch"):
+        traced(x[:, :1])
+    model.train()
+    traced.train()
+    model(x).square().sum().backward()
+    eager = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    next(iter(traced(x).values())).square().sum().backward()
+    for n, p in traced.named_parameters():
+        torch.testing.assert_close(p.grad, eager[n], rtol=1e-6, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("name", ["internimage_test_32", "internimage_test_post_32", "internimage_test_g_32"])
+def test_fx_and_hook_features_equal_the_getter_features(name):
+    torch.manual_seed(0)
+    getter = timm.create_model(name, features_only=True, feature_cls="getter").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = getter(x)
+    assert getter.output_fmt == "NCHW" and [f.shape[1] for f in expected] == getter.feature_info.channels()
+    for cls in ("fx", "hook"):
+        torch.manual_seed(0)  # the same weights: the wrappers name their state dicts differently
+        other = timm.create_model(name, features_only=True, feature_cls=cls).eval()
+        assert other.output_fmt == "NHWC"  # the tapped modules' own channels-last maps
+        with torch.no_grad():
+            for a, b in zip(other(x), expected, strict=True):
+                torch.testing.assert_close(a.permute(0, 3, 1, 2), b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["internimage_test_32", "internimage_test_h_32"])
+def test_global_pool_empty_returns_maps_whose_mean_is_the_pooled_output(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    stride = 16 if model.use_clip_projector else 32
+    h = w = 64 // stride
+    with torch.no_grad():
+        pooled = model(x)
+        assert pooled.shape == (2, model.head_hidden_size)
+        model.reset_classifier(0, "")
+        maps = model(x)
+        assert maps.shape[2:] == (h, w) and maps.shape == model.forward_head(model.forward_features(x), True).shape
+        model.reset_classifier(0, "avg")
+        torch.testing.assert_close(model(x), pooled, rtol=0, atol=0)  # the projector/conv head was kept
+        dense = create_model(name, num_classes=5, global_pool="").eval()
+        logits = dense(x)
+        assert logits.shape == (2, 5, h, w)
+        if not model.use_clip_projector:
+            # The classifier is linear: the mean of per-position logits is the logit of the pooled features.
+            head = dense.get_classifier()
+            unpooled = dense.forward_head(dense.forward_features(x), pre_logits=True)
+            torch.testing.assert_close(logits.mean((2, 3)), head(unpooled.mean((2, 3))), rtol=1e-5, atol=1e-6)
+    assert timm.models.get_pretrained_cfg(name).pool_size == (h // 2, w // 2)  # at the 32 px default input size
+
+
+def test_create_model_device_and_dtype_place_every_tensor():
+    model = timm.create_model("internimage_test_h_32", device="meta", dtype=torch.bfloat16)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert {t.device.type for t in tensors.values()} == {"meta"}
+    assert {t.dtype for n, t in tensors.items() if t.is_floating_point()} == {torch.bfloat16}
+    out = model.eval()(torch.randn(1, 3, 32, 32, device="meta", dtype=torch.bfloat16))
+    assert out.shape == (1, 10) and out.dtype == torch.bfloat16
+    model.reset_classifier(3)
+    assert model.head.weight.device.type == "meta" and model.head.weight.dtype == torch.bfloat16
+    assert not model.head.training
+    with pytest.raises(TypeError):
+        timm.create_model("internimage_test_32", device="meta", not_a_model_arg=1)
+    assert model.no_weight_decay() == set()

@@ -11,13 +11,14 @@ network; every public feature output is NCHW.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_function, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -242,6 +243,13 @@ class InternImageStage(nn.Module):
         if self.post_norm_block_ids:
             self.post_norms = nn.ModuleList(_ln(channels) for _ in self.post_norm_block_ids)
         self.downsample = DownsampleLayer(channels) if downsample else None
+        # The submodule whose output is this level's map (FX / hook feature extraction tap it by name).
+        if self.has_norm:
+            self.output_module = "norm"
+        elif depth - 1 in self.post_norm_block_ids:
+            self.output_module = f"post_norms.{self.post_norm_block_ids.index(depth - 1)}"
+        else:
+            self.output_module = f"blocks.{depth - 1}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x: (N, H, W, C). Returns: (N, H, W, C), not downsampled."""
@@ -333,7 +341,7 @@ class InternImage(nn.Module):
         clip_out_dim: Width of the H/G projector output (768).
         clip_num_heads: Heads of the H/G attention pooling (16).
         dcn_backend: Force a DCN backend (default: automatic, see :mod:`internimage.ops.backends`).
-        global_pool: ``'avg'`` (or ``''``, accepted for timm).
+        global_pool: ``'avg'``, or ``''`` for no pooling (:meth:`forward_head` then returns maps).
         core_op: ``'DCNv3'`` (InternImage) or ``'DCNv4'`` (FlashInternImage: ``DCNv4`` token mixers, masks not
             softmaxed, fused ``offset_mask`` projection).
         mlp_fc2_bias: Bias of every ``mlp.fc2`` (False for FlashInternImage-T/S/B).
@@ -343,6 +351,8 @@ class InternImage(nn.Module):
         recompute_activations: In training, recompute the cheap elementwise activations in backward instead of
             storing them (each MLP's GELU output, each DCNv3 depthwise-conv branch): about a third less activation
             memory for a few percent more time; no GEMM is recomputed (:mod:`internimage.models.recompute`).
+        device: Where to create the parameters (``'meta'`` for structure only); timm's ``create_model`` passes it.
+        dtype: Floating dtype of the parameters (created in fp32, converted once).
     """
 
     def __init__(
@@ -377,86 +387,97 @@ class InternImage(nn.Module):
         dcn_output_bias: bool = True,
         use_dcn_v4_op: bool = False,
         recompute_activations: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _validate(channels, depths, groups, drop_path_type, global_pool)
-        if core_op not in CORE_OPS:
-            raise ValueError(f"InternImage: core_op must be one of {CORE_OPS}, got {core_op!r}")
-        if use_dcn_v4_op and core_op != "DCNv3":
-            raise ValueError("InternImage: use_dcn_v4_op applies to core_op='DCNv3' only")
-        self.core_op = core_op
-        self.in_chans = in_chans  # read by the input check of every forward
-        self.num_classes = num_classes
-        self.num_levels = len(depths)
-        self.depths = tuple(depths)
-        self.channels = channels
-        self.use_clip_projector = use_clip_projector
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
+        # timm's factory passes device/dtype: build in place (meta included), convert floats once at the end.
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            _validate(channels, depths, groups, drop_path_type)
+            _validate_pool(global_pool)
+            if core_op not in CORE_OPS:
+                raise ValueError(f"InternImage: core_op must be one of {CORE_OPS}, got {core_op!r}")
+            if use_dcn_v4_op and core_op != "DCNv3":
+                raise ValueError("InternImage: use_dcn_v4_op applies to core_op='DCNv3' only")
+            self.core_op = core_op
+            self.in_chans = in_chans  # read by the input check of every forward
+            self.num_classes = num_classes
+            self.num_levels = len(depths)
+            self.depths = tuple(depths)
+            self.channels = channels
+            self.use_clip_projector = use_clip_projector
+            self.global_pool = global_pool
+            self.drop_rate = drop_rate
+            self.grad_checkpointing = False
 
-        self.patch_embed = StemLayer(in_chans, channels)
-        self.pos_drop = nn.Dropout(drop_rate)
-        if drop_path_type == "uniform":
-            dpr = [drop_path_rate] * sum(depths)
-        else:
-            n = sum(depths)
-            dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
-        self.levels = nn.ModuleList()
-        self.feature_info: list[dict[str, Any]] = []
-        for i, depth in enumerate(depths):
-            start = sum(depths[:i])
-            self.levels.append(
-                InternImageStage(
-                    channels * 2**i,
-                    depth,
-                    groups[i],
-                    downsample=i < len(depths) - 1,
-                    drop_path=dpr[start : start + depth],
-                    post_norm=post_norm,
-                    center_feature_scale=center_feature_scale,
-                    post_norm_block_ids=level2_post_norm_block_ids if i == 2 else None,
-                    mlp_ratio=mlp_ratio,
-                    drop=drop_rate,
-                    layer_scale=layer_scale,
-                    offset_scale=offset_scale,
-                    dw_kernel_size=dw_kernel_size,
-                    res_post_norm=res_post_norm,
-                    remove_center=remove_center,
-                    dcn_backend=dcn_backend,
-                    core_op=core_op,
-                    dcn_output_bias=dcn_output_bias,
-                    mlp_fc2_bias=mlp_fc2_bias,
-                    use_dcn_v4_op=use_dcn_v4_op,
-                    recompute_activations=recompute_activations,
+            self.patch_embed = StemLayer(in_chans, channels)
+            self.pos_drop = nn.Dropout(drop_rate)
+            if drop_path_type == "uniform":
+                dpr = [drop_path_rate] * sum(depths)
+            else:
+                n = sum(depths)
+                dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
+            self.levels = nn.ModuleList()
+            self.feature_info: list[dict[str, Any]] = []
+            for i, depth in enumerate(depths):
+                start = sum(depths[:i])
+                self.levels.append(
+                    InternImageStage(
+                        channels * 2**i,
+                        depth,
+                        groups[i],
+                        downsample=i < len(depths) - 1,
+                        drop_path=dpr[start : start + depth],
+                        post_norm=post_norm,
+                        center_feature_scale=center_feature_scale,
+                        post_norm_block_ids=level2_post_norm_block_ids if i == 2 else None,
+                        mlp_ratio=mlp_ratio,
+                        drop=drop_rate,
+                        layer_scale=layer_scale,
+                        offset_scale=offset_scale,
+                        dw_kernel_size=dw_kernel_size,
+                        res_post_norm=res_post_norm,
+                        remove_center=remove_center,
+                        dcn_backend=dcn_backend,
+                        core_op=core_op,
+                        dcn_output_bias=dcn_output_bias,
+                        mlp_fc2_bias=mlp_fc2_bias,
+                        use_dcn_v4_op=use_dcn_v4_op,
+                        recompute_activations=recompute_activations,
+                    )
                 )
-            )
-            self.feature_info.append(dict(num_chs=channels * 2**i, reduction=4 * 2**i, module=f"levels.{i}"))
+                self.feature_info.append(
+                    dict(
+                        num_chs=channels * 2**i, reduction=4 * 2**i, module=f"levels.{i}.{self.levels[i].output_module}"
+                    )
+                )
 
-        last = channels * 2 ** (len(depths) - 1)
-        if use_clip_projector:
-            self.dcnv3_head_x4 = nn.Sequential(nn.Conv2d(last, clip_embed_dim * 4, 1), nn.PixelShuffle(2))
-            self.dcnv3_head_x3 = nn.Conv2d(last // 2, clip_embed_dim, 1)
-            self.clip_projector = AttentionPoolingBlock(clip_embed_dim, clip_num_heads, clip_out_dim)
-            self.fc_norm = _ln(clip_out_dim)
-            self.num_features = clip_embed_dim
-            self.head_hidden_size = clip_out_dim
-        else:
-            hidden = int(last * cls_scale)
-            self.conv_head = nn.Sequential(
-                nn.Conv2d(last, hidden, 1, bias=False), nn.Sequential(nn.BatchNorm2d(hidden)), nn.GELU()
-            )
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.num_features = last
-            self.head_hidden_size = hidden
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+            last = channels * 2 ** (len(depths) - 1)
+            if use_clip_projector:
+                self.dcnv3_head_x4 = nn.Sequential(nn.Conv2d(last, clip_embed_dim * 4, 1), nn.PixelShuffle(2))
+                self.dcnv3_head_x3 = nn.Conv2d(last // 2, clip_embed_dim, 1)
+                self.clip_projector = AttentionPoolingBlock(clip_embed_dim, clip_num_heads, clip_out_dim)
+                self.fc_norm = _ln(clip_out_dim)
+                self.num_features = clip_embed_dim
+                self.head_hidden_size = clip_out_dim
+            else:
+                hidden = int(last * cls_scale)
+                self.conv_head = nn.Sequential(
+                    nn.Conv2d(last, hidden, 1, bias=False), nn.Sequential(nn.BatchNorm2d(hidden)), nn.GELU()
+                )
+                self.avgpool = nn.AdaptiveAvgPool2d(1)
+                self.num_features = last
+                self.head_hidden_size = hidden
+            self.head = nn.Linear(self._head_in_features(), num_classes) if num_classes > 0 else nn.Identity()
 
-        self.apply(_init_weights)
-        for module in self.modules():
-            if isinstance(module, (DCNv3, DCNv4)):
-                module.reset_parameters()
-        if with_cp:
-            self.set_grad_checkpointing(True)
+            self.apply(_init_weights)
+            for module in self.modules():
+                if isinstance(module, (DCNv3, DCNv4)):
+                    module.reset_parameters()
+            if with_cp:
+                self.set_grad_checkpointing(True)
+        if dtype is not None:
+            self.to(dtype=dtype)
 
     # ----------------------------------------------------------------------------------------- timm contract
     @torch.jit.ignore
@@ -501,14 +522,40 @@ class InternImage(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def _head_in_features(self) -> int:
+        # Without pooling the H/G classifier reads the fused map directly (timm drops an attention pool the same
+        # way); the conv-head models' classifier reads the conv head's output either way.
+        if self.use_clip_projector and not self.global_pool:
+            return self.num_features
+        return self.head_hidden_size
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay beyond biases and 1-D parameters: none.
+
+        The original recipe exempts exactly biases and 1-D parameters (norms, layer scales, attention biases),
+        which timm's optimizer factory and :mod:`internimage.engine.optim` already skip by shape and name.
+        """
+        return set()
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the final Linear with a fresh one of ``num_classes`` outputs (0 removes it)."""
-        if global_pool is not None and global_pool not in ("avg", ""):
-            raise ValueError(f"InternImage supports global_pool 'avg' only, got {global_pool!r}")
+        """Replace the final Linear with a fresh one of ``num_classes`` outputs (0 removes it).
+
+        Args:
+            num_classes: Outputs of the new classifier (0 for none).
+            global_pool: ``'avg'`` or ``''`` (no pooling: :meth:`forward_head` returns maps; for H/G the attention
+                projector is bypassed, and kept for a later ``'avg'``); None keeps the current.
+        """
+        pool = self.global_pool if global_pool is None else global_pool
+        _validate_pool(pool)
+        self.global_pool = pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        reference = next(self.parameters(), None)
+        place = {} if reference is None else dict(device=reference.device, dtype=reference.dtype)
+        self.head = nn.Linear(self._head_in_features(), num_classes, **place) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             _init_weights(self.head)
+        self.head.train(self.training)
 
     def forward_intermediates(
         self,
@@ -544,33 +591,28 @@ class InternImage(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop levels after the last requested one (and the head), for feature extraction."""
+        """Drop the levels after the last requested one and (``prune_head``) every head module, for features.
+
+        After pruning the head, :meth:`forward_features` and :meth:`forward` return the last kept level's map
+        (for H/G without the x3/x4 fusion, which belongs to the head). ``prune_norm`` is accepted for timm: the
+        level norms belong to the levels' outputs and stay.
+        """
         take, max_index = feature_take_indices(len(self.levels), indices)
         self.levels = self.levels[: max_index + 1]
         self.levels[-1].downsample = None
         if prune_head:
-            for name in ("conv_head", "avgpool", "dcnv3_head_x4", "dcnv3_head_x3", "clip_projector", "fc_norm"):
-                if hasattr(self, name):
-                    delattr(self, name)
+            for name in _HEAD_MODULES:
+                if getattr(self, name, None) is not None:
+                    setattr(self, name, None)
             self.head = nn.Identity()
             self.num_classes = 0
+            self.global_pool = ""
         return take
 
     # ----------------------------------------------------------------------------------------- forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        """One clear line for a batch the stem cannot take (it would fail deep inside a conv, or not at all)."""
-        if torch.jit.is_scripting() or torch.jit.is_tracing():
-            return
-        chans = self.in_chans
-        if x.dim() != 4 or x.shape[1] != chans or not x.is_floating_point():
-            raise ValueError(
-                f"InternImage expects a float image batch (N, C, H, W) with C={chans}, "
-                f"got a tensor of dtype {str(x.dtype).replace('torch.', '')} and shape {tuple(x.shape)}"
-            )
-
     def _run_levels(self, x: torch.Tensor, last: int) -> list[torch.Tensor]:
         """Run stem and levels 0..last; returns their NHWC outputs (pre-downsample)."""
-        self._check_input(x)
+        x = checked_image_batch(x, self.in_chans)
         x = self.pos_drop(self.patch_embed(x))
         feats = []
         for i, level in enumerate(self.levels[: last + 1]):
@@ -581,7 +623,7 @@ class InternImage(nn.Module):
         return feats
 
     def _features_from_levels(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        if self.use_clip_projector:
+        if self.use_clip_projector and self.dcnv3_head_x4 is not None:
             x4 = self.dcnv3_head_x4(feats[-1].permute(0, 3, 1, 2))
             return x4 + self.dcnv3_head_x3(feats[-2].permute(0, 3, 1, 2))
         return feats[-1].permute(0, 3, 1, 2)
@@ -598,11 +640,26 @@ class InternImage(nn.Module):
         return self._features_from_levels(self._run_levels(x, len(self.levels) - 1))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Args: x: output of :meth:`forward_features`. Returns: (N, num_classes) or pooled (N, hidden)."""
+        """Pool and classify.
+
+        Args:
+            x: Output of :meth:`forward_features`, (N, C, h, w).
+            pre_logits: Return the pooled features instead of the logits.
+
+        Returns:
+            With ``global_pool='avg'``: (N, num_classes) logits, or (N, head_hidden_size) with ``pre_logits`` or
+            ``num_classes=0``. With ``global_pool=''``: maps, (N, head_hidden_size, h, w) after the conv head (for
+            H/G, whose pooling is the attention projector, the (N, num_features, h, w) input itself), and
+            (N, num_classes, h, w) logits per position.
+        """
+        if not self.use_clip_projector and self.conv_head is not None:
+            x = self.conv_head(x)
+        if not self.global_pool:
+            return x if pre_logits else self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if self.use_clip_projector:
             x = self.fc_norm(self.clip_projector(x.flatten(2).transpose(1, 2)))
         else:
-            x = self.avgpool(self.conv_head(x)).flatten(1)
+            x = self.avgpool(x).flatten(1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -610,7 +667,7 @@ class InternImage(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _validate(channels: int, depths: Sequence[int], groups: Sequence[int], drop_path_type: str, pool: str) -> None:
+def _validate(channels: int, depths: Sequence[int], groups: Sequence[int], drop_path_type: str) -> None:
     if len(depths) != len(groups) or not depths:
         raise ValueError(f"InternImage: depths {tuple(depths)} and groups {tuple(groups)} must have the same length")
     for i, g in enumerate(groups):
@@ -618,8 +675,37 @@ def _validate(channels: int, depths: Sequence[int], groups: Sequence[int], drop_
             raise ValueError(f"InternImage: level {i} has {channels * 2**i} channels, not divisible by groups={g}")
     if drop_path_type not in ("linear", "uniform"):
         raise ValueError(f"InternImage: drop_path_type must be 'linear' or 'uniform', got {drop_path_type!r}")
+
+
+def _validate_pool(pool: str) -> None:
     if pool not in ("avg", ""):
-        raise ValueError(f"InternImage: global_pool must be 'avg', got {pool!r}")
+        raise ValueError(f"InternImage: global_pool must be 'avg' or '' (no pooling), got {pool!r}")
+
+
+#: Modules after the last level (pruned for feature extraction).
+_HEAD_MODULES = ("conv_head", "avgpool", "dcnv3_head_x4", "dcnv3_head_x3", "clip_projector", "fc_norm")
+
+
+def checked_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """``x`` itself, after one clear error for a batch the stem cannot take (it would fail deep inside a conv).
+
+    A timm no-trace function: FX graphs call it as one node, so the check still runs on traced models.
+    """
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return x
+    if x.dim() != 4 or x.shape[1] != in_chans or not x.is_floating_point():
+        raise ValueError(
+            f"InternImage expects a float image batch (N, C, H, W) with C={in_chans}, "
+            f"got a tensor of dtype {str(x.dtype).replace('torch.', '')} and shape {tuple(x.shape)}"
+        )
+    return x
+
+
+# torch.fx (timm's FX feature extraction, torchvision's create_feature_extractor): modules that run custom ops or
+# autograd Functions, or pick a kernel by device / autocast state, are leaves; everything between them traces.
+for _leaf in (StemLayer, DownsampleLayer, MLPLayer, DCNv3, DCNv4):
+    register_notrace_module(_leaf)
+register_notrace_function(checked_image_batch)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -741,11 +827,12 @@ ARCHS: dict[str, InternImageArch] = {
 }
 
 
-def _cfg(size: int, num_classes: int = 1000, **kwargs: Any) -> dict[str, Any]:
+def _cfg(size: int, num_classes: int = 1000, stride: int = 32, **kwargs: Any) -> dict[str, Any]:
+    """timm pretrained cfg; ``stride`` is that of :meth:`InternImage.forward_features` (16 for H/G)."""
     return {
         "num_classes": num_classes,
         "input_size": (3, size, size),
-        "pool_size": (size // 32, size // 32),
+        "pool_size": (size // stride, size // stride),
         "crop_pct": 1.0,
         "crop_mode": "center",
         "interpolation": "bicubic",
@@ -761,8 +848,8 @@ def _cfg(size: int, num_classes: int = 1000, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-def _official(filename: str, size: int, num_classes: int = 1000) -> dict[str, Any]:
-    return _cfg(size, num_classes, hf_hub_id="OpenGVLab/InternImage", hf_hub_filename=f"{filename}.pth")
+def _official(filename: str, size: int, num_classes: int = 1000, stride: int = 32) -> dict[str, Any]:
+    return _cfg(size, num_classes, stride, hf_hub_id="OpenGVLab/InternImage", hf_hub_filename=f"{filename}.pth")
 
 
 def _flash(filename: str, size: int) -> dict[str, Any]:
@@ -786,11 +873,11 @@ MODEL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "internimage_l_22kto1k_384": ("l", _official("internimage_l_22kto1k_384", 384)),
     "internimage_xl_22k_384": ("xl", _official("internimage_xl_22k_192to384", 384, 21841)),
     "internimage_xl_22kto1k_384": ("xl", _official("internimage_xl_22kto1k_384", 384)),
-    "internimage_h_jointto22k_384": ("h", _official("internimage_h_jointto22k_384", 384, 21841)),
-    "internimage_h_22kto1k_384": ("h", _official("internimage_h_22kto1k_384", 384)),
-    "internimage_h_22kto1k_640": ("h", _official("internimage_h_22kto1k_640", 640)),
-    "internimage_g_jointto22k_384": ("g", _official("internimage_g_jointto22k_384", 384, 21841)),
-    "internimage_g_22kto1k_512": ("g", _official("internimage_g_22kto1k_512", 512)),
+    "internimage_h_jointto22k_384": ("h", _official("internimage_h_jointto22k_384", 384, 21841, stride=16)),
+    "internimage_h_22kto1k_384": ("h", _official("internimage_h_22kto1k_384", 384, stride=16)),
+    "internimage_h_22kto1k_640": ("h", _official("internimage_h_22kto1k_640", 640, stride=16)),
+    "internimage_g_jointto22k_384": ("g", _official("internimage_g_jointto22k_384", 384, 21841, stride=16)),
+    "internimage_g_22kto1k_512": ("g", _official("internimage_g_22kto1k_512", 512, stride=16)),
     # Names of the official configs (DCNv4/classification/configs); the L weights file is spelled differently.
     "flash_intern_image_t_1k_224": ("flash_t", _flash("flash_intern_image_t_1k_224", 224)),
     "flash_intern_image_s_1k_224": ("flash_s", _flash("flash_intern_image_s_1k_224", 224)),
@@ -798,8 +885,8 @@ MODEL_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "flash_intern_image_l_22kto1k_384": ("flash_l", _flash("flash_internimage_l_22kto1k_384", 384)),
     "internimage_test_32": ("test", _cfg(32, 10)),
     "internimage_test_post_32": ("test_post", _cfg(32, 10)),
-    "internimage_test_h_32": ("test_h", _cfg(32, 10)),
-    "internimage_test_g_32": ("test_g", _cfg(32, 10)),
+    "internimage_test_h_32": ("test_h", _cfg(32, 10, stride=16)),
+    "internimage_test_g_32": ("test_g", _cfg(32, 10, stride=16)),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_SPECS)
 
@@ -811,13 +898,12 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> InternImag
     arch = ARCHS[arch_name].kwargs()
     arch.update(kwargs)
     arch.setdefault("num_classes", cfg["num_classes"])
+    feature_cfg: dict[str, Any] = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
+    if kwargs.get("feature_cls") in ("fx", "hook"):
+        # FX / hook extraction return the tapped modules' own outputs, which are channels-last (the getter permutes).
+        feature_cfg["output_fmt"] = "NHWC"
     return build_model_with_cfg(
-        InternImage,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **arch,
+        InternImage, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **arch
     )
 
 

@@ -27,7 +27,8 @@ class _GeluMlp(torch.autograd.Function):
     def forward(ctx, x, norm_w, norm_b, eps, w1, b1, w2, b2):
         ctx.norm = norm_w is not None
         # Autocast runs LayerNorm in fp32 (it is on autocast's fp32 list); do the same for half inputs.
-        low = x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type)
+        device = x.device.type
+        low = x.dtype in (torch.float16, torch.bfloat16) and _autocast_on(device)
         ctx.norm_dtype = torch.float32 if low else x.dtype
         normed, mean, rstd = x, None, None
         if ctx.norm:
@@ -88,6 +89,11 @@ class _GeluMlp(torch.autograd.Function):
                 grads[1] = grads[1].to(norm_w.dtype) if grads[1] is not None else None
                 grads[2] = grads[2].to(norm_b.dtype) if grads[2] is not None else None
         return tuple(grads)
+
+
+def _autocast_on(device_type: str) -> bool:
+    # is_autocast_enabled raises for device types without autocast (meta: timm builds models there).
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def _layer_norm(x, weight, bias, eps, dtype):
