@@ -433,7 +433,7 @@ def test_presets_follow_the_official_recipes():
     from internimage.engine.config import apply_overrides
 
     # The Mask R-CNN / Cascade presets; the DINO ones are checked in tests/test_dino.py.
-    names = [n for n in list_presets() if not n.startswith("dino_")]
+    names = [n for n in list_presets() if not n.startswith("dino_") and n.endswith("_coco")]
     assert len(names) == 10 and "mask_rcnn_internimage_t_fpn_1x_coco" in names
     for name in names:
         cfg = apply_overrides(DetectionConfig(), get_preset(name))
@@ -577,3 +577,97 @@ def test_a_rejected_sample_is_replaced_by_an_image_of_the_same_orientation(coco4
     assert len(calls) == 2 and target["image_id"] == calls[1] and wide[calls[1]] == wide[calls[0]]
     with pytest.raises(RuntimeError, match="rejected 100 samples"):
         CocoDetection(ann, images, transforms=lambda image, target: None)[0]
+
+
+#: The presets of the official configs beyond the COCO ones (detection/configs/{crowd_human,lvis,openimages,voc,coco}).
+BEYOND_COCO = {
+    "cascade_internimage_xl_fpn_3x_crowd_human": ("crowdhuman", "cascade_mask_rcnn", 1),
+    "dino_4scale_cbinternimage_h_objects365_lvis_minival_ss": ("lvis", "cb_dino", 1203),
+    "dino_4scale_cbinternimage_h_objects365_lvis_val_ss": ("lvis", "cb_dino", 1203),
+    "dino_4scale_cbinternimage_h_objects365_openimages_ss": ("openimages", "cb_dino", 601),
+    "dino_4scale_cbinternimage_h_objects365_voc07": ("voc", "cb_dino", 20),
+    "dino_4scale_cbinternimage_h_objects365_voc12": ("voc", "cb_dino", 20),
+    "mask_rcnn_internimage_t_fpn_1x_coco_with_dcnv4": ("coco", "mask_rcnn", 80),
+    "dino_4scale_internimage_l_1x_coco_0.1x_backbone_lr": ("coco", "dino", 80),
+}
+
+
+def test_presets_beyond_coco_follow_the_official_configs():
+    from internimage.detection import DetectionConfig
+    from internimage.detection.presets import get_preset, list_presets
+    from internimage.engine.config import apply_overrides
+
+    assert set(BEYOND_COCO) <= set(list_presets())
+    cfgs = {}
+    for name, (dataset, arch, classes) in BEYOND_COCO.items():
+        cfg = apply_overrides(DetectionConfig(), get_preset(name))
+        cfg.validate()
+        assert (cfg.dataset, cfg.arch, cfg.num_classes) == (dataset, arch, classes), name
+        cfgs[name] = cfg
+    # The CB-H fine-tuning configs: short side 600-1200, tested at (2000, 1000), 300 detections, clip 0.1, decay 0.94.
+    for name in [n for n in BEYOND_COCO if "objects365" in n]:
+        c = cfgs[name]
+        assert (c.recipe, tuple(c.img_scale), c.clip_grad, c.layer_decay, c.offset_lr_mul) == (
+            "dino_ss_1200", (2000, 1000), 0.1, 0.94, 1e-3,
+        )  # fmt: skip
+        assert c.model_kwargs["max_per_img"] == 300 and c.batch_size == 1 and c.decay_milestones == []
+    iters = {n: (cfgs[n].iters, cfgs[n].eval_every, cfgs[n].lr) for n in BEYOND_COCO if "objects365" in n}
+    assert iters["dino_4scale_cbinternimage_h_objects365_lvis_val_ss"] == (80000, 500, 1e-4)
+    assert iters["dino_4scale_cbinternimage_h_objects365_openimages_ss"] == (100000, 2000, 1e-4)
+    assert iters["dino_4scale_cbinternimage_h_objects365_voc07"] == (20000, 500, 5e-5)
+    ch = cfgs["cascade_internimage_xl_fpn_3x_crowd_human"]
+    assert (ch.recipe, ch.epochs, ch.lr, ch.weight_decay, ch.layer_decay, ch.drop_path_rate) == (
+        "3x", 36, 1e-4, 1e-4, 0.94, 0.4,
+    )  # fmt: skip
+    v4 = cfgs["mask_rcnn_internimage_t_fpn_1x_coco_with_dcnv4"]
+    assert v4.model_kwargs == {"backbone_overrides": {"use_dcn_v4_op": True}} and v4.recipe == "1x"
+    lr01 = cfgs["dino_4scale_internimage_l_1x_coco_0.1x_backbone_lr"]
+    assert (lr01.backbone_lr_mult, lr01.layer_decay, lr01.weight_decay, lr01.clip_grad) == (0.1, 1.0, 0.05, 0.1)
+
+
+def test_backbone_lr_mult_and_mmcv_default_decay_follow_mmcv_custom_keys():
+    """mmcv's DefaultOptimizerConstructor with custom_keys={'backbone': dict(lr_mult=0.1)}: every parameter whose
+    name holds 'backbone' trains at 0.1x, and every parameter (norms and biases included) decays."""
+    from internimage.engine.optim import param_groups
+
+    model = build_detector("dino", "internimage_test_32", 3)
+    groups = param_groups(model, 0.05, 1.0, "mmcv_default", backbone_lr_mult=0.1)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert all(g["weight_decay"] == 0.05 for g in groups)
+    assert {scale[n] for n in scale if "backbone" in n} == {0.1}
+    assert {scale[n] for n in scale if "backbone" not in n} == {1.0}
+
+
+def test_use_dcn_v4_op_preset_builds_the_same_detector_with_the_dcnv4_kernel():
+    from internimage.detection import DetectionConfig
+    from internimage.detection.task import build_detector_from_config
+
+    cfg = DetectionConfig(model="internimage_test_32", num_classes=3)
+    torch.manual_seed(0)
+    plain = build_detector_from_config(cfg).eval()
+    cfg.model_kwargs = {"backbone_overrides": {"use_dcn_v4_op": True}}
+    torch.manual_seed(0)
+    v4 = build_detector_from_config(cfg).eval()
+    assert plain.state_dict().keys() == v4.state_dict().keys()
+    dcns = [m for m in v4.modules() if type(m).__name__ == "DCNv3"]
+    assert dcns and all(m.use_dcn_v4_op for m in dcns)
+    x = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        a, b = plain(x, orig_sizes=[(64, 64)])[0], v4(x, orig_sizes=[(64, 64)])[0]
+    torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+
+
+def test_box_only_cascade_of_the_crowd_human_config_trains_and_predicts_without_masks():
+    torch.manual_seed(0)
+    kw = dict(with_mask=False, head_convs=0, head_fcs=2, head_norm=False, box_loss="smooth_l1", box_loss_weight=1.0)
+    model = build_detector("cascade_mask_rcnn", "internimage_test_32", 1, reg_class_agnostic=True, **kw)
+    assert not any("mask_head" in n for n, _ in model.named_parameters())
+    images = [torch.rand(3, 64, 64)]
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 56.0]]), "labels": torch.tensor([1])}
+    losses = model(images, [target])
+    assert not any("mask" in k for k in losses) and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        pred = model(images, orig_sizes=[(64, 64)])[0]
+    assert "masks" not in pred and pred["boxes"].shape[1] == 4

@@ -11,6 +11,8 @@ from ..engine.config import TaskConfig, TrainConfig
 __all__ = ["META_KEY", "DetectionConfig"]
 
 META_KEY = "detection_config"
+#: Annotation layouts (and their metrics) ``DetectionConfig.dataset`` names.
+DATASETS = ("coco", "lvis", "openimages", "voc", "crowdhuman")
 
 
 @dataclass
@@ -24,11 +26,18 @@ class DetectionConfig(TaskConfig, TrainConfig):
         num_classes: Foreground classes (80 for COCO).
         classes: Class names of labels 1..K (default: the training file's categories, by sorted id). Datasets are
             matched to them by category name, so a file numbering the same categories differently is read right.
+        dataset: Annotation layout and metric: ``coco``, ``lvis`` (v1 json, federated AP), ``openimages`` (V6 CSVs,
+            mAP@0.5 with the class hierarchy), ``voc`` (VOCdevkit; VOC07 11-point / VOC12 area mAP) or
+            ``crowdhuman`` (``.odgt`` or the converter's json; AP, MR^-2).
         data_root: Folder the annotation and image paths below are relative to.
-        train_ann, train_images, val_ann, val_images: COCO annotation files and image folders (``val_ann``
-            empty = no evaluation during training).
+        train_ann, train_images, val_ann, val_images: Annotation files and image folders (``val_ann`` empty = no
+            evaluation during training): COCO / LVIS json, OpenImages box CSV, VOC ``ImageSets/Main/*.txt`` with
+            the ``VOC20xx`` folder, CrowdHuman ``.odgt`` / json.
+        label_file, hierarchy_file: OpenImages ``class-descriptions-boxable.csv`` and the class hierarchy json.
+        train_image_labels, val_image_labels: OpenImages image-level label CSVs (empty = none).
         recipe: Train pipeline: ``1x`` (1333x800 + flip), ``3x`` (multi-scale + crop AutoAugment), ``dino`` (DINO
-            T/L's AutoAugment) or ``dino_ss`` (DINO H/G/CB-H's multi-scale range); see ``detection_transforms``.
+            T/L's AutoAugment), ``dino_ss`` (DINO H/G/CB-H's short side 600-1800) or ``dino_ss_1200`` (CB-H on
+            LVIS / OpenImages / VOC: 600-1200); see ``detection_transforms``.
         img_scale: ``(long, short)`` of the single-scale resize (train 1x and test), positive integers.
         scale_factor: Multiplies every pipeline size (small-image experiments), > 0.
         drop_path_rate, layer_scale: Backbone overrides (official detection configs use ``layer_scale=1.0``).
@@ -43,11 +52,16 @@ class DetectionConfig(TaskConfig, TrainConfig):
     pretrained: str = ""
     num_classes: int = 80
     classes: list[str] = field(default_factory=list)
+    dataset: str = "coco"
     data_root: str = ""
     train_ann: str = "annotations/instances_train2017.json"
     train_images: str = "train2017"
     val_ann: str = "annotations/instances_val2017.json"
     val_images: str = "val2017"
+    label_file: str = ""
+    hierarchy_file: str = ""
+    train_image_labels: str = ""
+    val_image_labels: str = ""
     recipe: str = "1x"
     img_scale: tuple[int, int] = (1333, 800)
     scale_factor: float = 1.0
@@ -82,6 +96,8 @@ class DetectionConfig(TaskConfig, TrainConfig):
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
         from .data import RECIPES
 
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.num_classes < 1:

@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 Sample = tuple[torch.Tensor, dict[str, Any]]
 MS_SCALES_3X = [(1333, s) for s in range(480, 801, 32)]
 #: Train pipelines of :func:`detection_transforms`.
-RECIPES = ("1x", "3x", "dino", "dino_ss")
+RECIPES = ("1x", "3x", "dino", "dino_ss", "dino_ss_1200")
 _MAX_REDRAWS = 100
 
 
@@ -470,8 +470,8 @@ class Resize:
         resized = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
         image = resized.round().clamp(0, 255).to(image.dtype) if image.dtype == torch.uint8 else resized
         target = dict(target)
-        boxes = target["boxes"] * torch.tensor([nw / w, nh / h, nw / w, nh / h])
-        target["boxes"] = _clip(boxes, nh, nw)
+        for key in _BOX_KEYS.intersection(target):
+            target[key] = _clip(target[key] * torch.tensor([nw / w, nh / h, nw / w, nh / h]), nh, nw)
         if "masks" in target:
             masks = target["masks"]
             target["masks"] = (
@@ -493,8 +493,9 @@ class RandomFlip:
             return image, target
         w = image.shape[-1]
         target = dict(target)
-        b = target["boxes"]
-        target["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+        for key in _BOX_KEYS.intersection(target):
+            b = target[key]
+            target[key] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
         if "masks" in target:
             target["masks"] = target["masks"].flip(-1)
         return image.flip(-1), target
@@ -525,6 +526,9 @@ class RandomCrop:
         target["boxes"], target["labels"] = boxes[keep], target["labels"][keep]
         if "masks" in target:
             target["masks"] = target["masks"][keep, y0 : y0 + ch, x0 : x0 + cw]
+        if "ignore_boxes" in target:
+            ignore = _clip(target["ignore_boxes"] - torch.tensor([x0, y0, x0, y0], dtype=torch.float32), ch, cw)
+            target["ignore_boxes"] = ignore[(ignore[:, 2] > ignore[:, 0]) & (ignore[:, 3] > ignore[:, 1])]
         return image[:, y0 : y0 + ch, x0 : x0 + cw], target
 
 
@@ -536,6 +540,10 @@ class AutoAugment:
 
     def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> Sample | None:
         return random.choice(self.policies)(image, target)
+
+
+#: Target entries holding (K, 4) xyxy boxes that follow every geometric transform (objects and ignore regions).
+_BOX_KEYS = frozenset({"boxes", "ignore_boxes"})
 
 
 def _clip(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -553,7 +561,8 @@ def detection_transforms(
     Args:
         recipe: ``'1x'`` (single scale), ``'3x'`` (multi-scale + crop AutoAugment of the Mask R-CNN 3x configs),
             ``'dino'`` (DINO T/L's: the crop branch first resizes to a long side of 4200 and rejects crops without
-            objects) or ``'dino_ss'`` (DINO H/G/CB-H's: short side uniform in 600-1800, long side 2000, flip); the
+            objects), ``'dino_ss'`` (DINO H/G/CB-H's: short side uniform in 600-1800, long side 2000, flip) or
+            ``'dino_ss_1200'`` (the CB-H LVIS / OpenImages / VOC configs: short side 600-1200); the
             test pipeline is the single-scale resize for all.
         train: Training (random) or test pipeline.
         scale: ``(long, short)`` of the single-scale resize.
@@ -572,8 +581,9 @@ def detection_transforms(
         return Compose([Resize(s([scale]))])
     if recipe == "1x":
         return Compose([Resize(s([scale])), RandomFlip(0.5)])
-    if recipe == "dino_ss":
-        return Compose([RandomFlip(0.5), Resize(s([(2000, 600), (2000, 1800)]), mode="range")])
+    if recipe in ("dino_ss", "dino_ss_1200"):
+        top = 1800 if recipe == "dino_ss" else 1200
+        return Compose([RandomFlip(0.5), Resize(s([(2000, 600), (2000, top)]), mode="range")])
     crop = (round(384 * scale_factor), round(600 * scale_factor))
     long_side = 4200 if recipe == "dino" else 1333
     policies = [

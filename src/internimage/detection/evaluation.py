@@ -132,17 +132,21 @@ def _base_dataset(ds: Any) -> Any:
 def evaluate_detector(
     model: torch.nn.Module, loader: Any, info: Any = None, limit: int | None = None
 ) -> dict[str, float]:
-    """COCO box (and mask) AP of ``model`` over ``loader`` (a COCO dataset loader; sharded loaders are gathered).
+    """The dataset's metric for ``model`` over ``loader`` (sharded loaders are gathered).
+
+    COCO: box (and mask) AP. The other datasets (:class:`~internimage.detection.datasets.DetectionDataset`) apply
+    their own metric (VOC / OpenImages mAP, LVIS federated AP, CrowdHuman AP / MR^-2) through ``dataset.evaluate``.
 
     Args:
         model: A detector (possibly DDP-wrapped), evaluated in eval mode.
-        loader: Loader over a :class:`~internimage.detection.data.CocoDetection` (or a ``Subset`` of one) with
+        loader: Loader over a :class:`~internimage.detection.data.CocoDetection` or a
+            :class:`~internimage.detection.datasets.DetectionDataset` (or a ``Subset`` of one) with
             :func:`~internimage.detection.data.collate_detection`.
         info: The engine's ``DistInfo`` under distribution (results are gathered to every rank).
         limit: Real samples of this rank to use (default: the loader's real count, else all).
 
     Returns:
-        ``bbox_mAP``, ``bbox_mAP_50``, ... and ``segm_*`` for mask models.
+        COCO: ``bbox_mAP``, ``bbox_mAP_50``, ... and ``segm_*`` for mask models; others: the dataset's keys.
     """
     from tqdm import tqdm
 
@@ -151,7 +155,8 @@ def evaluate_detector(
     dataset = _base_dataset(loader.dataset)
     real = limit if limit is not None else real_sample_count(loader)
     device = next(model.parameters()).device
-    results: list[dict[str, Any]] = []
+    own_metric = hasattr(dataset, "evaluate")
+    results: list[Any] = []
     image_ids: list[int] = []
     seen = 0
     main = info is None or info.is_main
@@ -163,7 +168,10 @@ def evaluate_detector(
             keep = len(targets) if real is None else max(0, min(len(targets), real - seen))
             seen += len(targets)
             ids = [int(t["image_id"]) for t in targets[:keep]]
-            results += predictions_to_coco(preds[:keep], ids, dataset.cat_ids)
+            if own_metric:
+                results += [_detections(p, t) for p, t in zip(preds[:keep], targets[:keep])]
+            else:
+                results += predictions_to_coco(preds[:keep], ids, dataset.cat_ids)
             image_ids += ids
     if info is not None and info.distributed:
         import torch.distributed as dist
@@ -172,10 +180,20 @@ def evaluate_detector(
         dist.all_gather_object(gathered, (results, image_ids))
         results = [r for part in gathered for r in part[0]]
         image_ids = [i for part in gathered for i in part[1]]
+    if own_metric:
+        return dataset.evaluate(dict(zip(image_ids, results)))
     iou_types = ("bbox", "segm") if any("segmentation" in r for r in results) or _has_masks(model) else ("bbox",)
     # The validated annotations (degenerate polygons dropped), not the raw file: the ground truth the model saw.
     gt = getattr(dataset, "coco", None) or dataset.ann_file
     return coco_evaluate(gt, results, iou_types, image_ids=sorted(set(image_ids)))
+
+
+def _detections(pred: dict[str, torch.Tensor], target: dict[str, Any]) -> dict[str, Any]:
+    """One image's boxes / scores / labels as numpy (what ``DetectionDataset.evaluate`` takes), with its size."""
+    out = {k: pred[k].detach().float().cpu().numpy() for k in ("boxes", "scores")}
+    out["labels"] = pred["labels"].detach().cpu().numpy().astype(np.int64)
+    out["orig_size"] = tuple(int(v) for v in target["orig_size"])
+    return out
 
 
 def _has_masks(model: torch.nn.Module) -> bool:

@@ -45,8 +45,11 @@ def build_detector_from_config(cfg: DetectionConfig, load_pretrained: bool = Tru
     from ..models import load_weights
     from .models import build_detector
 
+    kwargs = dict(cfg.model_kwargs)
+    # Backbone switches of a config (e.g. use_dcn_v4_op) ride in model_kwargs["backbone_overrides"].
     overrides = {"drop_path_rate": cfg.drop_path_rate, "layer_scale": cfg.layer_scale}
-    model = build_detector(cfg.arch, cfg.model, cfg.num_classes, backbone_overrides=overrides, **cfg.model_kwargs)
+    overrides.update(kwargs.pop("backbone_overrides", {}))
+    model = build_detector(cfg.arch, cfg.model, cfg.num_classes, backbone_overrides=overrides, **kwargs)
     if load_pretrained and cfg.pretrained:
         result = load_weights(model, cfg.pretrained, strict=False)
         logger.info(

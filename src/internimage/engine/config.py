@@ -65,6 +65,7 @@ class TrainConfig:
         layer_decay: Layer-wise lr decay ratio (1.0 = off).
         layer_decay_rule: Name of a rule registered in :mod:`internimage.engine.optim`.
         offset_lr_mul: Lr multiplier of the DCN offset / centre-scale parameters (``DCN_LR_MUL``; with layer decay).
+        backbone_lr_mult: Lr multiplier of every backbone parameter (mmcv's ``custom_keys={'backbone': lr_mult}``).
         clip_grad: Max gradient norm (None or 0 = off).
         amp: ``none`` | ``bf16`` | ``fp16`` (fp16 needs a GPU and uses a gradient scaler).
         grad_checkpointing: Recompute activations in backward.
@@ -108,6 +109,7 @@ class TrainConfig:
     layer_decay: float = 1.0
     layer_decay_rule: str = "classification"
     offset_lr_mul: float = 1.0
+    backbone_lr_mult: float = 1.0
     clip_grad: float | None = 5.0
     amp: str = "none"
     grad_checkpointing: bool = False
@@ -193,6 +195,7 @@ _NON_NEGATIVE = (
     "eps",
     "momentum",
     "offset_lr_mul",
+    "backbone_lr_mult",
     "clip_grad",
     "workers",
     "eval_every",
@@ -370,24 +373,34 @@ def checkpoint_fields(path: str, meta_key: str, config_cls: Any) -> dict[str, An
 
 
 # ------------------------------------------------------------------------------------------------- presets
-def list_presets_in(package: str) -> list[str]:
-    """Names of the preset modules of ``package`` (a task's ``presets`` package: ``<name>.py`` defining ``PRESET``)."""
+def _preset_modules(package: str) -> dict[str, str]:
+    """Preset name -> module name; a module whose official name is no Python identifier (``..._0.1x_...``) says
+    it in ``NAME``."""
     path = importlib.import_module(package).__path__
-    return sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
+    out = {}
+    for m in pkgutil.iter_modules(path):
+        if not m.name.startswith("_"):
+            out[getattr(importlib.import_module(f"{package}.{m.name}"), "NAME", m.name)] = m.name
+    return out
+
+
+def list_presets_in(package: str) -> list[str]:
+    """Names of the presets of ``package`` (a task's ``presets`` package: ``<name>.py`` defining ``PRESET``)."""
+    return sorted(_preset_modules(package))
 
 
 def get_preset_in(package: str, name: str) -> dict[str, Any]:
-    """The ``PRESET`` dict (a copy) of ``package.name``.
+    """The ``PRESET`` dict (a copy) of the preset ``name`` of ``package``.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    names = list_presets_in(package)
-    if name not in names:
+    modules = _preset_modules(package)
+    if name not in modules:
         parts = package.split(".")
         task = f"{parts[-2]} " if len(parts) > 2 and parts[-1] == "presets" else ""  # internimage.<task>.presets
-        raise ValueError(f"unknown {task}preset {name!r}; known: {', '.join(names)}")
-    return dict(importlib.import_module(f"{package}.{name}").PRESET)
+        raise ValueError(f"unknown {task}preset {name!r}; known: {', '.join(sorted(modules))}")
+    return dict(importlib.import_module(f"{package}.{modules[name]}").PRESET)
 
 
 T = TypeVar("T", bound="TaskConfig")

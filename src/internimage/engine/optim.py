@@ -97,6 +97,11 @@ def no_decay_bias_1d_and_norm(name: str, param: torch.Tensor) -> bool:
     )
 
 
+def no_decay_none(name: str, param: torch.Tensor) -> bool:
+    """Weight decay on every parameter: mmcv's ``DefaultOptimizerConstructor`` without decay multipliers."""
+    return False
+
+
 #: The one registry of layer-decay rules (name -> rule) and of their no-weight-decay rules (same names).
 LAYER_DECAY_RULES: dict[str, LayerDecayRule] = {}
 NO_DECAY_RULES: dict[str, NoDecayRule] = {}
@@ -117,6 +122,8 @@ def register_layer_decay_rule(name: str, rule: LayerDecayRule, no_decay: NoDecay
 register_layer_decay_rule("classification", _classification_rule, no_decay_bias_and_1d)
 register_layer_decay_rule("detection", _model_rule, no_decay_bias_1d_and_norm)
 register_layer_decay_rule("segmentation", _model_rule, no_decay_bias_1d_and_norm)
+# Official configs without the layer-decay constructor (e.g. DINO-L ``0.1x_backbone_lr``): decay on everything.
+register_layer_decay_rule("mmcv_default", _model_rule, no_decay_none)
 
 
 def param_groups(
@@ -125,6 +132,7 @@ def param_groups(
     layer_decay: float = 1.0,
     rule: str = "classification",
     offset_lr_mul: float = 1.0,
+    backbone_lr_mult: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups carrying ``lr_scale`` (read by the schedulers) and ``weight_decay``.
 
@@ -137,6 +145,7 @@ def param_groups(
         layer_decay: Ratio per layer (1.0 = off).
         rule: Key of :data:`LAYER_DECAY_RULES` / :data:`NO_DECAY_RULES`.
         offset_lr_mul: DCN offset lr multiplier (classification rule, with layer decay).
+        backbone_lr_mult: Lr multiplier of the InternImage backbone's parameters (on top of any layer decay).
 
     Returns:
         List of dicts with ``params``, ``lr_scale``, ``weight_decay`` and ``names`` (for logging).
@@ -147,11 +156,14 @@ def param_groups(
     if lr_scale is None and offset_lr_mul != 1.0:
         logger.info("offset_lr_mul=%s ignored: it applies with layer decay only (as in the original)", offset_lr_mul)
     no_decay = NO_DECAY_RULES.get(rule, no_decay_bias_and_1d)
+    backbone_prefix = _find_backbone(model)[0] if backbone_lr_mult != 1.0 else None
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         scale = lr_scale(name) if lr_scale is not None else 1.0
+        if backbone_prefix is not None and name.startswith(backbone_prefix):
+            scale *= backbone_lr_mult
         wd = 0.0 if no_decay(name, param) else weight_decay
         group = groups.setdefault((scale, wd), {"params": [], "names": [], "lr_scale": scale, "weight_decay": wd})
         group["params"].append(param)

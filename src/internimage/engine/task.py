@@ -93,7 +93,9 @@ class Task(abc.ABC):
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Optimizer groups (default: layer decay by ``cfg.layer_decay_rule``, no decay on 1-D params / biases)."""
         c = self.cfg
-        return param_groups(model, c.weight_decay, c.layer_decay, c.layer_decay_rule, c.offset_lr_mul)
+        return param_groups(
+            model, c.weight_decay, c.layer_decay, c.layer_decay_rule, c.offset_lr_mul, c.backbone_lr_mult
+        )
 
     def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
         """Submodules sharded as separate FSDP2 units (default: every instance of :attr:`fsdp_unit_types`)."""

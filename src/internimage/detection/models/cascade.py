@@ -32,6 +32,7 @@ def build_cascade_mask_rcnn(
     head_norm: bool = True,
     mask_channels: int = 256,
     mask_convs: int = 4,
+    with_mask: bool = True,
     roi_align: str = "mmdet",
     stage_iou: Sequence[float] = (0.5, 0.6, 0.7),
     stage_weights: Sequence[float] = (1.0, 0.5, 0.25),
@@ -54,7 +55,8 @@ def build_cascade_mask_rcnn(
 
     Cascade configs keep 2000 RPN proposals per image in training (mmdet's ``cascade_rcnn`` default), and their RPN
     uses smooth-L1 (beta 1/9) with ``allowed_border=0``. ``reg_class_agnostic=True`` gives mmdet's R-50 Cascade head
-    (4 deltas shared by all classes) instead of the official InternImage one.
+    (4 deltas shared by all classes) instead of the official InternImage one. ``with_mask=False`` builds the
+    box-only Cascade R-CNN (the CrowdHuman config: ``head_convs=0, head_fcs=2, head_norm=False``, smooth-L1).
     """
     fpn = build_fpn(backbone, fpn_channels, backbone_checkpoint, backbone_overrides)
     rpn = build_detector_rpn(
@@ -86,7 +88,7 @@ def build_cascade_mask_rcnn(
             )
             for _ in range(n)
         ],
-        [FCNMaskHead(fpn_channels, num_classes, mask_convs, mask_channels) for _ in range(n)],
+        [FCNMaskHead(fpn_channels, num_classes, mask_convs, mask_channels) for _ in range(n)] if with_mask else [],
         stage_iou=stage_iou,
         stage_weights=stage_weights,
         stage_stds=stage_stds,

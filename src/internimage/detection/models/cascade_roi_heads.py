@@ -137,7 +137,7 @@ class CascadeRoIHeads(nn.Module):
         box_roi_pool: Pooler for box features (7x7).
         mask_roi_pool: Pooler for mask features (14x14).
         box_heads: One :class:`ConvFCBoxHead` per stage.
-        mask_heads: One :class:`FCNMaskHead` per stage.
+        mask_heads: One :class:`FCNMaskHead` per stage, or none for a box-only Cascade R-CNN.
         stage_iou: Foreground IoU of each stage's sampler.
         stage_weights: Loss weight of each stage.
         stage_stds: Delta normalisation of each stage (mmdet ``target_stds``).
@@ -169,7 +169,7 @@ class CascadeRoIHeads(nn.Module):
     ) -> None:
         super().__init__()
         n = len(box_heads)
-        if not (len(mask_heads) == len(stage_iou) == len(stage_weights) == len(stage_stds) == n):
+        if not (len(mask_heads) in (0, n) and len(stage_iou) == len(stage_weights) == len(stage_stds) == n):
             raise ValueError(f"CascadeRoIHeads: every per-stage setting needs {n} entries, one per box head")
         if box_loss not in ("giou", "smooth_l1"):
             raise ValueError(f"box_loss must be 'giou' or 'smooth_l1', got {box_loss!r}")
@@ -289,7 +289,8 @@ class CascadeRoIHeads(nn.Module):
             pos_deltas = self._class_deltas(deltas[pos], labels[pos])
             losses[f"s{stage}.loss_cls"] = w * F.cross_entropy(logits, labels)
             losses[f"s{stage}.loss_box"] = w * self._box_loss(stage, pos_deltas, all_rois[pos], gt[pos], len(labels))
-            losses[f"s{stage}.loss_mask"] = w * self._mask_loss(stage, features, samples, targets, image_shapes)
+            if self.mask_heads:
+                losses[f"s{stage}.loss_mask"] = w * self._mask_loss(stage, features, samples, targets, image_shapes)
             if stage < self.num_stages - 1:
                 with torch.no_grad():
                     # mmdet's refine_bboxes: positives regress with their gt class, the rest with their top class.
@@ -319,6 +320,8 @@ class CascadeRoIHeads(nn.Module):
         # mmdet averages the stages' logits, then takes the softmax (BBoxHead.get_bboxes).
         scores = F.softmax(logit_sum / self.num_stages, -1).split(counts)
         results = [self._postprocess(b, s) for b, s in zip(decoded, scores)]
+        if not self.mask_heads:  # Cascade R-CNN (boxes only)
+            return results
         det_boxes = [r["boxes"] for r in results]
         if sum(len(b) for b in det_boxes) == 0:
             for r in results:

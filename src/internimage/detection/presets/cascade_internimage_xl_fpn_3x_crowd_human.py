@@ -1,0 +1,19 @@
+"""Official ``cascade_internimage_xl_fpn_3x_crowd_human``: InternImage-XL (22k) + FPN + Cascade R-CNN on CrowdHuman
+(one class, ``person`` full-body boxes), 3x.
+
+mmdet's R-50 Cascade R-CNN heads (Shared2FC, smooth-L1, class-agnostic regression, no masks), the 3x multi-scale +
+crop AutoAugment pipeline, AdamW lr 1e-4, weight decay 1e-4, layer decay 0.94, drop path 0.4.
+"""
+
+from . import cascade
+
+PRESET = cascade(
+    "3x", model="internimage_xl_22k_384", dataset="crowdhuman", num_classes=1,
+    train_ann="annotations/annotation_train.json", train_images="Images",
+    val_ann="annotations/annotation_val.json", val_images="Images",
+    drop_path_rate=0.4, lr=1e-4, weight_decay=1e-4, layer_decay=0.94,
+    model_kwargs=dict(
+        with_mask=False, head_convs=0, head_fcs=2, head_norm=False, box_loss="smooth_l1", box_loss_weight=1.0,
+        reg_class_agnostic=True,
+    ),
+)  # fmt: skip
