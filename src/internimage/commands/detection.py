@@ -57,6 +57,7 @@ def _resolve_config(args: argparse.Namespace, train: bool) -> DetectionConfig:
         "model": args.model,
         "num_classes": args.num_classes,
         "data_root": getattr(args, "data_root", None),
+        "dataset": getattr(args, "dataset", None),
         "score_thresh": getattr(args, "score_thresh", None),  # predict's flag, range-checked by validate()
     }
     return resolve_config(DetectionConfig, args, train, flags)
@@ -74,10 +75,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
+def _add_dataset(parser: argparse.ArgumentParser) -> None:
+    from ..detection.config import DATASETS
+
+    parser.add_argument(
+        "--dataset", choices=DATASETS, help="annotation layout and metric (default: the preset's, else coco)"
+    )
+
+
 # ------------------------------------------------------------------------------------------------- train
 def _train_args(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--data-root", help="folder the annotation / image paths are relative to")
+    _add_dataset(parser)
     parser.add_argument("--pretrained", help="classification, mmdet or our checkpoint to start from")
     add_output(parser, "run directory (default: runs/<preset or model>)")
     parser.add_argument("--epochs", type=int, help="training epochs (12 for 1x, 36 for 3x)")
@@ -110,6 +120,7 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--checkpoint", required=True, help="our model.safetensors, a training or an mmdet checkpoint")
     parser.add_argument("--data-root", help="folder the annotation / image paths are relative to")
+    _add_dataset(parser)
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
     add_output(parser, "folder for det_metrics.json")
     add_overwrite(parser)
@@ -129,7 +140,7 @@ def _eval(args: argparse.Namespace) -> int:
     ds = build_dataset(cfg, train=False)  # the annotations are checked before the model is built
     target = Path(args.output) / "det_metrics.json" if args.output else None
     if target is not None:
-        check_outputs([target], [Path(args.checkpoint), ds.ann_file], args.overwrite)
+        check_outputs([target], [Path(args.checkpoint), getattr(ds, "ann_file", None) or ds.source], args.overwrite)
     model = load_detector(cfg, args.checkpoint, device)
     if args.limit > 0:
         ds = Subset(ds, range(min(args.limit, len(ds))))

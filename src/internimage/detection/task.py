@@ -64,30 +64,106 @@ def _path(cfg: DetectionConfig, rel: str) -> Path:
 
 
 def build_dataset(cfg: DetectionConfig, train: bool) -> Any:
-    """The COCO train or val set of ``cfg`` with the official pipeline.
+    """The train or val set of ``cfg`` (in its ``dataset`` layout) with the official pipeline.
 
-    With ``cfg.classes`` (a checkpoint's or a run's class names) the categories are matched by name, so labels mean
-    the same classes whatever ids the file gives them; without (official weights) labels follow the sorted ids.
+    COCO: with ``cfg.classes`` (a checkpoint's or a run's class names) the categories are matched by name, so labels
+    mean the same classes whatever ids the file gives them; without (official weights) labels follow the sorted
+    ids. The other layouts define their label order themselves; ``cfg.classes`` must then equal it.
     """
-    from .data import CocoDetection, detection_transforms
+    from .data import detection_transforms
 
     ann, images = (cfg.train_ann, cfg.train_images) if train else (cfg.val_ann, cfg.val_images)
     transforms = detection_transforms(cfg.recipe, train, tuple(cfg.img_scale), cfg.scale_factor)
-    ds = CocoDetection(_path(cfg, ann), _path(cfg, images), transforms, train=train, classes=cfg.classes or None)
-    if ds.num_classes != cfg.num_classes:
-        raise ValueError(f"{_path(cfg, ann)} has {ds.num_classes} categories but num_classes={cfg.num_classes}")
+    ds = _DATASET_BUILDERS[cfg.dataset](cfg, ann, images, transforms, train)
+    names = list(_base(ds).class_names)
+    if len(names) != cfg.num_classes:
+        raise ValueError(f"{_path(cfg, ann)} has {len(names)} categories but num_classes={cfg.num_classes}")
+    if cfg.dataset != "coco" and cfg.classes and list(cfg.classes) != names:
+        raise ValueError(f"{_path(cfg, ann)}: its classes are not the model's ({cfg.dataset} fixes the label order)")
     return ds
+
+
+def _base(ds: Any) -> Any:
+    while hasattr(ds, "dataset"):  # ClassBalancedDataset, ConcatDataset-like wrappers
+        ds = ds.dataset
+    return ds.datasets[0] if hasattr(ds, "datasets") else ds
+
+
+def _coco(cfg: DetectionConfig, ann: str, images: str, transforms: Any, train: bool) -> Any:
+    from .data import CocoDetection
+
+    classes = cfg.classes or None
+    return CocoDetection(_path(cfg, ann), _path(cfg, images), transforms, train=train, classes=classes)
+
+
+def _lvis(cfg: DetectionConfig, ann: str, images: str, transforms: Any, train: bool) -> Any:
+    from .datasets.lvis import ClassBalancedDataset, LVISDataset
+
+    ds = LVISDataset(_path(cfg, ann), _path(cfg, images), transforms, train=train)
+    # The official LVIS train set is mmdet's ClassBalancedDataset(oversample_thr=1e-3): repeat-factor sampling.
+    return ClassBalancedDataset(ds, oversample_thr=1e-3) if train else ds
+
+
+def _crowdhuman(cfg: DetectionConfig, ann: str, images: str, transforms: Any, train: bool) -> Any:
+    from .datasets.crowdhuman import CrowdHumanDataset
+
+    return CrowdHumanDataset(_path(cfg, ann), _path(cfg, images), transforms, train=train)
+
+
+def _voc(cfg: DetectionConfig, ann: str, images: str, transforms: Any, train: bool) -> Any:
+    from .datasets.voc import VOCDataset
+
+    # ``a.txt,b.txt`` with ``VOC2007,VOC2012``: mmdet's voc0712 concatenation of the years' trainval sets.
+    anns, folders = ann.split(","), images.split(",")
+    if len(anns) != len(folders):
+        raise ValueError(f"VOC: {len(anns)} ImageSets files ({ann!r}) for {len(folders)} folders ({images!r})")
+    parts = [VOCDataset(_path(cfg, a), _path(cfg, f), transforms, train=train) for a, f in zip(anns, folders)]
+    return parts[0] if len(parts) == 1 else _Concat(parts)
+
+
+def _openimages(cfg: DetectionConfig, ann: str, images: str, transforms: Any, train: bool) -> Any:
+    from .datasets.openimages import OpenImagesDataset
+
+    labels = cfg.train_image_labels if train else cfg.val_image_labels
+    return OpenImagesDataset(
+        _path(cfg, ann),
+        _path(cfg, cfg.label_file),
+        _path(cfg, cfg.hierarchy_file) if cfg.hierarchy_file else None,
+        _path(cfg, labels) if labels else None,
+        _path(cfg, images),
+        transforms,
+        train=train,
+    )
+
+
+class _Concat(torch.utils.data.ConcatDataset):
+    """Concatenated training sets of one layout (VOC07+12 trainval)."""
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.datasets[0].class_names
+
+
+#: The metric that picks the best checkpoint, per dataset (higher is better).
+PRIMARY_METRICS = {"coco": "bbox_mAP", "lvis": "bbox_AP", "crowdhuman": "AP", "voc": "mAP", "openimages": "mAP"}
+_DATASET_BUILDERS = {
+    "coco": _coco,
+    "lvis": _lvis,
+    "crowdhuman": _crowdhuman,
+    "voc": _voc,
+    "openimages": _openimages,
+}
 
 
 class DetectionTask(Task):
     """COCO instance detection / segmentation for the engine's :class:`~internimage.engine.Trainer`."""
 
-    primary_metric = "bbox_mAP"
     fsdp_unit_types = (InternImageBlock,)
 
     def __init__(self, cfg: DetectionConfig) -> None:
         super().__init__(cfg)
         self.cfg: DetectionConfig = cfg
+        self.primary_metric = PRIMARY_METRICS[cfg.dataset]
 
     def build_model(self) -> torch.nn.Module:
         model = build_detector_from_config(self.cfg)
@@ -101,7 +177,7 @@ class DetectionTask(Task):
     def build_datasets(self, info: Any) -> tuple[Any, Any]:
         train = build_dataset(self.cfg, train=True)
         if not self.cfg.classes:
-            self.cfg.classes = list(train.class_names)
+            self.cfg.classes = list(_base(train).class_names)
         # Built after the names are fixed: a val file numbering the same categories differently is matched by name.
         val = build_dataset(self.cfg, train=False) if self.cfg.val_ann else None
         return train, val
