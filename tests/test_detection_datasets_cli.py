@@ -16,6 +16,7 @@ import torch
 
 from internimage.cli import main
 from internimage.detection.presets import get_preset
+from reference.fixtures_det import write_openimages, write_voc
 from test_crowdhuman import ODGT, converted_json, write_images
 from test_dino import TINY as DINO_TINY
 from test_lvis import write_layout
@@ -39,7 +40,8 @@ def _train_and_eval(tmp_path: Path, capsys, dataset: str, arch: str, classes: in
         f"model_kwargs={json.dumps(kwargs)}", "workers=0", "warmup_iters=1", "lr=1e-3", "log_every=1",
         "layer_scale=1.0",
     ]  # fmt: skip
-    code = main(["train", *common, "--output", str(run), "--epochs", "1", "--batch-size", "2", *train_sets, *sets])
+    # Batch 1 in training too: the in-loop eval then pads exactly as `eval` does (DINO sees the padding).
+    code = main(["train", *common, "--output", str(run), "--epochs", "1", "--batch-size", "1", *train_sets, *sets])
     assert code == 0
     result = json.loads((run / "result.json").read_text())
     capsys.readouterr()
@@ -82,3 +84,36 @@ def test_crowdhuman_train_and_eval_through_the_cli(tmp_path, capsys):
     result, metrics, out = _train_and_eval(tmp_path, capsys, "crowdhuman", "cascade_mask_rcnn", 1, kwargs, sets)
     assert {"AP", "mMR", "recall"} <= set(result) and metrics["AP"] == pytest.approx(result["AP"], abs=1e-6)
     assert 0.0 <= metrics["mMR"] <= 1.0 and "mMR" in out
+
+
+def test_voc_train_and_eval_through_the_cli(tmp_path, capsys):
+    devkit = tmp_path / "data"
+    write_voc(devkit, 2007, seed=3, split="trainval")
+    write_voc(devkit, 2012, seed=4, split="trainval")
+    write_voc(devkit, 2007, seed=5, split="test")
+    sets = [  # the voc07 preset's files: VOC07+12 trainval, VOC2007 test
+        "train_ann=VOC2007/ImageSets/Main/trainval.txt,VOC2012/ImageSets/Main/trainval.txt",
+        "train_images=VOC2007,VOC2012", "val_ann=VOC2007/ImageSets/Main/test.txt", "val_images=VOC2007",
+        "classes=[cat,dog,person,car]",
+    ]  # fmt: skip
+    kwargs = dict(DINO_TINY, backbone_overrides=dict(layer_scale=1.0), max_per_img=300)
+    result, metrics, out = _train_and_eval(tmp_path, capsys, "voc", "dino", 4, kwargs, sets)
+    assert {"mAP", "AP50"} <= set(result) and metrics["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
+    assert "mAP" in out
+
+
+def test_openimages_train_and_eval_through_the_cli(tmp_path, capsys):
+    from reference.fixtures_det import OI_CLASSES
+
+    info = write_openimages(tmp_path / "data", seed=7)
+    rel = {k: str(Path(info[k]).relative_to(tmp_path / "data")) for k in ("ann_file", "label_file", "hierarchy_file")}
+    rel["image_level_file"] = str(Path(info["image_level_file"]).relative_to(tmp_path / "data"))
+    images = str(Path(info["img_prefix"]).relative_to(tmp_path / "data"))
+    sets = [
+        f"train_ann={rel['ann_file']}", f"train_images={images}", f"val_ann={rel['ann_file']}",
+        f"val_images={images}", f"label_file={rel['label_file']}", f"hierarchy_file={rel['hierarchy_file']}",
+        f"val_image_labels={rel['image_level_file']}",
+    ]  # fmt: skip
+    kwargs = dict(DINO_TINY, backbone_overrides=dict(layer_scale=1.0), max_per_img=300)
+    result, metrics, out = _train_and_eval(tmp_path, capsys, "openimages", "dino", len(OI_CLASSES), kwargs, sets)
+    assert {"mAP", "AP50"} <= set(result) and metrics["mAP"] == pytest.approx(result["mAP"], abs=1e-6)

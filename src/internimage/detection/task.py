@@ -117,7 +117,10 @@ def _voc(cfg: DetectionConfig, ann: str, images: str, transforms: Any, train: bo
     anns, folders = ann.split(","), images.split(",")
     if len(anns) != len(folders):
         raise ValueError(f"VOC: {len(anns)} ImageSets files ({ann!r}) for {len(folders)} folders ({images!r})")
-    parts = [VOCDataset(_path(cfg, a), _path(cfg, f), transforms, train=train) for a, f in zip(anns, folders)]
+    parts = [
+        VOCDataset(_path(cfg, f), str(_path(cfg, a)), transforms, train=train, classes=cfg.classes or None)
+        for a, f in zip(anns, folders)
+    ]
     return parts[0] if len(parts) == 1 else _Concat(parts)
 
 
