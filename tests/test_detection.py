@@ -671,3 +671,27 @@ def test_box_only_cascade_of_the_crowd_human_config_trains_and_predicts_without_
     with torch.no_grad():
         pred = model(images, orig_sizes=[(64, 64)])[0]
     assert "masks" not in pred and pred["boxes"].shape[1] == 4
+
+
+@pytest.mark.parametrize(
+    "preset,millions,tol",
+    [
+        ("dino_4scale_cbinternimage_h_objects365_lvis_minival_ss", 2180, 5),  # zoo (lvis/README.md): 2.18B
+        ("dino_4scale_cbinternimage_h_objects365_lvis_val_ss", 2180, 5),  # zoo: 2.18B
+        ("dino_4scale_cbinternimage_h_objects365_openimages_ss", 2180, 5),  # CB-H as in the COCO zoo: 2.18B
+        ("dino_4scale_cbinternimage_h_objects365_voc07", 2180, 5),
+        ("dino_4scale_cbinternimage_h_objects365_voc12", 2180, 5),
+        ("mask_rcnn_internimage_t_fpn_1x_coco_with_dcnv4", 49, 0.5),  # zoo: 49M (the DCNv3 config's)
+        ("dino_4scale_internimage_l_1x_coco_0.1x_backbone_lr", 241, 0.5),  # zoo: 241M
+        ("cascade_internimage_xl_fpn_3x_crowd_human", 374.4, 0.5),  # zoo: TBD; ours
+    ],
+)
+def test_full_size_presets_beyond_coco_match_the_zoo_counts(preset, millions, tol):
+    from internimage.detection.presets import get_preset
+
+    cfg = get_preset(preset)
+    kwargs = dict(cfg.get("model_kwargs", {}))
+    overrides = dict(layer_scale=cfg.get("layer_scale", 1.0), **kwargs.pop("backbone_overrides", {}))
+    with torch.device("meta"):
+        model = build_detector(cfg["arch"], cfg["model"], cfg["num_classes"], backbone_overrides=overrides, **kwargs)
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - millions) < tol

@@ -132,12 +132,28 @@ def official_cascade_heads() -> dict[str, tuple[int, ...]]:
     return out
 
 
-def official_checkpoint(arch: str, backbone: str) -> dict[str, torch.Tensor]:
+def official_cascade_rcnn_2fc_heads(num_classes: int) -> dict[str, tuple[int, ...]]:
+    """The CrowdHuman config's Cascade R-CNN: 3 x ``Shared2FCBBoxHead(reg_class_agnostic=True)``, no mask head
+    (``detection/configs/crowd_human/cascade_internimage_xl_fpn_3x_crowd_human.py``)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for s in range(3):
+        b = f"roi_head.bbox_head.{s}."
+        out.update({b + "shared_fcs.0.weight": (1024, 256 * 49), b + "shared_fcs.0.bias": (1024,)})
+        out.update({b + "shared_fcs.1.weight": (1024, 1024), b + "shared_fcs.1.bias": (1024,)})
+        out.update({b + "fc_cls.weight": (num_classes + 1, 1024), b + "fc_cls.bias": (num_classes + 1,)})
+        out.update({b + "fc_reg.weight": (4, 1024), b + "fc_reg.bias": (4,)})
+    return out
+
+
+def official_checkpoint(arch: str, backbone: str, crowd_human: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor of the official checkpoint, as zero-stride views (a full-size file takes a few kB)."""
     channels, depths, groups, post_norm = OFFICIAL_BACKBONES[backbone]
     shapes = official_backbone(channels, depths, groups, post_norm)
     shapes.update(official_neck_rpn([channels * 2**i for i in range(4)]))
-    shapes.update(official_mask_rcnn_heads() if arch == "mask_rcnn" else official_cascade_heads())
+    if crowd_human:
+        shapes.update(official_cascade_rcnn_2fc_heads(1))
+    else:
+        shapes.update(official_mask_rcnn_heads() if arch == "mask_rcnn" else official_cascade_heads())
     sd = {}
     for k, shape in shapes.items():
         dtype = torch.int64 if k.endswith("num_batches_tracked") else torch.float32
@@ -150,13 +166,14 @@ def official_checkpoint(arch: str, backbone: str) -> dict[str, torch.Tensor]:
 def test_official_checkpoint_layout_loads_strictly_for_every_preset(tmp_path, preset):
     cfg = get_preset(preset)
     backbone = cfg["model"].rsplit("_", 2)[0]  # internimage_l_22k_384 -> internimage_l
-    sd = official_checkpoint(cfg["arch"], backbone)
+    crowd_human = "crowd_human" in preset
+    sd = official_checkpoint(cfg["arch"], backbone, crowd_human)
     sd["ema_backbone_patch_embed_conv1_weight"] = torch.zeros(1)  # ExpMomentumEMAHook buffers: ignored
     torch.save({"meta": {"epoch": 36}, "state_dict": sd}, tmp_path / "official.pth")
+    kwargs = dict(cfg.get("model_kwargs", {}))
+    overrides = dict(layer_scale=cfg["layer_scale"], **kwargs.pop("backbone_overrides", {}))
     with torch.device("meta"):  # full size without memory; loading checks every name and shape
-        model = build_detector(
-            cfg["arch"], cfg["model"], cfg["num_classes"], backbone_overrides=dict(layer_scale=cfg["layer_scale"])
-        )
+        model = build_detector(cfg["arch"], cfg["model"], cfg["num_classes"], backbone_overrides=overrides, **kwargs)
     result = load_detector_weights(model, tmp_path / "official.pth", strict=True)
     assert result.format == "mmdet" and result.ok
     n_official = sum(math.prod(s.shape) for k, s in sd.items() if not k.startswith("ema_"))
