@@ -4,7 +4,10 @@
   deltas and ``decode_single(deltas (R, 4K), sources (R, 4), max_shape) -> (R, 4K)`` xyxy boxes, with
   mmdet's ``DeltaXYWHBBoxCoder`` numerics (per-stage stds, dw/dh clamped both ways, decode clipped to the image).
 * :class:`MaxIoUMatcher` (a torchvision ``Matcher``): ``(G, P)`` IoUs -> ``(P,)`` gt index, -1 (negative) or
-  -2 (ignored), with mmdet's ``MaxIoUAssigner`` rules (``min_pos_iou``, low-quality matches: last gt wins).
+  -2 (ignored), with mmdet's ``MaxIoUAssigner`` rules (``min_pos_iou``, low-quality matches: last gt wins), and
+  its ``ignore_iof_thr``: candidates flagged by :func:`ignored_candidates` (mostly inside an ignore region) are
+  taken out of the matching before it starts.
+* :func:`box_iof`: mmdet's ``bbox_overlaps(mode='iof')``, intersection over the first boxes' area.
 
 Used by the RPN (:mod:`.rpn`) and the RoI heads (:mod:`.roi_heads`, :mod:`.cascade_roi_heads`).
 """
@@ -17,9 +20,51 @@ from collections.abc import Sequence
 import torch
 from torchvision.models.detection._utils import BoxCoder, Matcher
 
-__all__ = ["DeltaXYWHCoder", "MaxIoUMatcher"]
+__all__ = ["DeltaXYWHCoder", "MaxIoUMatcher", "box_iof", "ignored_candidates"]
 
 _WH_RATIO_CLIP = 16 / 1000  # mmdet's default: |dw|, |dh| <= log(1000 / 16)
+_IOF_EPS = 1e-6  # mmdet's bbox_overlaps: the area divided by is at least eps
+
+
+def box_iof(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Intersection over the area of ``boxes`` (mmdet's ``bbox_overlaps(boxes, regions, mode='iof')``).
+
+    As mmdet, the area is not clamped at 0 but the divisor is at least 1e-6, so an empty box has IoF 0.
+
+    Args:
+        boxes: (N, 4) xyxy.
+        regions: (M, 4) xyxy.
+
+    Returns:
+        (N, M) the share of each box lying inside each region.
+    """
+    lt = torch.max(boxes[:, None, :2], regions[None, :, :2])
+    rb = torch.min(boxes[:, None, 2:], regions[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return wh[..., 0] * wh[..., 1] / area.clamp(min=_IOF_EPS)[:, None]
+
+
+def ignored_candidates(
+    candidates: torch.Tensor, ignore_boxes: torch.Tensor | None, ignore_iof_thr: float
+) -> torch.Tensor | None:
+    """Candidates mmdet's ``MaxIoUAssigner`` takes out of the matching (``ignore_wrt_candidates=True``).
+
+    A candidate is ignored when its largest IoF with an ignore region exceeds ``ignore_iof_thr`` (strictly). As
+    mmdet, nothing is ignored when the threshold is not positive, there are no ignore regions or no candidates.
+
+    Args:
+        candidates: (P, 4) xyxy anchors or proposals.
+        ignore_boxes: (M, 4) xyxy ignore regions (``target["ignore_boxes"]``), or None.
+        ignore_iof_thr: mmdet's ``ignore_iof_thr``; -1 (the default of every official config) switches it off.
+
+    Returns:
+        (P,) bool, or None when nothing can be ignored (the caller then runs exactly as without ignore regions).
+    """
+    if ignore_iof_thr <= 0 or ignore_boxes is None or ignore_boxes.numel() == 0 or candidates.numel() == 0:
+        return None
+    regions = ignore_boxes.to(device=candidates.device, dtype=candidates.dtype).reshape(-1, 4)
+    return box_iof(candidates, regions).max(1).values > ignore_iof_thr
 
 
 class DeltaXYWHCoder(BoxCoder):
@@ -82,6 +127,12 @@ class MaxIoUMatcher(Matcher):
     ``pos_iou_thr``, ignored (-2) in between. With ``match_low_quality``, every prediction whose IoU with gt i equals
     that gt's best IoU (if at least ``min_pos_iou``) is given to gt i, later gts overriding earlier ones
     (torchvision instead keeps each such prediction's own best gt and has no ``min_pos_iou``).
+
+    ``ignore`` (mmdet's ``gt_bboxes_ignore`` with ``ignore_iof_thr``, see :func:`ignored_candidates`) sets the IoUs of
+    the flagged predictions to -1 before any rule runs, as mmdet's ``assign`` does: their best IoU (-1) is below 0,
+    so they are neither negative nor positive (-2), and no gt's best IoU (>= ``min_pos_iou`` >= 0) can equal -1,
+    so low-quality matching cannot pick them either; each gt's low-quality match is its best prediction outside the
+    ignore regions. Without gts every prediction stays negative, ignore regions or not (mmdet returns early).
     """
 
     def __init__(
@@ -90,11 +141,19 @@ class MaxIoUMatcher(Matcher):
         super().__init__(pos_iou_thr, min(neg_iou_thr, pos_iou_thr), allow_low_quality_matches=match_low_quality)
         self.pos_iou_thr, self.neg_iou_thr, self.min_pos_iou = pos_iou_thr, neg_iou_thr, min_pos_iou
 
-    def __call__(self, match_quality_matrix: torch.Tensor) -> torch.Tensor:
-        """Args: match_quality_matrix: (G, P) IoUs. Returns: (P,) gt index, -1 (negative) or -2 (ignored)."""
+    def __call__(self, match_quality_matrix: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+        """Args:
+            match_quality_matrix: (G, P) IoUs.
+            ignore: (P,) bool predictions to take out of the matching (:func:`ignored_candidates`), or None.
+
+        Returns:
+            (P,) gt index, -1 (negative) or -2 (ignored).
+        """
         iou = match_quality_matrix
         if iou.shape[0] == 0:
             return torch.full((iou.shape[1],), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
+        if ignore is not None:
+            iou = iou.masked_fill(ignore[None, :], -1.0)  # mmdet: overlaps[:, ignored] = -1, before every step
         best, best_gt = iou.max(0)
         matches = torch.full_like(best_gt, self.BETWEEN_THRESHOLDS)
         matches[(best >= 0) & (best < self.neg_iou_thr)] = self.BELOW_LOW_THRESHOLD

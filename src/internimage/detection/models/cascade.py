@@ -48,6 +48,7 @@ def build_cascade_mask_rcnn(
     box_batch_size_per_image: int = 512,
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
+    ignore_iof_thr: float = -1.0,
     backbone_checkpoint: str | None = None,
     backbone_overrides: dict[str, Any] | None = None,
 ) -> InternImageCascadeMaskRCNN:
@@ -57,6 +58,9 @@ def build_cascade_mask_rcnn(
     uses smooth-L1 (beta 1/9) with ``allowed_border=0``. ``reg_class_agnostic=True`` gives mmdet's R-50 Cascade head
     (4 deltas shared by all classes) instead of the official InternImage one. ``with_mask=False`` builds the
     box-only Cascade R-CNN (the CrowdHuman config: ``head_convs=0, head_fcs=2, head_norm=False``, smooth-L1).
+    ``ignore_iof_thr`` > 0 (mmdet's ``MaxIoUAssigner(ignore_iof_thr)`` in the RPN and every stage) keeps anchors and
+    RoIs lying mostly inside a ``target["ignore_boxes"]`` region out of the negatives (and positives); the default
+    -1, every official config's, ignores nothing.
     """
     fpn = build_fpn(backbone, fpn_channels, backbone_checkpoint, backbone_overrides)
     rpn = build_detector_rpn(
@@ -68,6 +72,7 @@ def build_cascade_mask_rcnn(
         pre_nms_top_n_test=rpn_pre_nms_top_n_test,
         post_nms_top_n_test=rpn_post_nms_top_n_test,
         batch_size_per_image=rpn_batch_size_per_image,
+        ignore_iof_thr=ignore_iof_thr,
     )
     box_pool, mask_pool = build_roi_pools(fpn, roi_align)
     n = len(stage_iou)
@@ -97,5 +102,6 @@ def build_cascade_mask_rcnn(
         box_loss_weight=box_loss_weight,
         score_thresh=box_score_thresh,
         detections_per_img=box_detections_per_img,
+        ignore_iof_thr=ignore_iof_thr,
     )
     return InternImageCascadeMaskRCNN(fpn, rpn, roi_heads, num_classes)

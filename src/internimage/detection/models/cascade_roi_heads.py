@@ -32,7 +32,7 @@ from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss
 
-from .box_coding import DeltaXYWHCoder, MaxIoUMatcher
+from .box_coding import DeltaXYWHCoder, MaxIoUMatcher, ignored_candidates
 from .roi_heads import mask_targets
 
 __all__ = ["DEFAULT_STAGE_STDS", "CascadeRoIHeads", "ConvFCBoxHead", "FCNMaskHead"]
@@ -148,6 +148,9 @@ class CascadeRoIHeads(nn.Module):
         score_thresh: Minimum detection score.
         nms_thresh: Per-class NMS IoU.
         detections_per_img: Detections kept per image.
+        ignore_iof_thr: mmdet's ``MaxIoUAssigner(ignore_iof_thr)`` of every stage: RoIs whose IoF with a region of
+            ``target["ignore_boxes"]`` exceeds it are neither positive nor negative in that stage's sample (the gt
+            boxes added as RoIs never are); -1 (the official configs) ignores nothing.
     """
 
     def __init__(
@@ -166,6 +169,7 @@ class CascadeRoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        ignore_iof_thr: float = -1.0,
     ) -> None:
         super().__init__()
         n = len(box_heads)
@@ -187,6 +191,7 @@ class CascadeRoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        self.ignore_iof_thr = ignore_iof_thr
 
     @property
     def num_stages(self) -> int:
@@ -217,15 +222,24 @@ class CascadeRoIHeads(nn.Module):
 
     # ------------------------------------------------------------------------------------------- training
     def _sample(self, stage: int, rois: torch.Tensor, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Match RoIs (plus the ground truth, mmdet's ``add_gt_as_proposals``) and draw a balanced sample."""
+        """Match RoIs (plus the ground truth, mmdet's ``add_gt_as_proposals``) and draw a balanced sample.
+
+        RoIs on an ignore region (``target["ignore_boxes"]``, IoF > ``ignore_iof_thr``) are left out of the sample;
+        the ground truth RoIs never are (mmdet assigns the RoIs alone, then adds the gts as positives).
+        """
         gt_boxes, gt_labels = target["boxes"], target["labels"]
+        ignore = ignored_candidates(rois, target.get("ignore_boxes"), self.ignore_iof_thr)
         rois = torch.cat([rois, gt_boxes])
         is_gt = torch.zeros(len(rois), dtype=torch.bool, device=rois.device)
         is_gt[len(rois) - len(gt_boxes) :] = True
+        if ignore is not None:
+            ignore = torch.cat([ignore, ignore.new_zeros(len(gt_boxes))])
         if len(gt_boxes):
-            matched = self.matchers[stage](box_iou(gt_boxes, rois))
+            matched = self.matchers[stage](box_iou(gt_boxes, rois), ignore)
             labels = gt_labels[matched.clamp(min=0)].clone()
-            labels[matched < 0] = 0
+            labels[matched == MaxIoUMatcher.BELOW_LOW_THRESHOLD] = 0
+            # Ignored (only RoIs on an ignore region: pos = neg IoU leaves nothing in between): never sampled.
+            labels[matched == MaxIoUMatcher.BETWEEN_THRESHOLDS] = -1
             gt_index = matched.clamp(min=0)
         else:
             labels = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)

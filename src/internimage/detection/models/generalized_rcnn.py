@@ -84,7 +84,8 @@ def detector_forward(
         model: A detector with ``transform``, ``backbone``, ``rpn`` and ``roi_heads`` (:class:`InternImageRCNN`).
         images: (3, H_i, W_i) uint8 images (or float in [0, 1]), already resized by the data pipeline.
         targets: Training targets per image: ``boxes`` (K, 4) xyxy float, ``labels`` (K,) int64 in 1..num_classes,
-            ``masks`` (K, H_i, W_i) uint8.
+            ``masks`` (K, H_i, W_i) uint8, optionally ``ignore_boxes`` (M, 4) xyxy regions that the RPN and RoI
+            heads keep out of their negatives when built with ``ignore_iof_thr`` > 0.
         orig_sizes: (H, W) to map predictions back to (the size before the pipeline's resize); default: input size.
 
     Returns:
@@ -138,6 +139,7 @@ def build_detector_rpn(
     pre_nms_top_n_test: int,
     post_nms_top_n_test: int,
     batch_size_per_image: int,
+    ignore_iof_thr: float = -1.0,
 ) -> MMDetRPN:
     """:func:`build_rpn` over the maps of ``fpn``, with the builders' per-mode proposal counts.
 
@@ -150,6 +152,7 @@ def build_detector_rpn(
         pre_nms_top_n_test: As above, at test time.
         post_nms_top_n_test: As above, at test time.
         batch_size_per_image: Anchors sampled per image for the loss.
+        ignore_iof_thr: See :func:`build_rpn`; -1 (the official configs) ignores nothing.
     """
     return build_rpn(
         fpn.out_channels,
@@ -159,6 +162,7 @@ def build_detector_rpn(
         pre_nms_top_n=dict(training=pre_nms_top_n_train, testing=pre_nms_top_n_test),
         post_nms_top_n=dict(training=post_nms_top_n_train, testing=post_nms_top_n_test),
         batch_size_per_image=batch_size_per_image,
+        ignore_iof_thr=ignore_iof_thr,
     )
 
 

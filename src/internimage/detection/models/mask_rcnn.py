@@ -45,6 +45,7 @@ def build_mask_rcnn(
     box_batch_size_per_image: int = 512,
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
+    ignore_iof_thr: float = -1.0,
     backbone_checkpoint: str | None = None,
     backbone_overrides: dict[str, Any] | None = None,
 ) -> InternImageMaskRCNN:
@@ -66,6 +67,9 @@ def build_mask_rcnn(
         box_batch_size_per_image: RoIs sampled per image for the box and mask losses.
         box_detections_per_img: Detections kept per image.
         box_score_thresh: Minimum score of a kept detection.
+        ignore_iof_thr: mmdet's ``MaxIoUAssigner(ignore_iof_thr)`` in the RPN and the RoI head: anchors and
+            proposals whose IoF with a ``target["ignore_boxes"]`` region exceeds it are neither positive nor
+            negative; -1 (every official config) ignores nothing.
         backbone_checkpoint: Classification or mmdet checkpoint for the backbone.
         backbone_overrides: InternImage arguments (the presets set ``layer_scale``, ``drop_path_rate``).
 
@@ -89,6 +93,7 @@ def build_mask_rcnn(
         mask_roi_pool=mask_pool,
         mask_head=MaskRCNNHeads(fpn_channels, [mask_channels] * mask_convs, 1),
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes + 1),
+        ignore_iof_thr=ignore_iof_thr,
     )
     # This builder used to go through torchvision's MaskRCNN, which initialised a default RPN head here that ours
     # then replaced: drawing the same random numbers keeps a seeded build's weights what they were.
@@ -102,5 +107,6 @@ def build_mask_rcnn(
         pre_nms_top_n_test=rpn_pre_nms_top_n_test,
         post_nms_top_n_test=rpn_post_nms_top_n_test,
         batch_size_per_image=rpn_batch_size_per_image,
+        ignore_iof_thr=ignore_iof_thr,
     )
     return InternImageMaskRCNN(fpn, rpn, roi_heads, num_classes)

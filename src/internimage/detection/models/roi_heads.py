@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import batched_nms, roi_align
+from torchvision.ops import batched_nms, box_iou, roi_align
 
-from .box_coding import DeltaXYWHCoder, MaxIoUMatcher
+from .box_coding import DeltaXYWHCoder, MaxIoUMatcher, ignored_candidates
 
 __all__ = ["MMDetRoIHeads", "mask_targets", "paste_masks"]
 
@@ -86,10 +86,17 @@ class MMDetRoIHeads(RoIHeads):
     sampled RoIs (torchvision: smooth-L1, beta 1/9), mask targets binarised from ``roi_align(aligned=True)``
     (torchvision: soft targets, ``aligned=False``). Test: per-class boxes clipped to the image, scores > 0.05,
     per-class NMS, no small-box filter (mmdet's ``multiclass_nms``). Boxes and masks only (no keypoints).
+
+    Args:
+        *args, **kwargs: ``RoIHeads`` arguments.
+        ignore_iof_thr: mmdet's ``MaxIoUAssigner(ignore_iof_thr)``: proposals whose IoF with a region of
+            ``target["ignore_boxes"]`` exceeds it are neither positive nor negative (the gt boxes added as proposals
+            never are, as mmdet adds them after assigning); -1 (the official configs) ignores nothing.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ignore_iof_thr: float = -1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.ignore_iof_thr = ignore_iof_thr
         self.proposal_matcher = MaxIoUMatcher(0.5, 0.5, min_pos_iou=0.5, match_low_quality=True)
         self.box_coder = DeltaXYWHCoder((0.1, 0.1, 0.2, 0.2))
 
@@ -115,6 +122,46 @@ class MMDetRoIHeads(RoIHeads):
             for r, m in zip(result, probs.split([len(b) for b in boxes])):
                 r["masks"] = m
         return result, {}
+
+    def select_training_samples(self, proposals, targets):
+        """torchvision's ``select_training_samples`` with mmdet's ignore regions (``target["ignore_boxes"]``).
+
+        Args:
+            proposals: Per image (P_i, 4) RPN boxes.
+            targets: Per image ``boxes``, ``labels`` (``masks``), optionally ``ignore_boxes`` (M_i, 4).
+
+        Returns:
+            Per image the sampled RoIs (gt boxes included), their gt index, labels (0 background) and box targets.
+        """
+        self.check_targets(targets)
+        dtype = proposals[0].dtype
+        gt_boxes = [t["boxes"].to(dtype) for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        # Flagged before the gt boxes are appended: mmdet assigns the proposals alone and adds the gts as positives.
+        thr = self.ignore_iof_thr
+        ignores = [ignored_candidates(p, t.get("ignore_boxes"), thr) for p, t in zip(proposals, targets)]
+        proposals = self.add_gt_proposals(proposals, gt_boxes)
+        matched_idxs, labels = [], []
+        for props, gts, gt_lab, ignore in zip(proposals, gt_boxes, gt_labels, ignores):
+            if gts.numel() == 0:  # background image: all negatives (mmdet ignores nothing without gts)
+                matched_idxs.append(torch.zeros((len(props),), dtype=torch.int64, device=props.device))
+                labels.append(torch.zeros((len(props),), dtype=torch.int64, device=props.device))
+                continue
+            if ignore is not None:
+                ignore = torch.cat([ignore, ignore.new_zeros(len(gts))])
+            idx = self.proposal_matcher(box_iou(gts, props), ignore)
+            lab = gt_lab[idx.clamp(min=0)].to(torch.int64)
+            lab[idx == self.proposal_matcher.BELOW_LOW_THRESHOLD] = 0
+            lab[idx == self.proposal_matcher.BETWEEN_THRESHOLDS] = -1  # the sampler skips -1
+            matched_idxs.append(idx.clamp(min=0))
+            labels.append(lab)
+        sampled = self.subsample(labels)
+        matched_gt_boxes = []
+        for i, keep in enumerate(sampled):
+            proposals[i], labels[i], matched_idxs[i] = proposals[i][keep], labels[i][keep], matched_idxs[i][keep]
+            gts = gt_boxes[i] if gt_boxes[i].numel() else proposals[i].new_zeros((1, 4))
+            matched_gt_boxes.append(gts[matched_idxs[i]])
+        return proposals, matched_idxs, labels, self.box_coder.encode(matched_gt_boxes, proposals)
 
     def _losses(self, features, proposals, image_shapes, targets) -> dict[str, torch.Tensor]:
         proposals, matched, labels, _ = self.select_training_samples(proposals, targets)

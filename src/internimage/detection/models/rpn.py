@@ -3,7 +3,8 @@
 :class:`MMDetRPN` is called as torchvision's: ``(ImageList, FPN maps, targets) -> (per image (P_i, 4) xyxy
 proposals, losses)`` with losses ``loss_objectness`` and ``loss_rpn_box_reg`` in training. It differs in what
 mmdet's ``RPNHead`` trains on: anchors outside the image (``allowed_border``) or the image's own padding are left
-out, and the box loss is L1 or smooth-L1 (beta 1/9). :func:`build_rpn` wires it with mmdet's anchors
+out, anchors mostly inside an ignore region (``target["ignore_boxes"]``, with ``ignore_iof_thr``) are neither
+positive nor negative, and the box loss is L1 or smooth-L1 (beta 1/9). :func:`build_rpn` wires it with mmdet's anchors
 (:mod:`.anchor_utils`), matcher and box coder (:mod:`.box_coding`).
 """
 
@@ -19,7 +20,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from .anchor_utils import MMDetAnchorGenerator
-from .box_coding import DeltaXYWHCoder, MaxIoUMatcher
+from .box_coding import DeltaXYWHCoder, MaxIoUMatcher, ignored_candidates
 
 __all__ = ["MMDetRPN", "build_rpn"]
 
@@ -35,6 +36,9 @@ class MMDetRPN(RegionProposalNetwork):
             and of the loss (mmdet's ``anchor_inside_flags``); -1 keeps them.
         size_divisible: Each image's own padding (mmdet's ``pad_shape``): anchors at map positions beyond it (the
             extra padding of a batch of unequal images) are left out too (mmdet's ``valid_flags``).
+        ignore_iof_thr: mmdet's ``MaxIoUAssigner(ignore_iof_thr)``: valid anchors whose IoF with a region of
+            ``target["ignore_boxes"]`` exceeds it are ignored (see :class:`MaxIoUMatcher`); -1 (the official
+            configs) ignores nothing.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class MMDetRPN(RegionProposalNetwork):
         box_loss: str = "l1",
         allowed_border: float = -1,
         size_divisible: int = 32,
+        ignore_iof_thr: float = -1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -51,6 +56,7 @@ class MMDetRPN(RegionProposalNetwork):
         self.box_loss = box_loss
         self.allowed_border = allowed_border
         self.size_divisible = size_divisible
+        self.ignore_iof_thr = ignore_iof_thr
         self._image_sizes: list[tuple[int, int]] = []
         self._map_sizes: list[tuple[int, int]] = []
 
@@ -78,18 +84,43 @@ class MMDetRPN(RegionProposalNetwork):
         return valid
 
     def assign_targets_to_anchors(self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]):
-        """Match only the valid anchors (as mmdet, so a gt's best anchor is its best valid one); the rest get -1."""
+        """Match only the valid anchors (as mmdet, so a gt's best anchor is its best valid one); the rest get -1.
+
+        Returns, per image, labels (1 positive, 0 negative, -1 left out or ignored) and the matched gt boxes.
+        """
         labels, matched = [], []
         for a, t, size in zip(anchors, targets, self._image_sizes):
             valid = self.valid_anchors(a, size)
-            sub_labels, sub_matched = super().assign_targets_to_anchors([a[valid]], [t])
+            sub_labels, sub_matched = self._match(a[valid], t)
             lab = a.new_full((len(a),), -1.0)
-            lab[valid] = sub_labels[0].to(lab.dtype)
+            lab[valid] = sub_labels.to(lab.dtype)
             boxes = a.clone()  # left-out anchors regress to themselves (never used: never sampled)
-            boxes[valid] = sub_matched[0].to(boxes.dtype)
+            boxes[valid] = sub_matched.to(boxes.dtype)
             labels.append(lab)
             matched.append(boxes)
         return labels, matched
+
+    def _match(self, anchors: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """torchvision's per-image ``assign_targets_to_anchors``, with mmdet's ignore regions given to the matcher.
+
+        Args:
+            anchors: (N, 4) the valid anchors.
+            target: ``boxes`` (G, 4) and optionally ``ignore_boxes`` (M, 4).
+
+        Returns:
+            (N,) float labels (1, 0, or -1 between thresholds / ignored) and (N, 4) matched gt boxes.
+        """
+        gt_boxes = target["boxes"]
+        if gt_boxes.numel() == 0:  # background image: every anchor negative (mmdet ignores nothing without gts)
+            zeros = torch.zeros(anchors.shape, dtype=torch.float32, device=anchors.device)
+            return zeros[:, 0].clone(), zeros
+        ignore = ignored_candidates(anchors, target.get("ignore_boxes"), self.ignore_iof_thr)
+        matched_idxs = self.proposal_matcher(self.box_similarity(gt_boxes, anchors), ignore)
+        matched_gt_boxes = gt_boxes[matched_idxs.clamp(min=0)]
+        labels = (matched_idxs >= 0).to(dtype=torch.float32)
+        labels[matched_idxs == self.proposal_matcher.BELOW_LOW_THRESHOLD] = 0.0
+        labels[matched_idxs == self.proposal_matcher.BETWEEN_THRESHOLDS] = -1.0
+        return labels, matched_gt_boxes
 
     def compute_loss(
         self,
@@ -123,6 +154,7 @@ def build_rpn(
     pre_nms_top_n: dict[str, int],
     post_nms_top_n: dict[str, int],
     batch_size_per_image: int = 256,
+    ignore_iof_thr: float = -1.0,
 ) -> MMDetRPN:
     """The RPN of the official configs: 3 anchors (scale 8, ratios 0.5/1/2) per location, one sigmoid logit each,
     IoU 0.7/0.3 with low-quality matches from 0.3, 256 anchors at 50% positives, NMS 0.7 per level.
@@ -135,6 +167,8 @@ def build_rpn(
         pre_nms_top_n: Per level ``{'training': n, 'testing': n}`` kept before NMS.
         post_nms_top_n: Per image, after NMS.
         batch_size_per_image: Anchors sampled per image for the loss.
+        ignore_iof_thr: Anchors lying more than this (IoF) inside a ``target["ignore_boxes"]`` region are neither
+            positive nor negative (mmdet's ``MaxIoUAssigner(ignore_iof_thr)``); -1 (official configs) turns it off.
     """
     anchors = MMDetAnchorGenerator(strides)
     rpn = MMDetRPN(
@@ -149,6 +183,7 @@ def build_rpn(
         nms_thresh=0.7,
         box_loss=box_loss,
         allowed_border=allowed_border,
+        ignore_iof_thr=ignore_iof_thr,
     )
     rpn.proposal_matcher = MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3, match_low_quality=True)
     rpn.box_coder = DeltaXYWHCoder()

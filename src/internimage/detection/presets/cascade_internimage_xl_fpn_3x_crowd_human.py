@@ -3,6 +3,13 @@
 
 mmdet's R-50 Cascade R-CNN heads (Shared2FC, smooth-L1, class-agnostic regression, no masks), the 3x multi-scale +
 crop AutoAugment pipeline, AdamW lr 1e-4, weight decay 1e-4, layer decay 0.94, drop path 0.4.
+
+One deliberate departure: ``ignore_iof_thr=0.5``. The official config leaves mmdet's ``MaxIoUAssigner`` at
+``ignore_iof_thr=-1``, so although its ``CrowdHumanDataset`` hands the ignore regions (crowds, mannequins, posters)
+to the heads as ``gt_bboxes_ignore``, they are never used and anchors / RoIs on them train as background. We follow
+the requirement that ignore regions are not negatives, with mmdet's own mechanism: at 0.5, anchors and RoIs lying
+more than half inside an ignore region (IoF) are neither negatives nor positives in the RPN and all three stages.
+Set ``model_kwargs["ignore_iof_thr"] = -1`` to train exactly as the official config.
 """
 
 from . import cascade
@@ -15,5 +22,7 @@ PRESET = cascade(
     model_kwargs=dict(
         with_mask=False, head_convs=0, head_fcs=2, head_norm=False, box_loss="smooth_l1", box_loss_weight=1.0,
         reg_class_agnostic=True,
+        # Not the official -1 (which ignores the ignore regions): keep what lies mostly on one out of the negatives.
+        ignore_iof_thr=0.5,
     ),
 )  # fmt: skip
