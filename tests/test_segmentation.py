@@ -516,9 +516,11 @@ def test_presets_follow_the_official_recipes():
         "l": (640, 2e-5, 0.94, 2),
         "xl": (640, 2e-5, 0.94, 2),
         "h": (896, 2e-5, 0.95, 1),
+        "g": (896, 2e-5, 0.95, 1),
     }
-    names = [n for n in list_presets() if n.startswith("upernet_")]
-    assert len(names) == 6
+    # The ADE20K UperNet presets; the other datasets' are checked in tests/test_segmentation_presets_more.py.
+    names = [n for n in list_presets() if n.startswith("upernet_") and n.endswith("_ade20k")]
+    assert len(names) == 7
     for name in names:
         variant = name.split("_")[2]
         crop, lr, decay, batch = expected[variant]
@@ -528,7 +530,7 @@ def test_presets_follow_the_official_recipes():
         assert (cfg.crop_size, cfg.lr, cfg.layer_decay, cfg.batch_size) == ((crop, crop), lr, decay, batch)
         assert (cfg.iters, cfg.warmup_iters, cfg.sched, cfg.poly_power, cfg.min_lr) == (160000, 1500, "poly", 1.0, 0)
         assert cfg.img_scale == (4 * crop, crop) and cfg.weight_decay == 0.05
-        assert cfg.layer_scale == (None if variant == "h" else 1.0)
+        assert cfg.layer_scale == (None if variant in ("h", "g") else 1.0)
         assert MODEL_SPECS[cfg.model][0] == variant  # the backbone of the right size
     with pytest.raises(ValueError, match="unknown segmentation preset"):
         get_preset("upernet_internimage_q_512_160k_ade20k")

@@ -33,6 +33,7 @@ from ..segmentation import (
     render_overlay,
     segment,
 )
+from ..segmentation.config import DATASET_NAMES
 from ._common import (
     add_config_arguments,
     add_output,
@@ -51,16 +52,38 @@ from ._common import (
 
 
 def _resolve_config(args: argparse.Namespace, train: bool, extra: dict[str, Any] | None = None) -> SegmentationConfig:
-    flags = {
-        "model": args.model,
-        "num_classes": args.num_classes,
-        "data_root": getattr(args, "data_root", None),
-        "dataset": getattr(args, "dataset", None),
-    }
+    flags = {"model": args.model, "num_classes": args.num_classes, "data_root": getattr(args, "data_root", None)}
+    flags = {**_dataset_flags(args, train), **{k: v for k, v in flags.items() if v is not None}}
     if getattr(args, "classes_file", None):
         flags["classes"] = _read_lines(args.classes_file)
         flags["num_classes"] = flags["num_classes"] or len(flags["classes"])
     return resolve_config(SegmentationConfig, args, train, {**flags, **(extra or {})})
+
+
+def _dataset_flags(args: argparse.Namespace, train: bool) -> dict[str, Any]:
+    """``--dataset``: the layout's classes, ``reduce_zero_label`` and split names (``--set`` and the other flags win).
+
+    Evaluating a checkpoint that stores its classes keeps them (the dataset is relabelled to them by name).
+    """
+    from ..engine.config import checkpoint_fields
+    from ..segmentation.datasets import dataset_fields
+    from ._common import overrides
+
+    name = getattr(args, "dataset", None)
+    if not name:
+        return {}
+    # Mapillary with 19 classes is the original's MapillaryHack (merged into the Cityscapes classes).
+    merged = args.num_classes == 19 or "num_classes=19" in [o.replace(" ", "") for o in overrides(args)]
+    fields = dataset_fields(name, cityscapes_classes=name == "mapillary" and merged)
+    if not train and getattr(args, "checkpoint", None):
+        try:
+            stored = checkpoint_fields(args.checkpoint, SegmentationConfig.meta_key, SegmentationConfig)
+        except (OSError, ValueError, KeyError):
+            stored = {}  # resolve_config reports an unreadable checkpoint
+        if stored.get("classes"):
+            fields.pop("classes", None)
+            fields.pop("num_classes", None)
+    return fields
 
 
 def _read_lines(path: str) -> list[str]:
@@ -85,7 +108,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _train_args(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--data-root", help="dataset root")
-    parser.add_argument("--dataset", choices=("ade20k", "cityscapes"), help="dataset layout")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, help="dataset layout (sets its classes and splits)")
     parser.add_argument("--pretrained", help="classification or segmentation checkpoint to start from")
     add_output(parser, "run directory (default: runs/<preset or model>)")
     parser.add_argument("--iters", type=int, help="optimizer steps (160000 officially)")
@@ -116,7 +139,7 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--checkpoint", required=True, help="our model.safetensors, a training or an mmseg checkpoint")
     parser.add_argument("--data-root", help="dataset root")
-    parser.add_argument("--dataset", choices=("ade20k", "cityscapes"), help="dataset layout")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, help="dataset layout (sets its classes and splits)")
     parser.add_argument("--split", help="split folder (default: the config's val_split)")
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode")
     parser.add_argument("--ms", action="store_true", help="official multi-scale test (ratios 0.5 .. 1.75)")

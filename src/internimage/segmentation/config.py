@@ -7,9 +7,10 @@ from typing import Any, ClassVar
 
 from ..engine.config import TaskConfig, TrainConfig
 
-__all__ = ["META_KEY", "SegmentationConfig"]
+__all__ = ["DATASET_NAMES", "META_KEY", "SegmentationConfig"]
 
 META_KEY = "segmentation_config"
+DATASET_NAMES = ("ade20k", "cityscapes", "mapillary", "cocostuff164k", "cocostuff10k", "nyu", "pascal_context")
 
 
 @dataclass
@@ -19,10 +20,14 @@ class SegmentationConfig(TaskConfig, TrainConfig):
     Attributes:
         model: Backbone name from :func:`internimage.list_models` (architecture only; weights via ``pretrained``).
         pretrained: Checkpoint to start from: classification (backbone only) or segmentation (mmseg / ours).
-        head: Decode head (``upernet`` or ``mask2former``).
+        head: Decode head (``upernet``, ``mask2former`` or ``segformer``: mmseg's all-MLP ``SegformerHead``).
         num_classes: Output classes.
         classes: Class names (default: the dataset's).
-        dataset: ``ade20k`` (ADE20K-style folder) or ``cityscapes``.
+        dataset: Layout of ``data_root``: ``ade20k`` (ADE20K-style folder), ``cityscapes``, ``mapillary``,
+            ``cocostuff164k``, ``cocostuff10k``, ``nyu`` or ``pascal_context`` (see
+            :mod:`internimage.segmentation.datasets`; :meth:`from_dataset` fills the layout's classes and splits).
+            ``mapillary`` with ``num_classes=19`` is the original's ``MapillaryHack``: the Vistas classes merged into
+            the 19 Cityscapes ones (as every official Mapillary config trains).
         data_root: Dataset root.
         train_split, val_split: Split folders (``val_split`` empty = no evaluation during training).
         reduce_zero_label: ADE20K convention (0 ignored, k -> k - 1).
@@ -35,7 +40,9 @@ class SegmentationConfig(TaskConfig, TrainConfig):
             attention heads, FFN width, pixel-decoder and transformer-decoder layers, points per mask in the losses).
         avg_non_ignore: Cross entropy averaged over labelled pixels only (official: over all pixels).
         test_mode, test_crop, test_stride: ``whole`` or ``slide`` inference.
-        test_ratios, test_flip: Multi-scale ratios of ``img_scale`` and flip for evaluation.
+        test_ratios, test_flip: Multi-scale ratios of the test scale and flip for evaluation.
+        test_scale: ``(long, short)`` of the test resize when it is not ``img_scale`` (NYU, Pascal Context).
+        dec_ffn_channels: FFN width of Mask2Former's transformer decoder when it is not ``ffn_channels`` (0: same).
     """
 
     meta_key: ClassVar[str] = META_KEY
@@ -52,6 +59,7 @@ class SegmentationConfig(TaskConfig, TrainConfig):
     reduce_zero_label: bool = True
     crop_size: tuple[int, int] = (512, 512)
     img_scale: tuple[int, int] = (2048, 512)
+    test_scale: tuple[int, int] | None = None
     ratio_range: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
     drop_path_rate: float = 0.2
@@ -60,6 +68,7 @@ class SegmentationConfig(TaskConfig, TrainConfig):
     num_queries: int = 100
     attn_heads: int = 8
     ffn_channels: int = 1024
+    dec_ffn_channels: int = 0
     enc_layers: int = 6
     dec_layers: int = 9
     num_points: int = 12544
@@ -91,10 +100,10 @@ class SegmentationConfig(TaskConfig, TrainConfig):
         super().validate()
         if not 0 <= self.drop_path_rate < 1:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.head not in ("upernet", "mask2former"):
-            raise ValueError(f"head must be 'upernet' or 'mask2former', got {self.head!r}")
-        if self.dataset not in ("ade20k", "cityscapes"):
-            raise ValueError(f"dataset must be 'ade20k' or 'cityscapes', got {self.dataset!r}")
+        if self.head not in ("upernet", "mask2former", "segformer"):
+            raise ValueError(f"head must be 'upernet', 'mask2former' or 'segformer', got {self.head!r}")
+        if self.dataset not in DATASET_NAMES:
+            raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)}, got {self.dataset!r}")
         if self.test_mode not in ("whole", "slide"):
             raise ValueError(f"test_mode must be 'whole' or 'slide', got {self.test_mode!r}")
         if self.num_classes < 1:
@@ -109,8 +118,8 @@ class SegmentationConfig(TaskConfig, TrainConfig):
         Bad values here used to fail deep inside a run (a zero stride divides by zero in slide inference) or,
         worse, not at all (no test ratio means no forward pass, and every pixel is scored as class 0).
         """
-        for name in ("img_scale", "crop_size", "test_crop", "test_stride"):
-            if any(v < 1 for v in getattr(self, name)):
+        for name in ("img_scale", "crop_size", "test_crop", "test_stride", "test_scale"):
+            if getattr(self, name) is not None and any(v < 1 for v in getattr(self, name)):
                 raise ValueError(f"{name} must be >= 1, got {list(getattr(self, name))}")
         lo, hi = self.ratio_range
         if not 0 < lo <= hi:
@@ -124,11 +133,25 @@ class SegmentationConfig(TaskConfig, TrainConfig):
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
 
+    @classmethod
+    def from_dataset(cls, name: str, **fields: Any) -> SegmentationConfig:
+        """Defaults with layout ``name``'s classes, ``reduce_zero_label`` and split names, then ``fields``.
+
+        Example: ``SegmentationConfig.from_dataset("nyu", data_root="data/nyu_depth_v2", crop_size=(480, 480))``.
+        """
+        from .datasets import dataset_fields
+
+        merged = name == "mapillary" and fields.get("num_classes") == 19
+        cfg = cls(**{**dataset_fields(name, cityscapes_classes=merged), **fields})
+        cfg.validate()
+        return cfg
+
     def model_fields(self) -> dict[str, Any]:
         """What is needed to rebuild the model and its test-time behaviour (stored with exported weights)."""
         keys = ("model", "head", "num_classes", "classes", "dataset", "reduce_zero_label", "img_scale", "layer_scale")
         keys += ("decode_channels", "aux_channels", "test_mode", "test_crop", "test_stride", "test_ratios")
         keys += ("test_flip", "crop_size", "num_queries", "attn_heads", "ffn_channels", "enc_layers", "dec_layers")
+        keys += ("dec_ffn_channels", "test_scale")
         data = self.to_dict()
         return {k: data[k] for k in keys}
 

@@ -147,7 +147,7 @@ def evaluate_segmentor(
                 seen += 1
                 probs = bare.predict(
                     sample["image"][None].to(device),
-                    scale=cfg.img_scale,
+                    scale=cfg.test_scale or cfg.img_scale,
                     ratios=cfg.test_ratios,
                     flip=cfg.test_flip,
                     mode=cfg.test_mode,

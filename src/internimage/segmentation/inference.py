@@ -54,7 +54,7 @@ def segment(
     device = next(model.parameters()).device
     probs = model.predict(
         image[None].to(device),
-        scale=cfg.img_scale,
+        scale=cfg.test_scale or cfg.img_scale,
         ratios=cfg.test_ratios if ratios is None else ratios,
         flip=cfg.test_flip if flip is None else flip,
         mode=mode or cfg.test_mode,

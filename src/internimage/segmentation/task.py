@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 def build_segmentor(
     cfg: SegmentationConfig, load_pretrained: bool = True, backbone_overrides: dict[str, Any] | None = None
 ) -> Any:
-    """The one segmentor builder: UperNet or Mask2Former (``cfg.head``) on the backbone of ``cfg``.
+    """The one segmentor builder: UperNet, Mask2Former or SegFormer (``cfg.head``) on the backbone of ``cfg``.
 
     Args:
         cfg: Model fields (backbone, head, widths, classes).
@@ -55,7 +55,7 @@ def build_segmentor(
         backbone_overrides: Extra :func:`internimage.create_model` arguments (they win over ``cfg``'s).
     """
     from ..models import create_model, load_weights
-    from .models import build_mask2former, build_upernet
+    from .models import build_mask2former, build_segformer, build_upernet
 
     overrides: dict[str, Any] = {"num_classes": 0, "drop_path_rate": cfg.drop_path_rate, "layer_scale": cfg.layer_scale}
     backbone = create_model(cfg.model, **{**overrides, **(backbone_overrides or {})})
@@ -67,9 +67,14 @@ def build_segmentor(
             num_queries=cfg.num_queries,
             heads=cfg.attn_heads,
             hidden=cfg.ffn_channels,
+            dec_hidden=cfg.dec_ffn_channels or None,
             enc_layers=cfg.enc_layers,
             dec_layers=cfg.dec_layers,
             num_points=cfg.num_points,
+        )
+    elif cfg.head == "segformer":
+        model = build_segformer(
+            backbone, cfg.num_classes, channels=cfg.decode_channels, avg_non_ignore=cfg.avg_non_ignore
         )
     else:
         model = build_upernet(
@@ -90,8 +95,9 @@ def build_dataset(cfg: SegmentationConfig, split: str, train: bool, check_zero_l
     """The dataset of ``split`` with the official train or test transform, labelled in the model's class order.
 
     Args:
-        cfg: Dataset fields; ``cfg.classes`` are the model's class names (the checkpoint's when evaluating):
-            a ``classes.txt`` naming the same classes in another order is mapped to them by name.
+        cfg: Dataset fields (``cfg.dataset`` picks the layout, see :mod:`internimage.segmentation.datasets`);
+            ``cfg.classes`` are the model's class names (the checkpoint's when evaluating): a dataset naming the
+            same classes in another order (``classes.txt``, or a layout's fixed list) is mapped to them by name.
         split: Split folder.
         train: Official train transform, else the test one.
         check_zero_label: Warn when the label maps suggest that ``reduce_zero_label`` throws away a real class.
@@ -100,7 +106,7 @@ def build_dataset(cfg: SegmentationConfig, split: str, train: bool, check_zero_l
         FileNotFoundError: no images, or no label maps for the split.
         ValueError: the dataset's classes are not the model's.
     """
-    from .data import ADE20KDataset, CityscapesDataset, SegTestTransform, SegTrainTransform
+    from .data import ADE20KDataset, SegTestTransform, SegTrainTransform
 
     if not cfg.data_root:
         raise ValueError("no dataset: pass --data-root (or data_root=... in the config)")
@@ -108,8 +114,13 @@ def build_dataset(cfg: SegmentationConfig, split: str, train: bool, check_zero_l
         transform = SegTrainTransform(cfg.crop_size, cfg.img_scale, cfg.ratio_range, cfg.cat_max_ratio)
     else:
         transform = SegTestTransform()
-    if cfg.dataset == "cityscapes":
-        ds = CityscapesDataset(cfg.data_root, split, transform, require_labels=True)
+    if cfg.dataset != "ade20k":
+        from .datasets import build_layout_dataset
+
+        # Mapillary with 19 classes: the original's MapillaryHack (Vistas merged into the Cityscapes classes).
+        kwargs = {"cityscapes_classes": cfg.num_classes == 19} if cfg.dataset == "mapillary" else {}
+        names = cfg.classes or None
+        ds = build_layout_dataset(cfg.dataset, cfg.data_root, split, transform, names, require_labels=True, **kwargs)
     else:
         ds = ADE20KDataset(
             cfg.data_root,
@@ -123,7 +134,11 @@ def build_dataset(cfg: SegmentationConfig, split: str, train: bool, check_zero_l
         if check_zero_label:
             _warn_zero_label(ds, Path(cfg.data_root) / split)
     if ds.num_classes != cfg.num_classes:
-        raise ValueError(f"dataset {cfg.data_root} has {ds.num_classes} classes but num_classes={cfg.num_classes}")
+        hint = "" if cfg.dataset == "ade20k" else f" (--dataset {cfg.dataset} sets num_classes and classes)"
+        raise ValueError(
+            f"dataset {cfg.data_root} ({cfg.dataset}) has {ds.num_classes} classes but num_classes={cfg.num_classes}"
+            + hint
+        )
     return ds
 
 

@@ -17,9 +17,21 @@ from ._dino import objects365_to_coco
 __all__ = ["objects365_to"]
 
 
-def objects365_to(dataset: str, num_classes: int, iters: int, eval_every: int, **fields: Any) -> dict[str, Any]:
-    """The preset for ``dataset`` (``lvis`` / ``openimages`` / ``voc``) with its schedule and files."""
+def objects365_to(
+    dataset: str,
+    num_classes: int,
+    iters: int,
+    eval_every: int,
+    model_kwargs: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The preset for ``dataset`` (``lvis`` / ``openimages`` / ``voc``) with its schedule and files.
+
+    ``model_kwargs`` are added to the shared head arguments (``num_dn_queries``, ``max_per_img``) rather than
+    replacing them.
+    """
     preset = objects365_to_coco("internimage_h_jointto22k_384", arch="cb_dino")
+    preset["model_kwargs"] = {**preset["model_kwargs"], **(model_kwargs or {})}
     preset.update(
         dataset=dataset,
         num_classes=num_classes,

@@ -1,10 +1,14 @@
-"""UperNet decode head and FCN auxiliary head for semantic segmentation.
+"""UperNet and SegFormer decode heads and the FCN auxiliary head for semantic segmentation.
 
 UperNet: Xiao et al., "Unified Perceptual Parsing for Scene Understanding" (ECCV 2018). The head follows the
 mmsegmentation 0.x ``UPerHead``/``FCNHead`` used by the official InternImage segmentation configs: pyramid pooling
 (scales 1, 2, 3, 6) on the stride-32 map, an FPN top-down pathway, fusion of all levels, dropout 0.1 and a 1x1
 classifier. Module names are mmseg's own, so official ``decode_head.*``/``auxiliary_head.*`` tensors load 1:1
 (SyncBN there is BatchNorm here: same parameters and buffers).
+
+SegFormer: Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers"
+(NeurIPS 2021); the all-MLP head as mmseg 0.x ``SegformerHead`` (used on InternImage by the official
+``segformer_internimage_*`` Cityscapes / Mapillary configs).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 
 from ...ops import current_export_mode
 
-__all__ = ["ConvModule", "FCNHead", "UPerHead"]
+__all__ = ["ConvModule", "FCNHead", "SegformerHead", "UPerHead"]
 
 
 class ConvModule(nn.Module):
@@ -148,3 +152,48 @@ class FCNHead(_ClsSegMixin):
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """Args: feats: backbone maps. Returns: (N, K, h, w) logits at the stride of ``feats[in_index]``."""
         return self.cls_seg(self.convs(feats[self.in_index]))
+
+
+class SegformerHead(_ClsSegMixin):
+    """SegFormer all-MLP head (mmseg ``SegformerHead``): a 1x1 ConvModule per input map, all resized to the finest
+    map's size, concatenated (finest first), fused by a 1x1 ConvModule, then dropout and the 1x1 classifier.
+
+    Module names are mmseg's (``convs.i.conv/bn``, ``fusion_conv.conv/bn``, ``conv_seg``), so official
+    ``decode_head.*`` tensors load 1:1.
+
+    Args:
+        in_channels: Channels of the input maps, finest first (C, 2C, 4C, 8C for InternImage).
+        channels: Width of every projection and of the fused map (256 in the official configs).
+        num_classes: Output classes.
+        in_index: Which backbone maps the head reads (mmseg ``in_index``; all four officially).
+        dropout_ratio: Dropout2d before the classifier.
+        align_corners: ``align_corners`` of the bilinear resizes.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: int = 256,
+        num_classes: int = 150,
+        in_index: Sequence[int] = (0, 1, 2, 3),
+        dropout_ratio: float = 0.1,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels = list(in_channels)
+        self.in_index = list(in_index)
+        if len(self.in_channels) != len(self.in_index):
+            raise ValueError(f"{len(self.in_channels)} in_channels for {len(self.in_index)} in_index entries")
+        self.channels = channels
+        self.align_corners = align_corners
+        self.convs = nn.ModuleList(ConvModule(c, channels, 1) for c in self.in_channels)
+        self.fusion_conv = ConvModule(len(self.in_channels) * channels, channels, 1)
+        self._init_cls(channels, num_classes, dropout_ratio)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Args: feats: backbone maps (N, C_i, H/s_i, W/s_i). Returns: (N, K, h, w) at the first selected map's size
+        (1/4 of the input for InternImage)."""
+        inputs = [feats[i] for i in self.in_index]
+        size = inputs[0].shape[-2:]
+        outs = [_resize(conv(x), size, self.align_corners) for conv, x in zip(self.convs, inputs)]
+        return self.cls_seg(self.fusion_conv(torch.cat(outs, dim=1)))

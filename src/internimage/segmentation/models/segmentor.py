@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...models.internimage import InternImage, dense_layer_id
-from .heads import FCNHead, UPerHead
+from .heads import FCNHead, SegformerHead, UPerHead
 
-__all__ = ["Segmentor", "build_mask2former", "mmseg_layer_id", "rescale_size"]
+__all__ = ["Segmentor", "build_mask2former", "build_segformer", "build_upernet", "mmseg_layer_id", "rescale_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,30 @@ def build_upernet(
     return Segmentor(backbone, decode, auxiliary, **kwargs)
 
 
+def build_segformer(
+    backbone: InternImage,
+    num_classes: int,
+    channels: int = 256,
+    dropout_ratio: float = 0.1,
+    **kwargs: Any,
+) -> Segmentor:
+    """InternImage + SegFormer head (no auxiliary head), the official ``segformer_internimage_*`` model.
+
+    Args:
+        backbone: The InternImage (classifier removed here).
+        num_classes: Output classes.
+        channels: Head width (256 officially, from mmseg's ``segformer_mit-b0`` base config).
+        dropout_ratio: Dropout2d before the classifier (0.1 officially).
+        **kwargs: :class:`Segmentor` options (``ignore_index``, ``avg_non_ignore``).
+    """
+    in_channels = [backbone.channels * 2**i for i in range(len(backbone.levels))]
+    head = SegformerHead(
+        in_channels, channels=channels, num_classes=num_classes, in_index=range(len(in_channels)),
+        dropout_ratio=dropout_ratio,
+    )  # fmt: skip
+    return Segmentor(backbone, head, **kwargs)
+
+
 def build_mask2former(
     backbone: InternImage,
     num_classes: int,
@@ -295,14 +319,24 @@ def build_mask2former(
     num_queries: int = 100,
     heads: int = 8,
     hidden: int = 1024,
+    dec_hidden: int | None = None,
     **kwargs: Any,
 ) -> Segmentor:
     """InternImage + Mask2Former (no auxiliary head), e.g. ``dim=1024, num_queries=200, heads=32, hidden=4096``
-    for the official InternImage-H model. ``kwargs`` go to :class:`Mask2FormerHead`."""
+    for the official InternImage-H model. ``kwargs`` go to :class:`Mask2FormerHead`.
+
+    ``dec_hidden`` is the FFN width of the transformer decoder when it differs from the pixel decoder's ``hidden``:
+    the 256-wide H configs (Mapillary, Cityscapes, NYU, Pascal Context) use 1024 in the pixel-decoder encoder and
+    2048 in the transformer decoder (None: ``hidden`` in both, as the 1024-wide configs).
+    """
+    from ...models.layers import FFN
     from .mask2former import Mask2FormerHead
 
     in_channels = [backbone.channels * 2**i for i in range(len(backbone.levels))]
     head = Mask2FormerHead(
         in_channels, num_classes, dim=dim, num_queries=num_queries, heads=heads, hidden=hidden, **kwargs
     )
+    if dec_hidden is not None and dec_hidden != hidden:
+        for layer in head.transformer_decoder.layers:
+            layer.ffns[0] = FFN(dim, dec_hidden)
     return Segmentor(backbone, head)

@@ -7,6 +7,12 @@ As the official ``DINOHead`` (``detection/mmdet_custom/models/dense_heads/dino_h
 undetached box of layer l - 1 (look forward twice). Losses: the encoder top-k (``interm_*``, multi-class), every
 decoder layer's matching queries (``loss_*``, ``d{i}.loss_*``) and denoising queries (``dn_loss_*``,
 ``d{i}.dn_loss_*``). Test: sigmoid scores, top ``max_per_img`` over queries x classes, no NMS.
+
+Federated loss (optional, ``fed_loss_num_classes > 0``; Detectron2 / Detic style): per batch, the GT classes plus
+classes drawn by ``image_count ** fed_loss_freq_weight_power`` up to ``fed_loss_num_classes``; every focal loss
+(encoder top-k, decoder layers, denoising) then sums only those classes' columns, with the normaliser unchanged.
+The matching costs still use all classes. The LVIS configs ask for it (``train_cfg.fed_loss_cfg``) but the released
+heads never read that field (``DETRHead.get_fed_loss_classes`` is defined and never called), so it is off unless set.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from .matching import (
     hungarian_assign,
     inverse_sigmoid,
     match_cost,
+    sample_fed_loss_classes,
     sigmoid_focal_loss,
 )
 from .transformer import DinoTransformer, sine_positional_encoding
@@ -46,6 +53,9 @@ class DINOHead(nn.Module):
         max_per_img: Detections kept per image at test (100; 300 in the L/H/CB-H configs).
         cost_weights: Focal, L1, GIoU matching cost weights (2, 5, 2).
         loss_weights: Focal, L1, GIoU loss weights (1, 5, 2).
+        fed_loss_num_classes: Classes kept by the federated loss (50 for LVIS); 0 disables it. When enabled, give
+            the per-class training image counts with :meth:`set_class_frequencies` before the first loss.
+        fed_loss_freq_weight_power: Exponent of the image counts in the sampling weights (0.5).
     """
 
     def __init__(
@@ -65,6 +75,8 @@ class DINOHead(nn.Module):
         max_per_img: int = 100,
         cost_weights: Sequence[float] = (2.0, 5.0, 2.0),
         loss_weights: Sequence[float] = (1.0, 5.0, 2.0),
+        fed_loss_num_classes: int = 0,
+        fed_loss_freq_weight_power: float = 0.5,
     ) -> None:
         super().__init__()
         if dim % 2:
@@ -74,6 +86,12 @@ class DINOHead(nn.Module):
         self.max_per_img = max_per_img
         self.cost_weights = tuple(cost_weights)
         self.loss_weights = tuple(loss_weights)
+        self.fed_loss_num_classes = int(fed_loss_num_classes)
+        self.fed_loss_freq_weight_power = float(fed_loss_freq_weight_power)
+        # (K,) federated-loss sampling weights. Not persistent: released checkpoints have no such entry (they load
+        # strictly) and the weights come from the training set, so the task sets them on every run.
+        self.register_buffer("fed_loss_weight", torch.zeros(num_classes), persistent=False)
+        self._fed_weight_set = False
         self.transformer = DinoTransformer(dim, heads, levels, points, enc_layers, dec_layers, hidden, num_queries)
         self.cls_branches = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(dec_layers + 1))
         self.reg_branches = nn.ModuleList(
@@ -134,6 +152,41 @@ class DINOHead(nn.Module):
     def dim(self) -> int:
         return self.transformer.dim
 
+    # ------------------------------------------------------------------------------------------------ federated loss
+    def set_class_frequencies(self, image_counts: Sequence[int] | torch.Tensor) -> None:
+        """Federated-loss sampling weights ``image_counts ** fed_loss_freq_weight_power``.
+
+        Args:
+            image_counts: (K,) training images per class (LVIS ``image_count``; label l at index l - 1).
+        """
+        counts = torch.as_tensor(image_counts, dtype=torch.float64).reshape(-1)
+        if counts.shape[0] != self.num_classes or (counts < 0).any():
+            raise ValueError(f"DINOHead: need {self.num_classes} non-negative image counts, got {tuple(counts.shape)}")
+        # In place: the buffer may already live on the device (or inside a DDP / FSDP wrapper).
+        self.fed_loss_weight.copy_(counts.pow(self.fed_loss_freq_weight_power).to(self.fed_loss_weight.dtype))
+        self._fed_weight_set = True
+
+    def sample_fed_classes(
+        self, gt_labels: Sequence[torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """The federated loss's classes for a batch (see :func:`sample_fed_loss_classes`), or None when disabled.
+
+        Args:
+            gt_labels: Per image (G_i,) classes in 0..K-1.
+            generator: CPU random generator of the draw (None: the global RNG).
+
+        Returns:
+            (F,) sorted class indices, or None.
+        """
+        if self.fed_loss_num_classes <= 0:
+            return None
+        if not self._fed_weight_set:
+            raise RuntimeError("DINOHead: fed_loss_num_classes > 0 needs set_class_frequencies(image_counts) first")
+        device = self.fed_loss_weight.device
+        flat = [t.reshape(-1).long() for t in gt_labels]
+        labels = torch.cat(flat).to(device) if flat else torch.zeros(0, dtype=torch.long, device=device)
+        return sample_fed_loss_classes(labels, self.fed_loss_weight, self.fed_loss_num_classes, generator)
+
     # ------------------------------------------------------------------------------------------------ losses
     def loss(
         self,
@@ -143,6 +196,7 @@ class DINOHead(nn.Module):
         gt_labels: list[torch.Tensor],
         image_sizes: list[tuple[int, int]],
         generator: torch.Generator | None = None,
+        fed_classes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Training losses of one batch.
 
@@ -151,6 +205,8 @@ class DINOHead(nn.Module):
             gt_boxes: Per image (G_i, 4) xyxy pixel boxes. gt_labels: (G_i,) classes in 0..K-1.
             image_sizes: (h, w) of every unpadded image.
             generator: Random generator of the denoising noise.
+            fed_classes: (F,) federated-loss classes (:meth:`sample_fed_classes`); None: drawn here when the
+                federated loss is enabled (with the global RNG), all classes otherwise.
 
         Returns:
             The official loss dict (``interm_loss_*``, ``loss_*``, ``d{i}.loss_*``, ``dn_loss_*``, ``d{i}.dn_loss_*``).
@@ -160,26 +216,45 @@ class DINOHead(nn.Module):
             norm_boxes.append(box_xyxy_to_cxcywh(b) / b.new_tensor([w, h, w, h]))
         dn_label, dn_box, attn_mask, meta = self.dn_generator(norm_boxes, gt_labels, self.label_embedding, generator)
         classes, boxes, enc_scores, enc_boxes, _ = self(feats, masks, dn_label, dn_box, attn_mask)
-        return self.losses(classes, boxes, enc_scores, enc_boxes, gt_boxes, gt_labels, image_sizes, meta)
+        if fed_classes is None:
+            fed_classes = self.sample_fed_classes(gt_labels)
+        return self.losses(classes, boxes, enc_scores, enc_boxes, gt_boxes, gt_labels, image_sizes, meta, fed_classes)
 
-    def losses(self, classes, boxes, enc_scores, enc_boxes, gt_boxes, gt_labels, image_sizes, meta: DenoisingMeta):
-        """Loss dict from the head outputs (see :meth:`loss`); ``classes``/``boxes`` include the denoising part."""
+    def losses(
+        self,
+        classes,
+        boxes,
+        enc_scores,
+        enc_boxes,
+        gt_boxes,
+        gt_labels,
+        image_sizes,
+        meta: DenoisingMeta,
+        fed_classes: torch.Tensor | None = None,
+    ):
+        """Loss dict from the head outputs (see :meth:`loss`); ``classes``/``boxes`` include the denoising part.
+
+        ``fed_classes`` (F,): the federated loss's classes, shared by every classification term (encoder, decoder
+        layers, denoising) so they all see the same negatives; None: all classes.
+        """
         pad = meta.pad_size
         out: dict[str, torch.Tensor] = {}
-        for key, value in zip(
-            ("cls", "bbox", "iou"), self.matched_loss(enc_scores, enc_boxes, gt_boxes, gt_labels, image_sizes)
-        ):
+        fed = fed_classes
+        enc = self.matched_loss(enc_scores, enc_boxes, gt_boxes, gt_labels, image_sizes, fed)
+        for key, value in zip(("cls", "bbox", "iou"), enc):
             out[f"interm_loss_{key}"] = value
         layers = classes.shape[0]
         for lvl in range(layers):
             prefix = "" if lvl == layers - 1 else f"d{lvl}."
-            values = self.matched_loss(classes[lvl, :, pad:], boxes[lvl, :, pad:], gt_boxes, gt_labels, image_sizes)
+            values = self.matched_loss(
+                classes[lvl, :, pad:], boxes[lvl, :, pad:], gt_boxes, gt_labels, image_sizes, fed
+            )
             for key, value in zip(("cls", "bbox", "iou"), values):
                 out[f"{prefix}loss_{key}"] = value
         for lvl in range(layers):
             prefix = "" if lvl == layers - 1 else f"d{lvl}."
             values = self.denoising_loss(
-                classes[lvl, :, :pad], boxes[lvl, :, :pad], gt_boxes, gt_labels, image_sizes, meta
+                classes[lvl, :, :pad], boxes[lvl, :, :pad], gt_boxes, gt_labels, image_sizes, meta, fed
             )
             for key, value in zip(("cls", "bbox", "iou"), values):
                 out[f"{prefix}dn_loss_{key}"] = value
@@ -196,11 +271,12 @@ class DINOHead(nn.Module):
         giou = generalized_iou(box_cxcywh_to_xyxy(pred) * factor, box_cxcywh_to_xyxy(target) * factor, pairwise=False)
         return wl1 * l1, wgiou * (1 - giou).sum() / num_pos
 
-    def matched_loss(self, classes, boxes, gt_boxes, gt_labels, image_sizes):
+    def matched_loss(self, classes, boxes, gt_boxes, gt_labels, image_sizes, fed_classes=None):
         """``loss_single``: Hungarian matching per image, then focal / L1 / GIoU losses.
 
         Args:
             classes: (N, Q, K). boxes: (N, Q, 4) normalised cxcywh.
+            fed_classes: (F,) classes the focal loss sums over (federated loss); None: all.
 
         Returns:
             ``(loss_cls, loss_bbox, loss_iou)``.
@@ -218,18 +294,21 @@ class DINOHead(nn.Module):
             targets.append(box_xyxy_to_cxcywh(gtb[gi] / gtb.new_tensor([w, h, w, h])).to(boxes.dtype))
             sizes.append(boxes.new_tensor([h, w]).expand(len(qi), 2))
         num_pos = max(sum(len(p) for p in preds), 1)
-        loss_cls = self.loss_weights[0] * sigmoid_focal_loss(classes.flatten(0, 1).float(), labels.flatten(), num_pos)
+        loss_cls = self.loss_weights[0] * sigmoid_focal_loss(
+            classes.flatten(0, 1).float(), labels.flatten(), num_pos, classes=fed_classes
+        )
         if preds:
             l1, giou = self._box_losses(torch.cat(preds).float(), torch.cat(targets).float(), torch.cat(sizes), num_pos)
         else:
             l1 = giou = boxes.sum() * 0.0
         return loss_cls, l1, giou
 
-    def denoising_loss(self, classes, boxes, gt_boxes, gt_labels, image_sizes, meta: DenoisingMeta):
+    def denoising_loss(self, classes, boxes, gt_boxes, gt_labels, image_sizes, meta: DenoisingMeta, fed_classes=None):
         """``loss_dn_single``: positives of every group regress and classify their box; negatives are background.
 
         Args:
             classes: (N, pad, K). boxes: (N, pad, 4).
+            fed_classes: (F,) classes the focal loss sums over (federated loss); None: all.
 
         Returns:
             ``(dn_loss_cls, dn_loss_bbox, dn_loss_iou)``.
@@ -253,7 +332,9 @@ class DINOHead(nn.Module):
         if classes.shape[1] == 0:
             zero = classes.sum() * 0.0
             return zero, zero, zero
-        loss_cls = self.loss_weights[0] * sigmoid_focal_loss(classes.flatten(0, 1).float(), labels.flatten(), num_pos)
+        loss_cls = self.loss_weights[0] * sigmoid_focal_loss(
+            classes.flatten(0, 1).float(), labels.flatten(), num_pos, classes=fed_classes
+        )
         if preds:
             l1, giou = self._box_losses(torch.cat(preds).float(), torch.cat(targets).float(), torch.cat(sizes), num_pos)
         else:

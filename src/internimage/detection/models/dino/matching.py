@@ -24,6 +24,7 @@ __all__ = [
     "hungarian_assign",
     "inverse_sigmoid",
     "match_cost",
+    "sample_fed_loss_classes",
     "sigmoid_focal_loss",
 ]
 
@@ -125,19 +126,63 @@ def hungarian_assign(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sigmoid_focal_loss(
-    logits: torch.Tensor, labels: torch.Tensor, avg_factor: float, alpha: float = 0.25, gamma: float = 2.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    avg_factor: float,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mmdet ``FocalLoss(use_sigmoid=True)`` summed and divided by ``avg_factor``.
 
     Args:
         logits: (M, K).
         labels: (M,) classes in 0..K-1, or K for background (all-zero target).
-        avg_factor: Normaliser.
+        avg_factor: Normaliser (unchanged by ``classes``).
+        classes: (F,) distinct class indices: sum only their columns (the federated loss); None: all K.
     """
     k = logits.shape[-1]
     target = F.one_hot(labels, k + 1)[:, :k].to(logits.dtype)
+    if classes is not None:
+        # Selecting the columns (rather than multiplying by a 0/1 mask) leaves the other classes out of the graph,
+        # so their logits get exactly zero gradient.
+        logits, target = logits[:, classes], target[:, classes]
     p = logits.sigmoid()
     pt = (1 - p) * target + p * (1 - target)
     weight = (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
     return loss.sum() / avg_factor
+
+
+def sample_fed_loss_classes(
+    gt_labels: torch.Tensor, weight: torch.Tensor, num_classes: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Classes of a federated loss (Detectron2's / Detic's ``get_fed_loss_classes``): GT classes + sampled negatives.
+
+    Every class present in ``gt_labels`` is kept; when fewer than ``num_classes``, the rest are drawn without
+    replacement with probability proportional to ``weight`` (``image_count ** freq_weight_power``), GT classes
+    excluded. Sampling runs on the CPU (``generator`` must be a CPU generator, or None for the global RNG).
+
+    Args:
+        gt_labels: (G,) ground-truth classes of the whole batch in 0..K-1; the background index K is ignored.
+        weight: (K,) non-negative sampling weights; zero-weight classes are never drawn.
+        num_classes: Classes to keep (50 in the LVIS configs).
+        generator: Random generator of the draw.
+
+    Returns:
+        (F,) int64 sorted distinct class indices on ``gt_labels``' device, F = max(#GT classes, min(num_classes,
+        #GT classes + #drawable classes)).
+    """
+    k = weight.shape[0]
+    gt = torch.unique(gt_labels.detach().cpu().long())
+    gt = gt[(gt >= 0) & (gt < k)]
+    need = num_classes - len(gt)
+    picked = gt
+    if need > 0:
+        prob = weight.detach().cpu().double().clone()
+        prob[gt] = 0
+        need = min(need, int((prob > 0).sum()))
+        if need > 0:
+            drawn = torch.multinomial(prob, need, replacement=False, generator=generator)
+            picked = torch.cat((gt, drawn))
+    return picked.sort().values.to(gt_labels.device)

@@ -190,6 +190,15 @@ class InternImageDINO(nn.Module):
         self.cb_first_weight = cb_first_weight
         self.num_classes = bbox_head.num_classes
 
+    def set_class_frequencies(self, image_counts: Any) -> None:
+        """Per-class training image counts (K,) for the head's federated loss (see :class:`DINOHead`)."""
+        self.bbox_head.set_class_frequencies(image_counts)
+
+    @property
+    def uses_class_frequencies(self) -> bool:
+        """True when the head's federated loss is on and needs :meth:`set_class_frequencies`."""
+        return self.bbox_head.fed_loss_num_classes > 0
+
     @property
     def composite(self) -> bool:
         return isinstance(self.backbone, CBInternImage)
@@ -261,8 +270,11 @@ class InternImageDINO(nn.Module):
                     raise ValueError(f"target labels must be in 1..{self.num_classes}")
             losses: dict[str, torch.Tensor] = {}
             weights = [self.cb_first_weight, 1.0] if self.composite else [1.0]
+            # One federated-loss class set per batch (None when disabled): the assisting and lead passes see the
+            # same targets, so they also share the sampled negatives.
+            fed_classes = self.bbox_head.sample_fed_classes(labels)
             for idx, (feats, weight) in enumerate(zip(all_feats, weights)):
-                part = self.bbox_head.loss(feats, masks, boxes, labels, sizes)
+                part = self.bbox_head.loss(feats, masks, boxes, labels, sizes, fed_classes=fed_classes)
                 if self.composite:
                     suffix = f"{idx}" + (f"_w{weight}" if weight != 1 else "")
                     part = {f"{k}{suffix}": v * weight for k, v in part.items()}
