@@ -113,3 +113,21 @@ def test_label_sets_of_wrapped_datasets_and_errors():
         ClassAwareSampler([np.zeros(0, np.int64)])
     with pytest.raises(ValueError, match="num_sample_class"):
         ClassAwareSampler([[1]], num_sample_class=0)
+
+
+def test_detection_task_trains_with_the_class_aware_sampler_when_asked():
+    from types import SimpleNamespace
+
+    from internimage.detection import DetectionConfig, DetectionTask
+    from internimage.detection.samplers import ClassAwareSampler
+
+    records = [SimpleNamespace(labels=np.array(labels)) for labels in ([1], [1, 2], [2], [3])]
+    data = SimpleNamespace(records=records)
+    info = SimpleNamespace(world_size=1, rank=0)
+    assert DetectionTask(DetectionConfig()).train_sampler(data, info) is None  # the engine's shuffle
+    sampler = DetectionTask(DetectionConfig(class_aware_sampler=1, batch_size=2)).train_sampler(data, info)
+    assert isinstance(sampler, ClassAwareSampler)
+    sampler.set_epoch(0)
+    assert len(list(iter(sampler))) == len(sampler)
+    with pytest.raises(ValueError, match="class_aware_sampler"):
+        DetectionConfig(class_aware_sampler=-1).validate()

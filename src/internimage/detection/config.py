@@ -35,6 +35,7 @@ class DetectionConfig(TaskConfig, TrainConfig):
             the ``VOC20xx`` folder, CrowdHuman ``.odgt`` / json.
         label_file, hierarchy_file: OpenImages ``class-descriptions-boxable.csv`` and the class hierarchy json.
         train_image_labels, val_image_labels: OpenImages image-level label CSVs (empty = none).
+        class_aware_sampler: mmdet's ``ClassAwareSampler(num_sample_class=N)`` for training (0 = the usual shuffle).
         recipe: Train pipeline: ``1x`` (1333x800 + flip), ``3x`` (multi-scale + crop AutoAugment), ``dino`` (DINO
             T/L's AutoAugment), ``dino_ss`` (DINO H/G/CB-H's short side 600-1800) or ``dino_ss_1200`` (CB-H on
             LVIS / OpenImages / VOC: 600-1200); see ``detection_transforms``.
@@ -61,6 +62,7 @@ class DetectionConfig(TaskConfig, TrainConfig):
     label_file: str = ""
     hierarchy_file: str = ""
     train_image_labels: str = ""
+    class_aware_sampler: int = 0
     val_image_labels: str = ""
     recipe: str = "1x"
     img_scale: tuple[int, int] = (1333, 800)
@@ -96,6 +98,8 @@ class DetectionConfig(TaskConfig, TrainConfig):
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
         from .data import RECIPES
 
+        if self.class_aware_sampler < 0:
+            raise ValueError(f"class_aware_sampler must be >= 0, got {self.class_aware_sampler}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.recipe not in RECIPES:

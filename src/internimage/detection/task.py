@@ -185,6 +185,20 @@ class DetectionTask(Task):
         val = build_dataset(self.cfg, train=False) if self.cfg.val_ann else None
         return train, val
 
+    def train_sampler(self, train_set: Any, info: Any) -> Any:
+        if self.cfg.class_aware_sampler <= 0:
+            return None
+        from .samplers import ClassAwareSampler, image_label_sets
+
+        return ClassAwareSampler(
+            image_label_sets(train_set),
+            samples_per_gpu=self.cfg.batch_size,
+            num_replicas=info.world_size,
+            rank=info.rank,
+            seed=self.cfg.seed,
+            num_sample_class=self.cfg.class_aware_sampler,
+        )
+
     def collate_fn(self, train: bool) -> Any:
         from .data import collate_detection
 

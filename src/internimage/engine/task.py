@@ -90,6 +90,10 @@ class Task(abc.ABC):
     def batch_to_device(self, batch: Any, device: torch.device) -> Any:
         return move_to_device(batch, device)
 
+    def train_sampler(self, train_set: Any, info: Any) -> Any:
+        """A task's own train sampler (with ``set_epoch(epoch, start=0)``), or None for the engine's shuffling one."""
+        return None
+
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Optimizer groups (default: layer decay by ``cfg.layer_decay_rule``, no decay on 1-D params / biases)."""
         c = self.cfg

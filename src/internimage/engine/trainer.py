@@ -150,7 +150,9 @@ class Trainer:
         self.model = model
 
         train_set, val_set = self.task.build_datasets(info)
-        self.sampler = ResumableSampler(len(train_set), info.rank, info.world_size, shuffle=True, seed=cfg.seed)
+        self.sampler = self.task.train_sampler(train_set, info) or ResumableSampler(
+            len(train_set), info.rank, info.world_size, shuffle=True, seed=cfg.seed
+        )
         self.train_loader = DataLoader(
             train_set,
             batch_size=cfg.batch_size,
