@@ -44,8 +44,9 @@ from internimage.engine import Task, TrainConfig, Trainer, apply_overrides, all_
 
 class Toy(Task):
     primary_metric = "acc"
-    # each block its own FSDP unit; TOY_UNITS=0 shards the root only
-    fsdp_unit_types = () if os.environ.get("TOY_UNITS") == "0" else (internimage.models.internimage.InternImageBlock,)
+    @property
+    def fsdp_unit_types(self):  # each block its own FSDP unit; TOY_UNITS=0 shards the root only
+        return () if os.environ.get("TOY_UNITS") == "0" else (internimage.models.internimage.InternImageBlock,)
     def build_model(self):
         dpr = float(os.environ.get("TOY_DPR", "0.1"))
         return internimage.create_model("internimage_test_h_32", num_classes=4, in_chans=1, drop_path_rate=dpr)
@@ -74,15 +75,24 @@ class Toy(Task):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    cfg = apply_overrides(TrainConfig(), sys.argv[1:])
-    trainer = Trainer(cfg, Toy(cfg))
-    result = trainer.fit()
-    if trainer.info.is_main:
-        print("RESULT " + __import__("json").dumps(result), flush=True)
-    if trainer.info.distributed:
-        sd = {k: v for k, v in trainer.model.state_dict().items()} if cfg.strategy == "ddp" else None
-        if sd is not None:
-            torch.save(sd, os.path.join(cfg.output, f"rank{trainer.info.rank}.pt"))
+    # One or more runs, one after another in this process (one import of torch; under torchrun one process group):
+    # their arguments are separated by "+"; TOY_*=value arguments set those variables for that run only.
+    runs, toy_env = [[]], {k: v for k, v in os.environ.items() if k.startswith("TOY_")}
+    for arg in sys.argv[1:]:
+        runs.append([]) if arg == "+" else runs[-1].append(arg)
+    for argv in runs:
+        for k in [k for k in os.environ if k.startswith("TOY_")]:
+            del os.environ[k]
+        os.environ.update(toy_env, **dict(a.split("=", 1) for a in argv if a.startswith("TOY_")))
+        cfg = apply_overrides(TrainConfig(), [a for a in argv if not a.startswith("TOY_")])
+        trainer = Trainer(cfg, Toy(cfg))
+        result = trainer.fit()
+        if trainer.info.is_main:
+            print("RESULT " + __import__("json").dumps(result), flush=True)
+        if trainer.info.distributed:
+            sd = {k: v for k, v in trainer.model.state_dict().items()} if cfg.strategy == "ddp" else None
+            if sd is not None:
+                torch.save(sd, os.path.join(cfg.output, f"rank{trainer.info.rank}.pt"))
 """
 
 BASE = [
@@ -110,13 +120,31 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _joined(runs: list[list[str]]) -> list[str]:
+    """The arguments of several runs of the toy script, in one process (each import of torch costs seconds)."""
+    return [a for i, run in enumerate(runs) for a in (["+"] if i else []) + run]
+
+
+def _results(proc: subprocess.Popen, runs: int, timeout: int) -> list[dict]:
+    stdout, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, stderr[-3000:]
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    assert len(lines) == runs, stdout[-3000:]
+    return [json.loads(line[len("RESULT ") :]) for line in lines]
+
+
+def _start(script: Path, runs: list[list[str]], env: dict[str, str] | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, str(script), *_joined(runs)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env())
+
+
+def _run_all(script: Path, runs: list[list[str]], env: dict[str, str] | None = None, timeout: int = 180) -> list[dict]:
+    """Results of ``runs`` of the toy script, one after another in one fresh process."""
+    return _results(_start(script, runs, env), len(runs), timeout * len(runs))
+
+
 def _run(script: Path, args: list[str], env: dict[str, str] | None = None, timeout: int = 180) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, env=env or _env(), timeout=timeout
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])
+    return _run_all(script, [args], env, timeout)[0]
 
 
 # ------------------------------------------------------------------------------------------ layer decay
@@ -222,10 +250,19 @@ def test_accumulation_matches_a_larger_batch(toy_script: Path, tmp_path: Path) -
     # (internimage_test_h_32), deterministic kernels. SGD without effective clipping, so a wrongly scaled
     # accumulated gradient would change the step size (AdamW and clipping would hide the scale).
     exact = [*BASE, "epochs=1", "optimizer=sgd", "lr=0.05", "warmup_epochs=0", "clip_grad=100"]
-    env = _env(TOY_NOISE="0", TOY_DPR="0")
-    a = _run(toy_script, [*exact, f"output={tmp_path / 'a'}", "batch_size=16", "accum_steps=1"], env)
-    b = _run(toy_script, [*exact, f"output={tmp_path / 'b'}", "batch_size=8", "accum_steps=2"], env)
-    _run(toy_script, [*exact, f"output={tmp_path / 'init'}", "batch_size=16", "lr=0", "min_lr=0"], env)
+    exact += ["TOY_NOISE=0", "TOY_DPR=0"]
+    # All four runs in one process; the last one (input noise and drop path on) trains under bf16 autocast with
+    # gradient checkpointing.
+    extras = ["batch_size=8", "amp=bf16", "grad_checkpointing=true"]
+    a, b, _, c = _run_all(
+        toy_script,
+        [
+            [*exact, f"output={tmp_path / 'a'}", "batch_size=16", "accum_steps=1"],
+            [*exact, f"output={tmp_path / 'b'}", "batch_size=8", "accum_steps=2"],
+            [*exact, f"output={tmp_path / 'init'}", "batch_size=16", "lr=0", "min_lr=0"],
+            [*BASE, "epochs=1", f"output={tmp_path / 'c'}", *extras],
+        ],
+    )
     assert a["step"] == b["step"] == 4
     wa, wb, w0 = (load_file(tmp_path / d / "model.safetensors") for d in ("a", "b", "init"))
     assert wa.keys() == wb.keys() == w0.keys()
@@ -239,99 +276,118 @@ def test_accumulation_matches_a_larger_batch(toy_script: Path, tmp_path: Path) -
     assert [r["loss"] for r in rb] == pytest.approx([r["loss"] for r in ra], rel=1e-5)
     # The clipping norm is taken once the micro-batches are summed.
     assert [r["grad_norm"] for r in rb] == pytest.approx([r["grad_norm"] for r in ra], rel=1e-5)
-    extras = ["batch_size=8", "amp=bf16", "grad_checkpointing=true"]
-    c = _run(toy_script, [*BASE, "epochs=1", f"output={tmp_path / 'c'}", *extras])
     rows = [r for r in read_metrics(tmp_path / "c") if r["split"] == "train"]
     assert c["step"] == 8 and all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)
 
 
-def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 120) -> None:
-    directory, pattern = path_glob
+def _signal_when_saved(victims: list[tuple[subprocess.Popen, Path, signal.Signals]], timeout: float = 120) -> None:
+    """Send each running process its signal as soon as its checkpoint file appears (all watched at once)."""
+    waiting = list(victims)
     t0 = time.time()
-    while time.time() - t0 < timeout:
-        if list(directory.glob(pattern)):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before {pattern} appeared: {proc.stderr.read()[-2000:]}")
+    while waiting and time.time() - t0 < timeout:
+        for victim in list(waiting):
+            proc, path, sig = victim
+            if path.exists():
+                proc.send_signal(sig)
+                waiting.remove(victim)
+            elif proc.poll() is not None:
+                raise AssertionError(f"run ended before {path.name} appeared: {proc.stderr.read()[-2000:]}")
         time.sleep(0.05)
-    raise AssertionError(f"{pattern} did not appear in {timeout}s")
+    assert not waiting, f"{[str(path) for _, path, _ in waiting]} did not appear in {timeout}s"
 
 
 def test_sigkill_and_sigterm_resume_reach_identical_weights(toy_script: Path, tmp_path: Path) -> None:
     args = [*BASE, "epochs=2", "batch_size=8", "ckpt_every=5", "keep_last=2", "ema=true", "ema_decay=0.9"]
-    ref = _run(toy_script, [*args, f"output={tmp_path / 'ref'}"])
-    assert ref["step"] == 16 and not ref["preempted"]
-
-    env = _env(TOY_STEP_DELAY="0.1")
-    for sig, run in ((signal.SIGKILL, "killed"), (signal.SIGTERM, "termed")):
-        out = tmp_path / run
-        proc = subprocess.Popen(
-            [sys.executable, str(toy_script), *args, f"output={out}"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        _wait_for((out / "checkpoints", "step_00000010.pth"), proc)  # mid-epoch 1, after three checkpoints
-        proc.send_signal(sig)
-        stdout, _ = proc.communicate(timeout=120)
+    # The two interrupted runs side by side (slowed down so that the signal lands mid-run), each signalled once
+    # it has written step 10's checkpoint: mid-epoch 1, after three checkpoints.
+    runs = {signal.SIGKILL: "killed", signal.SIGTERM: "termed"}
+    procs = {
+        sig: _start(toy_script, [[*args, f"output={tmp_path / run}"]], _env(TOY_STEP_DELAY="0.1"))
+        for sig, run in runs.items()
+    }
+    _signal_when_saved(
+        [(procs[sig], tmp_path / run / "checkpoints" / "step_00000010.pth", sig) for sig, run in runs.items()]
+    )
+    for sig, run in runs.items():
+        stdout, _ = procs[sig].communicate(timeout=120)
         if sig == signal.SIGTERM:
-            assert proc.returncode == 0  # saved and exited cleanly
+            assert procs[sig].returncode == 0  # saved and exited cleanly
             assert '"preempted": true' in stdout
         else:
-            assert proc.returncode == -signal.SIGKILL
-        assert not (out / "model.safetensors").exists()
-        resumed = _run(toy_script, [*args, f"output={out}", "resume=auto"])
-        assert resumed["step"] == 16
+            assert procs[sig].returncode == -signal.SIGKILL
+        assert not (tmp_path / run / "model.safetensors").exists()
+    # Both resumes and the uninterrupted reference run, one after another in one fresh process.
+    resumed = [[*args, f"output={tmp_path / run}", "resume=auto"] for run in runs.values()]
+    *results, ref = _run_all(toy_script, [*resumed, [*args, f"output={tmp_path / 'ref'}"]])
+    assert ref["step"] == 16 and not ref["preempted"]
+    for run, result in zip(runs.values(), results):
+        assert result["step"] == 16
         for name in ("model.safetensors", "model_ema.safetensors"):
-            a, b = load_file(tmp_path / "ref" / name), load_file(out / name)
+            a, b = load_file(tmp_path / "ref" / name), load_file(tmp_path / run / name)
             assert a.keys() == b.keys()
             diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
             assert diff == 0.0, f"{run}: {name} differs by {diff}"
-        assert resumed["acc"] == ref["acc"]
+        assert result["acc"] == ref["acc"]
 
 
 # ------------------------------------------------------------------------------------------ torchrun
-def _torchrun(script: Path, args: list[str], env: dict[str, str], nproc: int = 2) -> dict:
+def _torchrun(script: Path, runs: list[list[str]], env: dict[str, str], nproc: int = 2) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd + _joined(runs), capture_output=True, text=True, env=env, timeout=300 * len(runs))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert len(lines) == len(runs), proc.stdout[-3000:]
+    return [json.loads(line[len("RESULT ") :]) for line in lines]
 
 
 TORCHRUN_ARGS = [*BASE, "epochs=1", "seed=3", "max_steps=3", "ema=true", "ema_decay=0.5"]
 # No per-sample randomness (input noise and drop path would draw from each rank's own RNG): exact math only.
 EXACT = {"TOY_NOISE": "0", "TOY_DPR": "0"}
+STRATEGIES = ["ddp", "fsdp", "fsdp-root-only"]
 
 
 @pytest.fixture(scope="module")
-def single_run(toy_script: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("single")
-    return out, _run(toy_script, [*TORCHRUN_ARGS, f"output={out}", "batch_size=16"], env=_env(**EXACT))
+def distributed_runs(toy_script: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """The one-process run and, in one torchrun launch (one process group), a two-process run per strategy.
+
+    Each launch costs seconds of imports, so the strategies run one after another in the same two processes; the
+    one-process run goes on beside them.
+    """
+    root = tmp_path_factory.mktemp("distributed")
+    single = _start(toy_script, [[*TORCHRUN_ARGS, f"output={root / 'single'}", "batch_size=16"]], _env(**EXACT))
+    runs = []
+    for strategy in STRATEGIES:
+        # fsdp-root-only: a task with no fsdp_unit_types (the whole model one unit) once failed to save its weights.
+        units = "TOY_UNITS=0" if strategy == "fsdp-root-only" else "TOY_UNITS=1"
+        runs.append([units, *TORCHRUN_ARGS, f"output={root / strategy}", "batch_size=8"])
+        runs[-1].append(f"strategy={strategy.split('-')[0]}")
+    try:
+        multi = _torchrun(toy_script, runs, _env(**EXACT))
+    finally:
+        (single_result,) = _results(single, 1, 180)
+    return {"single": (root / "single", single_result)} | {
+        s: (root / s, result) for s, result in zip(STRATEGIES, multi)
+    }
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp-root-only"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_torchrun_two_processes_match_one_process(
-    toy_script: Path, tmp_path: Path, single_run: tuple[Path, dict], strategy: str
+    distributed_runs: dict[str, tuple[Path, dict]], strategy: str
 ) -> None:
-    single_dir, single = single_run
-    # fsdp-root-only: a task with no fsdp_unit_types (the whole model one unit) once failed to save its weights.
-    env = _env(**EXACT, TOY_UNITS="0" if strategy == "fsdp-root-only" else "1")
-    args = [*TORCHRUN_ARGS, f"output={tmp_path}", "batch_size=8", f"strategy={strategy.split('-')[0]}"]
-    multi = _torchrun(toy_script, args, env)
+    single_dir, single = distributed_runs["single"]
+    multi_dir, multi = distributed_runs[strategy]
     assert single["step"] == multi["step"] == 3
     loss1 = [r["loss"] for r in read_metrics(single_dir) if r["split"] == "train"]
-    loss2 = [r["loss"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    loss2 = [r["loss"] for r in read_metrics(multi_dir) if r["split"] == "train"]
     assert loss1 == pytest.approx(loss2, rel=1e-5, abs=1e-6)
     assert loss1[0] != pytest.approx(loss1[2], rel=1e-3)  # training moved: the comparison covers updates
     assert multi["n"] == 11  # evaluation counted each of the 11 samples once over 2 ranks
     assert multi["acc"] == pytest.approx(single["acc"]) and multi["ema_acc"] == pytest.approx(single["ema_acc"])
     for name in ("model.safetensors", "model_ema.safetensors"):
-        w_single, w_multi = load_file(single_dir / name), load_file(tmp_path / name)
+        w_single, w_multi = load_file(single_dir / name), load_file(multi_dir / name)
         assert max((w_single[k] - w_multi[k]).abs().max().item() for k in w_single) < 1e-5, name
     if strategy == "ddp":
-        w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+        w0, w1 = torch.load(multi_dir / "rank0.pt"), torch.load(multi_dir / "rank1.pt")
         assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
