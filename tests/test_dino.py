@@ -29,10 +29,10 @@ TINY = dict(
 )
 
 
-def tiny_dino(cb: bool = False, seed: int = 0):
+def tiny_dino(cb: bool = False, seed: int = 0, classes: int = K):
     torch.manual_seed(seed)
     build = build_cb_dino if cb else build_dino
-    return build("internimage_test_32", K, backbone_overrides=dict(layer_scale=1.0), **TINY)
+    return build("internimage_test_32", classes, backbone_overrides=dict(layer_scale=1.0), **TINY)
 
 
 # ------------------------------------------------------------------------------------------------ matching
@@ -199,7 +199,7 @@ def _ffn_norms(sd: dict, prefix: str, norms: int) -> None:
         sd[f"{prefix}norms.{i}.weight"], sd[f"{prefix}norms.{i}.bias"] = torch.randn(D), torch.randn(D)
 
 
-def official_dino_state(cb: bool = False) -> dict[str, torch.Tensor]:
+def official_dino_state(cb: bool = False, classes: int = K) -> dict[str, torch.Tensor]:
     """Names and shapes of the official DINO (mmdet ``DINO``/``CBDINO`` + ``DINOHead`` + ``DinoTransformer``) for the
     tiny config, written from the mmcv 1.x / mmdet 2.x module definitions and the official configs."""
     sd: dict[str, torch.Tensor] = {}
@@ -249,13 +249,14 @@ def official_dino_state(cb: bool = False) -> dict[str, torch.Tensor]:
     sd[t + "query_embed.weight"] = torch.randn(Q, D)
     for i in range(DEC + 1):  # DeformableDETRHead: num_pred = decoder layers + 1 (two-stage), box refine clones
         sd[f"bbox_head.cls_branches.{i}.weight"], sd[f"bbox_head.cls_branches.{i}.bias"] = (
-            torch.randn(K, D),
-            torch.randn(K),
+            torch.randn(classes, D),
+            torch.randn(classes),
         )
         for j, (o, c) in zip((0, 2, 4), ((D, D), (D, D), (4, D))):
             sd[f"bbox_head.reg_branches.{i}.{j}.weight"] = torch.randn(o, c)
             sd[f"bbox_head.reg_branches.{i}.{j}.bias"] = torch.randn(o)
-    sd["bbox_head.label_embedding.weight"] = torch.randn(K, D)  # DINOHead: Embedding(cls_out_channels, embed_dims)
+    # DINOHead: Embedding(cls_out_channels, embed_dims)
+    sd["bbox_head.label_embedding.weight"] = torch.randn(classes, D)
     return sd
 
 
@@ -508,3 +509,25 @@ def test_export_check_compares_with_the_exported_runs_query_selection(tmp_path, 
         raw = exportable.module(torch.randn(*x_shape, generator=torch.Generator().manual_seed(0)))
         moved = exportable.module(torch.randn(*x_shape, generator=torch.Generator().manual_seed(0)), swapped)
     assert not torch.equal(raw[2], moved[2])  # the swap does change the detections: the raw check would fail
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "dino_4scale_cbinternimage_h_objects365_lvis_minival_ss",
+        "dino_4scale_cbinternimage_h_objects365_lvis_val_ss",
+        "dino_4scale_cbinternimage_h_objects365_openimages_ss",
+        "dino_4scale_cbinternimage_h_objects365_voc07",
+        "dino_4scale_cbinternimage_h_objects365_voc12",
+        "dino_4scale_internimage_l_1x_coco_0.1x_backbone_lr",
+    ],
+)
+def test_official_layout_of_the_presets_beyond_coco_loads_strictly(preset):
+    """The official layout with each preset's detector and class count (1203 LVIS, 601 OpenImages, 20 VOC classes:
+    ``cls_branches`` and ``label_embedding`` rows), at the tiny widths."""
+    from internimage.detection.presets import get_preset
+
+    cfg = get_preset(preset)
+    cb = cfg["arch"] == "cb_dino"
+    model = tiny_dino(cb, classes=cfg["num_classes"])
+    model.load_state_dict(official_dino_state(cb, cfg["num_classes"]), strict=True)
