@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,14 +24,6 @@ from PIL import Image
 
 from internimage.ops import make_args
 from internimage.ops.args import DCNv3Args
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # pytest-xdist (``-n auto`` in pyproject's addopts): one worker per core, so one torch thread per worker; the
-    # tests' tensors are small, where threads cost more than they bring.
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        torch.set_num_threads(1)
-
 
 NAN, INF = float("nan"), float("inf")
 #: (poisoned input, value): NaN and both infinities in each of the three inputs.
