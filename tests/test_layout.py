@@ -30,12 +30,12 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"data", "engine"},
     {"plotting"},
-    {"classification", "detection", "segmentation"},
+    {"classification", "detection", "segmentation", "occupancy"},
     {"export"},
     {"commands", "cli", "__main__"},
 ]
 #: Packages of one layer that may not import each other.
-SIBLINGS_APART = {"classification", "detection", "segmentation"}
+SIBLINGS_APART = {"classification", "detection", "occupancy", "segmentation"}
 
 
 def _modules(root: Path, package: str) -> dict[str, Path]:

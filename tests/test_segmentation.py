@@ -396,6 +396,7 @@ def test_metric_update_from_scores_and_bad_labels():
 def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
     import torch.distributed as dist
 
+    torch.set_num_threads(1)  # a forked rank starts its own (tiny) thread pool, not the parent's
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     g = torch.Generator().manual_seed(0)
     target = torch.randint(0, 3, (4, 8, 8), generator=g)
@@ -403,14 +404,16 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
     metric = SegMetric(3)
     metric.update(pred[rank::world], target[rank::world])
     metric.all_reduce()
-    queue.put((rank, metric.cm.clone()))
+    queue.put((rank, metric.cm.numpy().copy()))  # by value: a tensor would be shared through a file descriptor
     dist.destroy_process_group()
 
 
 def test_confusion_matrix_is_all_reduced_under_ddp():
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    # Forked ranks: gloo and SegMetric are already imported here (a spawned rank imports this module, torch and
+    # internimage again, seconds each).
+    ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = random.randint(20000, 40000)
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
@@ -424,7 +427,7 @@ def test_confusion_matrix_is_all_reduced_under_ddp():
     pred = torch.randint(0, 3, (4, 8, 8), generator=g)
     full = SegMetric(3)
     full.update(pred, target)
-    assert torch.equal(results[0], full.cm) and torch.equal(results[1], full.cm)
+    assert torch.equal(torch.from_numpy(results[0]), full.cm) and torch.equal(torch.from_numpy(results[1]), full.cm)
 
 
 # ----------------------------------------------------------------------------------------------- data

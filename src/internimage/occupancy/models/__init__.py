@@ -1,0 +1,1 @@
+"""BEVFormer-Occ: image backbone + FPN, the BEVFormer encoder and the occupancy head."""
