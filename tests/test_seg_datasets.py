@@ -220,3 +220,36 @@ def test_config_from_dataset_and_validation():
     assert cfg.classes[0] == "road" and cfg.dataset == "mapillary"
     with pytest.raises(ValueError, match="dataset must be one of"):
         SegmentationConfig(dataset="voc").validate()
+
+
+def test_cityscapes_150_output_head_scores_predictions_beyond_the_19_classes_as_misses():
+    """mmseg's ``intersect_and_union`` (mmseg 0.30 ``core/evaluation/metrics.py``), written out here: areas are
+    ``torch.histc(x, bins=K, min=0, max=K - 1)``, which drops a prediction >= K, so such a pixel lowers its class's
+    IoU (label area) and adds to no class's prediction area."""
+    g = torch.Generator().manual_seed(3)
+    k, outputs = 19, 150
+    label = torch.randint(0, k, (2, 16, 24), generator=g)
+    label[:, :2] = 255
+    pred = torch.where(torch.rand(label.shape, generator=g) < 0.6, label.clamp(max=k - 1), 0)
+    pred = torch.where(
+        torch.rand(label.shape, generator=g) < 0.2, torch.randint(k, outputs, label.shape, generator=g), pred
+    )
+    inter = torch.zeros(k, dtype=torch.float64)
+    area_pred, area_label = inter.clone(), inter.clone()
+    for p, t in zip(pred, label):
+        keep = t != 255
+        p, t = p[keep].double(), t[keep].double()
+        inter += torch.histc(p[p == t], bins=k, min=0, max=k - 1)
+        area_pred += torch.histc(p, bins=k, min=0, max=k - 1)
+        area_label += torch.histc(t, bins=k, min=0, max=k - 1)
+    iou = inter / (area_pred + area_label - inter)
+    metric = SegMetric(k)
+    metric.update(pred, label)
+    got = metric.compute()
+    assert got["IoU"] == pytest.approx(iou.tolist(), abs=1e-12)
+    assert got["aAcc"] == pytest.approx(float(inter.sum() / area_label.sum()), abs=1e-12)
+    assert got["mIoU"] == pytest.approx(float(iou.nanmean()), abs=1e-12) and float((pred >= k).sum()) > 0
+    scores = torch.zeros(2, outputs, 16, 24).scatter_(1, pred[:, None], 1.0)  # (N, 150, H, W): argmax = pred
+    metric2 = SegMetric(k)
+    metric2.update(scores, label)
+    assert torch.equal(metric2.cm, metric.cm)

@@ -72,6 +72,12 @@ def _dataset_flags(args: argparse.Namespace, train: bool) -> dict[str, Any]:
     name = getattr(args, "dataset", None)
     if not name:
         return {}
+    if args.preset:
+        from ..segmentation.presets import get_preset
+
+        preset = get_preset(args.preset)
+        if name in (preset.get("dataset"), preset.get("val_dataset")) and preset.get("classes"):
+            return {}  # the preset is made for this layout: its head and class names stay
     # Mapillary with 19 classes is the original's MapillaryHack (merged into the Cityscapes classes).
     merged = args.num_classes == 19 or "num_classes=19" in [o.replace(" ", "") for o in overrides(args)]
     fields = dataset_fields(name, cityscapes_classes=name == "mapillary" and merged)
@@ -109,6 +115,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--data-root", help="dataset root")
     parser.add_argument("--dataset", choices=DATASET_NAMES, help="dataset layout (sets its classes and splits)")
+    parser.add_argument("--val-data-root", help="evaluation data root when the config evaluates on another dataset")
     parser.add_argument("--pretrained", help="classification or segmentation checkpoint to start from")
     add_output(parser, "run directory (default: runs/<preset or model>)")
     parser.add_argument("--iters", type=int, help="optimizer steps (160000 officially)")
@@ -120,6 +127,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
 
     extra = {
+        "val_data_root": args.val_data_root,
         "pretrained": args.pretrained,
         "iters": args.iters,
         "batch_size": args.batch_size,
@@ -173,7 +181,11 @@ def _eval(args: argparse.Namespace) -> int:
         print_config(cfg)
         return 0
     # Every refusal (labels, classes, outputs) before the model is built and before anything is written.
-    ds = build_dataset(cfg, args.split or cfg.val_split, train=False)
+    from ..segmentation.datasets import dataset_fields
+
+    # A run trained without evaluation stores no val_split: the layout's own evaluation split then.
+    split = args.split or cfg.val_split or dataset_fields(cfg.val_dataset or cfg.dataset)["val_split"]
+    ds = build_dataset(cfg, split, train=False, evaluation=True)
     out = Path(args.output) if args.output else None
     targets = [out / "seg_metrics.json", out / "per_class_iou.png"] if out else []
     read = [Path(args.checkpoint), *(p for pair in ds.samples for p in pair if p is not None)]

@@ -21,15 +21,20 @@ class SegmentationConfig(TaskConfig, TrainConfig):
         model: Backbone name from :func:`internimage.list_models` (architecture only; weights via ``pretrained``).
         pretrained: Checkpoint to start from: classification (backbone only) or segmentation (mmseg / ours).
         head: Decode head (``upernet``, ``mask2former`` or ``segformer``: mmseg's all-MLP ``SegformerHead``).
-        num_classes: Output classes.
-        classes: Class names (default: the dataset's).
+        num_classes: Output classes of the head.
+        classes: Class names (default: the dataset's). Fewer names than ``num_classes`` name the first outputs; the
+            rest are never targets (the official Cityscapes / Mapillary UperNet and SegFormer heads keep 150 outputs
+            for the 19 classes) and a prediction there is scored as a miss, as mmseg does.
         dataset: Layout of ``data_root``: ``ade20k`` (ADE20K-style folder), ``cityscapes``, ``mapillary``,
             ``cocostuff164k``, ``cocostuff10k``, ``nyu`` or ``pascal_context`` (see
             :mod:`internimage.segmentation.datasets`; :meth:`from_dataset` fills the layout's classes and splits).
             ``mapillary`` with ``num_classes=19`` is the original's ``MapillaryHack``: the Vistas classes merged into
             the 19 Cityscapes ones (as every official Mapillary config trains).
         data_root: Dataset root.
-        train_split, val_split: Split folders (``val_split`` empty = no evaluation during training).
+        train_split, val_split: Split folders (``val_split`` empty = no evaluation during training); ``a+b`` joins
+            splits (Cityscapes ``train+train_extra``: fine and refined coarse labels).
+        val_dataset, val_data_root: Layout and root of the evaluation data when they are not the training data's
+            (the Mapillary presets evaluate on Cityscapes ``val``, as the official configs do).
         reduce_zero_label: ADE20K convention (0 ignored, k -> k - 1).
         crop_size, img_scale, ratio_range, cat_max_ratio: The official train pipeline (see
             :class:`internimage.segmentation.data.SegTrainTransform`).
@@ -56,6 +61,8 @@ class SegmentationConfig(TaskConfig, TrainConfig):
     data_root: str = ""
     train_split: str = "training"
     val_split: str = "validation"
+    val_dataset: str = ""
+    val_data_root: str = ""
     reduce_zero_label: bool = True
     crop_size: tuple[int, int] = (512, 512)
     img_scale: tuple[int, int] = (2048, 512)
@@ -102,13 +109,15 @@ class SegmentationConfig(TaskConfig, TrainConfig):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.head not in ("upernet", "mask2former", "segformer"):
             raise ValueError(f"head must be 'upernet', 'mask2former' or 'segformer', got {self.head!r}")
-        if self.dataset not in DATASET_NAMES:
-            raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)}, got {self.dataset!r}")
+        for name in ("dataset", "val_dataset"):
+            value = getattr(self, name)
+            if value not in DATASET_NAMES and not (name == "val_dataset" and value == ""):
+                raise ValueError(f"{name} must be one of {', '.join(DATASET_NAMES)}, got {value!r}")
         if self.test_mode not in ("whole", "slide"):
             raise ValueError(f"test_mode must be 'whole' or 'slide', got {self.test_mode!r}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.classes and len(self.classes) != self.num_classes:
+        if len(self.classes) > self.num_classes:
             raise ValueError(f"{len(self.classes)} class names for num_classes={self.num_classes}")
         self._validate_pipeline()
 
@@ -151,10 +160,14 @@ class SegmentationConfig(TaskConfig, TrainConfig):
         keys = ("model", "head", "num_classes", "classes", "dataset", "reduce_zero_label", "img_scale", "layer_scale")
         keys += ("decode_channels", "aux_channels", "test_mode", "test_crop", "test_stride", "test_ratios")
         keys += ("test_flip", "crop_size", "num_queries", "attn_heads", "ffn_channels", "enc_layers", "dec_layers")
-        keys += ("dec_ffn_channels", "test_scale")
+        keys += ("dec_ffn_channels", "test_scale", "val_dataset", "val_split")
         data = self.to_dict()
         return {k: data[k] for k in keys}
 
     def class_names(self) -> list[str]:
-        """Name of each class id (``classes``, else ``class 0`` ... ``class K-1``)."""
-        return list(self.classes) or [f"class {i}" for i in range(self.num_classes)]
+        """Name of each output (``classes``, then ``class i`` for outputs they do not name)."""
+        return list(self.classes) + [f"class {i}" for i in range(len(self.classes), self.num_classes)]
+
+    def eval_classes(self) -> int:
+        """Classes the data can hold (``len(classes)`` when named, else ``num_classes``): the metric's K."""
+        return len(self.classes) or self.num_classes

@@ -333,9 +333,12 @@ class ADE20KDataset(_SegDataset):
 class CityscapesDataset(_SegDataset):
     """Cityscapes-style folder: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine`` train-id maps.
 
+    ``train_extra`` reads its labels from ``refinement_final/train_extra`` (the refined coarse labels of the
+    official ``cityscapes_extra`` configs, named ``*_gtFine_labelTrainIds.png`` as mmseg expects).
+
     Args:
         root: Dataset root.
-        split: ``train`` / ``val`` / ``test``.
+        split: ``train`` / ``val`` / ``test`` / ``train_extra``.
         transform: ``(uint8 image, int64 label) -> (image, label)``.
         ignore_index: Label value excluded from training and metrics.
         require_labels: Refuse an image without a label map (training and evaluation need labels).
@@ -359,7 +362,7 @@ class CityscapesDataset(_SegDataset):
         samples: list[tuple[Path, Path | None]] = []
         for img in images:
             stem = img.name[: -len("_leftImg8bit.png")]
-            gt = root / "gtFine" / split / img.parent.name
+            gt = root / ("refinement_final" if split == "train_extra" else "gtFine") / split / img.parent.name
             train_ids, raw_ids = gt / f"{stem}_gtFine_labelTrainIds.png", gt / f"{stem}_gtFine_labelIds.png"
             label = train_ids if train_ids.is_file() else raw_ids if raw_ids.is_file() else None
             if label is None and require_labels:

@@ -3,8 +3,11 @@
 Definitions are mmseg's (and ADE20K's benchmark): per-class IoU = TP / (TP + FP + FN) and Acc = TP / (TP + FN)
 over every pixel of the dataset (not averaged per image); classes that never occur in labels or predictions
 (union 0) get NaN and are left out of mIoU/mAcc; aAcc = sum(TP) / labelled pixels. Pixels labelled
-``ignore_index`` are excluded everywhere. Under DDP, :meth:`SegMetric.all_reduce` sums the K x K matrix of all
-ranks, so every rank reports the dataset-wide figures.
+``ignore_index`` are excluded everywhere. A model may have more outputs than the dataset has classes (the official
+Cityscapes / Mapillary UperNet and SegFormer heads keep 150 outputs for 19 classes): a prediction outside the
+dataset's K classes is wrong for its pixel's class and counts for no class, as in mmseg (its ``histc`` over K bins
+drops it). Under DDP, :meth:`SegMetric.all_reduce` sums the counts of all ranks, so every rank reports the
+dataset-wide figures.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def confusion_matrix(
         ignore_index: Label value to skip.
 
     Returns:
-        (K, K) int64 counts, rows = ground truth, columns = prediction.
+        (K, K + 1) int64 counts, rows = ground truth, columns = prediction; the last column counts predictions
+        outside ``[0, K)``.
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}")
@@ -49,23 +53,29 @@ def confusion_matrix(
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         bad = int(t.max()) if int(t.max()) >= num_classes else int(t.min())
         raise ValueError(f"label value {bad} outside [0, {num_classes}) and not ignore_index={ignore_index}")
-    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    p = torch.where((p < 0) | (p >= num_classes), num_classes, p)
+    k1 = num_classes + 1
+    return torch.bincount(t * k1 + p, minlength=num_classes * k1).reshape(num_classes, k1)
 
 
 def metrics_from_confusion(cm: torch.Tensor, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """aAcc, mIoU, mAcc and per-class IoU/Acc (fractions in [0, 1]; NaN for classes absent everywhere).
 
     Args:
-        cm: (K, K) counts, rows = ground truth, columns = prediction.
+        cm: (K, K) counts, rows = ground truth, columns = prediction, or (K, K + 1) with a last column of
+            predictions outside the K classes (misses of their row's class, no class's prediction).
         class_names: Optional K names for the ``per_class`` table.
 
     Returns:
         ``{'aAcc', 'mIoU', 'mAcc': float, 'IoU', 'Acc': list[float], 'per_class': {name: {'IoU', 'Acc'}}}``.
     """
     cm = cm.double().cpu()
+    k = cm.shape[0]
+    if cm.shape[1] not in (k, k + 1):
+        raise ValueError(f"confusion matrix of shape {tuple(cm.shape)}: expected ({k}, {k}) or ({k}, {k + 1})")
     tp = cm.diag()
     label_area = cm.sum(1)
-    union = label_area + cm.sum(0) - tp
+    union = label_area + cm[:, :k].sum(0) - tp
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
     acc = torch.where(label_area > 0, tp / label_area.clamp(min=1), nan)
@@ -96,13 +106,14 @@ class SegMetric:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names is not None else None
-        self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.cm = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64)  # last column: other predictions
 
     def reset(self) -> None:
         self.cm.zero_()
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Args: pred: (N, H, W) class ids, or (N, K, H, W) scores (argmax taken); target: (N, H, W) labels."""
+        """Args: pred: (N, H, W) class ids, or (N, C, H, W) scores (argmax taken; C may exceed K); target: (N, H, W)
+        labels in [0, K) or ``ignore_index``."""
         if pred.dim() == target.dim() + 1:
             pred = pred.argmax(1)
         cm = confusion_matrix(pred, target.to(pred.device), self.num_classes, self.ignore_index)
@@ -137,7 +148,8 @@ def evaluate_segmentor(
     bare = unwrap_model(model)
     device = next(bare.parameters()).device
     _sync_buffers(bare)
-    metric = SegMetric(cfg.num_classes, ignore_index=bare.ignore_index, class_names=class_names)
+    k = len(class_names) if class_names else cfg.eval_classes()  # a head may have more outputs (never targets)
+    metric = SegMetric(k, ignore_index=bare.ignore_index, class_names=class_names)
     limit = real_sample_count(loader)
     seen = 0
     with workers_stop_on_error():

@@ -91,54 +91,79 @@ def build_segmentor(
     return model
 
 
-def build_dataset(cfg: SegmentationConfig, split: str, train: bool, check_zero_label: bool = True) -> Any:
+def build_dataset(
+    cfg: SegmentationConfig, split: str, train: bool, check_zero_label: bool = True, evaluation: bool = False
+) -> Any:
     """The dataset of ``split`` with the official train or test transform, labelled in the model's class order.
 
     Args:
         cfg: Dataset fields (``cfg.dataset`` picks the layout, see :mod:`internimage.segmentation.datasets`);
             ``cfg.classes`` are the model's class names (the checkpoint's when evaluating): a dataset naming the
             same classes in another order (``classes.txt``, or a layout's fixed list) is mapped to them by name.
-        split: Split folder.
+        split: Split folder (``a+b`` joins splits).
         train: Official train transform, else the test one.
         check_zero_label: Warn when the label maps suggest that ``reduce_zero_label`` throws away a real class.
+        evaluation: The evaluation data: ``cfg.val_dataset`` / ``cfg.val_data_root`` where set.
 
     Raises:
         FileNotFoundError: no images, or no label maps for the split.
         ValueError: the dataset's classes are not the model's.
     """
-    from .data import ADE20KDataset, SegTestTransform, SegTrainTransform
+    from .data import SegTestTransform, SegTrainTransform
 
-    if not cfg.data_root:
+    layout, root = cfg.dataset, cfg.data_root
+    if evaluation and cfg.val_dataset:
+        layout, root = cfg.val_dataset, cfg.val_data_root or cfg.data_root
+    if not root:
         raise ValueError("no dataset: pass --data-root (or data_root=... in the config)")
     if train:
         transform = SegTrainTransform(cfg.crop_size, cfg.img_scale, cfg.ratio_range, cfg.cat_max_ratio)
     else:
         transform = SegTestTransform()
-    if cfg.dataset != "ade20k":
+    ds = _read_split(cfg, layout, root, split, transform, check_zero_label)
+    expected = cfg.eval_classes()
+    if ds.num_classes != expected:
+        hint = "" if layout == "ade20k" else f" (--dataset {layout} sets num_classes and classes)"
+        raise ValueError(
+            f"dataset {root} ({layout}) has {ds.num_classes} classes but the model names {expected}" + hint
+        )
+    return ds
+
+
+def _read_split(cfg: SegmentationConfig, layout: str, root: str, split: str, transform: Any, check_zero: bool) -> Any:
+    """The layout reader over ``split`` (its ``+``-joined parts concatenated)."""
+    from .data import ADE20KDataset
+
+    parts = [s for s in split.split("+") if s]
+    if len(parts) > 1:
+        from torch.utils.data import ConcatDataset
+
+        sets = [_read_split(cfg, layout, root, part, transform, check_zero) for part in parts]
+        joined = ConcatDataset(sets)
+        # What the engine and the eval command read of a dataset: its classes, palette and (image, label) pairs.
+        joined.classes, joined.num_classes = sets[0].classes, sets[0].num_classes
+        joined.samples = [pair for ds in sets for pair in ds.samples]
+        return joined
+    if layout != "ade20k":
+        from .data import CITYSCAPES_CLASSES
         from .datasets import build_layout_dataset
 
-        # Mapillary with 19 classes: the original's MapillaryHack (Vistas merged into the Cityscapes classes).
-        kwargs = {"cityscapes_classes": cfg.num_classes == 19} if cfg.dataset == "mapillary" else {}
+        # Mapillary on the Cityscapes classes: the original's MapillaryHack (Vistas merged into the 19 classes).
+        merged = cfg.num_classes == 19 or list(cfg.classes) == list(CITYSCAPES_CLASSES)
+        kwargs = {"cityscapes_classes": merged} if layout == "mapillary" else {}
         names = cfg.classes or None
-        ds = build_layout_dataset(cfg.dataset, cfg.data_root, split, transform, names, require_labels=True, **kwargs)
-    else:
-        ds = ADE20KDataset(
-            cfg.data_root,
-            split,
-            transform,
-            cfg.reduce_zero_label,
-            num_classes=cfg.num_classes,
-            model_classes=cfg.classes or None,
-            require_labels=True,
-        )
-        if check_zero_label:
-            _warn_zero_label(ds, Path(cfg.data_root) / split)
-    if ds.num_classes != cfg.num_classes:
-        hint = "" if cfg.dataset == "ade20k" else f" (--dataset {cfg.dataset} sets num_classes and classes)"
-        raise ValueError(
-            f"dataset {cfg.data_root} ({cfg.dataset}) has {ds.num_classes} classes but num_classes={cfg.num_classes}"
-            + hint
-        )
+        return build_layout_dataset(layout, root, split, transform, names, require_labels=True, **kwargs)
+    ds = ADE20KDataset(
+        root,
+        split,
+        transform,
+        cfg.reduce_zero_label,
+        num_classes=cfg.num_classes,
+        model_classes=cfg.classes or None,
+        require_labels=True,
+    )
+    if check_zero:
+        _warn_zero_label(ds, Path(root) / split)
     return ds
 
 
@@ -191,11 +216,17 @@ class SegmentationTask(Task):
         return model
 
     def build_datasets(self, info: Any) -> tuple[Any, Any]:
-        train = build_dataset(self.cfg, self.cfg.train_split, train=True)
+        cfg = self.cfg
+        if cfg.val_split and cfg.val_dataset and cfg.val_dataset != cfg.dataset and not cfg.val_data_root:
+            raise ValueError(
+                f"this config trains on {cfg.dataset} and evaluates on {cfg.val_dataset} {cfg.val_split}: pass "
+                f"--val-data-root <{cfg.val_dataset} root> (or --set val_split= to train without evaluation)"
+            )
+        train = build_dataset(cfg, cfg.train_split, train=True)
         self.class_names = self.class_names or list(train.classes)
         val = None
-        if self.cfg.val_split:  # same folder and convention: the train split's warning covers it
-            val = build_dataset(self.cfg, self.cfg.val_split, train=False, check_zero_label=False)
+        if cfg.val_split:  # same convention: the train split's warning covers it
+            val = build_dataset(cfg, cfg.val_split, train=False, check_zero_label=False, evaluation=True)
         return train, val
 
     def collate_fn(self, train: bool) -> Any:

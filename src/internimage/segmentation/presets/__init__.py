@@ -8,7 +8,9 @@ size on other machine counts. Backbones use ``layer_scale=1.0`` for T..XL, exact
 
 The street-scene UperNet / SegFormer configs (Cityscapes, Mapillary) keep mmseg's ADE20K ``num_classes=150`` in
 their heads: only the 19 Cityscapes train ids are ever targets, but the released checkpoints carry 150-row
-classifiers, so these presets keep 150 outputs (the official layout loads strictly). Their Mask2Former configs use 19.
+classifiers, so these presets keep 150 outputs (the official layout loads strictly) and name the 19 classes
+(``classes``); evaluation scores a prediction among the other 131 outputs as a miss, as mmseg does. Their
+Mask2Former configs use 19.
 """
 
 from __future__ import annotations
@@ -69,25 +71,35 @@ def upernet(crop: int, **fields: Any) -> dict[str, Any]:
 
 # Cityscapes-layout data (mmseg ``CityscapesDataset``: train ids 0..18, 255 ignored, no zero-label reduction).
 CITYSCAPES: dict[str, Any] = {"dataset": "cityscapes", "train_split": "train", "val_split": "val"}
-# Mapillary Vistas v1.2 (``training`` + ``validation`` images, 65 classes mapped to the 19 Cityscapes ones by the
-# original ``MapillaryHack``). The official configs evaluate on Cityscapes ``val``, another dataset: no evaluation
-# during training here (evaluate the result on Cityscapes).
-MAPILLARY: dict[str, Any] = {"dataset": "mapillary", "train_split": "training", "val_split": ""}
+# ``_base_/datasets/cityscapes_extra*.py``: fine ``train`` + ``train_extra`` with the refined coarse labels
+# (``refinement_final/train_extra``), for the fine-tuning from Mapillary.
+CITYSCAPES_EXTRA: dict[str, Any] = {**CITYSCAPES, "train_split": "train+train_extra"}
+# Mapillary Vistas v1.2 (``training`` + ``validation`` images, classes merged into the 19 Cityscapes ones by the
+# original ``MapillaryHack``), evaluated on Cityscapes ``val`` as the official configs do (``val_data_root``).
+MAPILLARY: dict[str, Any] = {
+    "dataset": "mapillary",
+    "train_split": "training+validation",
+    "val_dataset": "cityscapes",
+    "val_split": "val",
+}
 
 
 def street(data: dict[str, Any], head: str, crop: tuple[int, int] = (512, 1024), **fields: Any) -> dict[str, Any]:
     """A Cityscapes / Mapillary preset: the ADE20K schedule + ``data`` + 2048x1024 scales + the head's widths.
 
     Args:
-        data: ``CITYSCAPES`` or ``MAPILLARY``.
+        data: ``CITYSCAPES``, ``CITYSCAPES_EXTRA`` or ``MAPILLARY``.
         head: ``upernet`` (512 wide + FCN auxiliary head 256), ``segformer`` (256 wide, no auxiliary head) or
             ``mask2former`` (pass its fields, see :func:`mask2former_h`).
         crop: (h, w) training crop; also the sliding-window size.
         **fields: The variant's fields (they win).
     """
+    from ..data import CITYSCAPES_CLASSES
+
     h, w = crop
     preset = dict(UPERNET_ADE20K)
     preset.update(data, head=head, num_classes=150, reduce_zero_label=False, img_scale=[2048, 1024])
+    preset.update(classes=list(CITYSCAPES_CLASSES))  # the 19 targets; the 150-output heads name no others
     preset.update(crop_size=[h, w], test_crop=[h, w], test_stride=[h * 2 // 3, w * 2 // 3])
     if head == "segformer":
         preset.update(decode_channels=256, aux_channels=0)

@@ -6,10 +6,10 @@ layer decay 0.94, grad clip 0.1, 160k iterations, 8 x 2 images, evaluation every
 330M parameters in the zoo.
 """
 
-from . import CITYSCAPES, street
+from . import CITYSCAPES_EXTRA, street
 
 PRESET = street(
-    CITYSCAPES,
+    CITYSCAPES_EXTRA,
     "segformer",
     model="internimage_xl_22k_384",
     drop_path_rate=0.4,

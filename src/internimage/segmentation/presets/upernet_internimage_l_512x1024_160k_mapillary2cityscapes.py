@@ -6,10 +6,10 @@ layer decay 0.94, grad clip 0.1, 160k iterations, 8 x 2 images, evaluation every
 256M parameters in the zoo.
 """
 
-from . import CITYSCAPES, street
+from . import CITYSCAPES_EXTRA, street
 
 PRESET = street(
-    CITYSCAPES,
+    CITYSCAPES_EXTRA,
     "upernet",
     model="internimage_l_22k_384",
     drop_path_rate=0.4,

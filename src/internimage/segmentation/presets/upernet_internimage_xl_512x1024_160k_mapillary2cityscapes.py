@@ -8,10 +8,10 @@ The official config's ``load_from`` names the SegFormer Mapillary checkpoint (an
 ``upernet_internimage_xl_512x1024_80k_mapillary``.
 """
 
-from . import CITYSCAPES, street
+from . import CITYSCAPES_EXTRA, street
 
 PRESET = street(
-    CITYSCAPES,
+    CITYSCAPES_EXTRA,
     "upernet",
     model="internimage_xl_22k_384",
     drop_path_rate=0.4,
