@@ -1,9 +1,11 @@
-"""Datasets and transforms: image folders and file lists that skip unreadable images, Fashion-MNIST offline."""
+"""Datasets and transforms: image folders, file lists and iNaturalist jsons that skip unreadable images,
+Fashion-MNIST offline."""
 
 from .datasets import (
     IMAGE_EXTENSIONS,
     FileListDataset,
     ImageFolderDataset,
+    INaturalistDataset,
     SkipCollate,
     build_image_dataset,
     collect_images,
@@ -17,6 +19,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "collect_images",
     "FileListDataset",
+    "INaturalistDataset",
     "ImageFolderDataset",
     "SkipCollate",
     "build_eval_transform",

@@ -22,6 +22,7 @@ __all__ = [
     "workers_stop_on_error",
     "IMAGE_EXTENSIONS",
     "FileListDataset",
+    "INaturalistDataset",
     "ImageFolderDataset",
     "SkipCollate",
     "build_image_dataset",
@@ -204,17 +205,85 @@ class FileListDataset(_FileDataset):
                 logger.warning("%s: every label is 0: a classifier needs two or more classes", list_file)
 
 
+class INaturalistDataset(_FileDataset):
+    """iNaturalist 2018 (``train2018.json`` / ``val2018.json``): COCO-style ``images``, ``annotations`` (one
+    ``category_id`` per image) and ``categories`` tables; ``file_name`` paths such as
+    ``train_val2018/Plantae/7477/<hash>.jpg`` are relative to ``root``.
+
+    Class ``i`` is the ``i``-th category by id (ids 0..8141 in the 2018 release, so the label is the id).
+
+    Args:
+        json_file: ``train2018.json`` or ``val2018.json``.
+        root: Folder the ``file_name`` paths are relative to (default: the json's folder).
+        transform: PIL image -> tensor.
+        mode: PIL mode.
+        classes: The model's class names: categories are matched to them by name (all must be among them).
+    """
+
+    def __init__(
+        self,
+        json_file: str | os.PathLike,
+        root: str | os.PathLike | None = None,
+        transform: Callable[[Any], torch.Tensor] | None = None,
+        mode: str = "RGB",
+        classes: list[str] | None = None,
+    ) -> None:
+        import json
+
+        super().__init__(transform, mode)
+        json_file = Path(json_file)
+        try:
+            table = json.loads(json_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read iNaturalist annotations {json_file}: {err}") from err
+        missing = [k for k in ("images", "annotations", "categories") if k not in table]
+        if missing:
+            raise ValueError(f"{json_file}: no {', '.join(missing)} table (an iNaturalist json has images, "
+                             "annotations and categories)")  # fmt: skip
+        categories = sorted(table["categories"], key=lambda c: c["id"])
+        names = [str(c["name"]) for c in categories]
+        index = {c["id"]: i for i, c in enumerate(categories)}
+        if classes is not None:
+            unknown = [n for n in names if n not in classes]
+            if unknown:
+                raise ValueError(f"{json_file}: categories {_preview(unknown)} are not classes of the model")
+            index = {c["id"]: classes.index(str(c["name"])) for c in categories}
+            names = list(classes)
+        label_of: dict[Any, int] = {}
+        for ann in table["annotations"]:
+            if ann["category_id"] not in index:
+                raise ValueError(f"{json_file}: annotation {ann.get('id')} has category_id {ann['category_id']}, "
+                                 "which is no category of the file")  # fmt: skip
+            label_of[ann["image_id"]] = index[ann["category_id"]]
+        base = Path(root) if root is not None else json_file.parent
+        self.samples = []
+        for img in table["images"]:
+            if img["id"] not in label_of:
+                raise ValueError(f"{json_file}: image {img['id']} ({img['file_name']}) has no annotation")
+            self.samples.append((str(base / img["file_name"]), label_of[img["id"]]))
+        if not self.samples:
+            raise ValueError(f"{json_file} lists no images")
+        self.classes = names
+
+
+def _is_inaturalist(path: Path) -> bool:
+    return path.suffix == ".json"
+
+
 def build_image_dataset(
     path: str | os.PathLike,
     transform: Callable[[Any], torch.Tensor] | None = None,
     mode: str = "RGB",
     root: str | os.PathLike | None = None,
     classes: list[str] | None = None,
-) -> ImageFolderDataset | FileListDataset:
-    """A folder becomes an :class:`ImageFolderDataset`, a file a :class:`FileListDataset`."""
+) -> ImageFolderDataset | FileListDataset | INaturalistDataset:
+    """A folder becomes an :class:`ImageFolderDataset`, a ``.json`` an :class:`INaturalistDataset` (iNaturalist
+    2018), another file a :class:`FileListDataset`."""
     p = Path(path)
     if p.is_dir():
         return ImageFolderDataset(p, transform, mode, classes)
+    if p.is_file() and _is_inaturalist(p):
+        return INaturalistDataset(p, root, transform, mode, classes)
     if p.is_file():
         return FileListDataset(p, root, transform, mode, classes)
     raise FileNotFoundError(f"dataset not found: {p} (expected an image folder or a 'path label' list file)")

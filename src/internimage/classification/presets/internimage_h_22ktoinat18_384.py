@@ -4,7 +4,8 @@ InternImage-H fine-tuned on iNaturalist 2018 (8142 classes) at 384 from the join
 (``init_checkpoint=internimage_h_jointto22k_384.pth``; its 21841-class head is dropped and the new head starts at
 random, ``RAND_INIT_FT_HEAD``): 100 epochs, no warm-up, lr 2e-5 per 512 images with no layer decay and no DCN lr
 multiplier, warm-up / min lr 0, no EMA, label smoothing 0.3, drop path 0.6, no Mixup / CutMix / random erasing,
-gradient checkpointing.
+gradient checkpointing. Data: ``--train-data <root>/train2018.json --val-data <root>/val2018.json`` (the iNaturalist
+2018 release; image paths in the json are relative to its folder, or to ``--set data_root=...``).
 
 The original trains ``intern_image_meta_former``: the image model plus two small MLP branches over the photo's date
 (4 values) and location (3 values) whose logits are added to the image logits. Those branches are not implemented
