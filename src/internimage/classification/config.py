@@ -27,6 +27,8 @@ class ClassificationConfig(TaskConfig, TrainConfig):
         img_size: Training / evaluation resolution.
         train_data: Image folder (``root/<class>/<img>``) or ``path label`` list file.
         val_data: Same, for evaluation.
+        train_meta, val_meta: iNaturalist ``*_locations.json`` files: the date / location inputs of a model with meta
+            branches (``model_kwargs.meta_dim``, the iNat18 preset); empty = none (the branches then see zeros).
         data_root: Root that relative paths of list files are resolved against (default: the list's folder).
         image_mode: PIL mode (``RGB`` or ``L`` for one channel).
         mean: Normalisation mean.
@@ -54,6 +56,8 @@ class ClassificationConfig(TaskConfig, TrainConfig):
     img_size: int = 224
     train_data: str = ""
     val_data: str = ""
+    train_meta: str = ""
+    val_meta: str = ""
     data_root: str = ""
     image_mode: str = "RGB"
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)

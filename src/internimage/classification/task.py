@@ -109,7 +109,9 @@ class ClassificationTask(Task):
         if not c.train_data:
             raise ValueError("no training data: pass --train-data (an image folder or a 'path label' list)")
         tf = build_train_transform(c.img_size, c.auto_augment, c.color_jitter, c.reprob, c.interpolation, c.mean, c.std)
-        dataset = build_image_dataset(c.train_data, tf, c.image_mode, c.data_root or None)
+        dataset = build_image_dataset(
+            c.train_data, tf, c.image_mode, c.data_root or None, locations=_meta(c.train_meta)
+        )
         _check_training_classes(dataset.classes, c.num_classes, c.train_data)
         return dataset
 
@@ -120,7 +122,8 @@ class ClassificationTask(Task):
         if not c.val_data:
             return None
         tf = build_eval_transform(c.img_size, c.interpolation, c.mean, c.std)
-        return build_image_dataset(c.val_data, tf, c.image_mode, c.data_root or None, classes=self.classes)
+        meta = _meta(c.val_meta)
+        return build_image_dataset(c.val_data, tf, c.image_mode, c.data_root or None, self.classes, meta)
 
     @property
     def classes(self) -> list[str]:
@@ -193,7 +196,7 @@ class ClassificationTask(Task):
         return self._mixup
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        x, y = batch["image"], batch["target"]
+        x, y, meta = batch["image"], batch["target"], batch.get("meta")
         if x.shape[0] < 2:
             # Unreadable images left fewer than 2 (BatchNorm needs 2). Still run a forward through the (DDP)
             # model so every rank joins the gradient all-reduce, with a loss of exactly zero.
@@ -207,11 +210,12 @@ class ClassificationTask(Task):
         if mixup is not None:
             if x.shape[0] % 2:  # timm's batch mixup pairs samples; a skipped image can leave an odd batch
                 x, y = x[:-1], y[:-1]
+                meta = meta[:-1] if meta is not None else None
             x, soft = mixup(x, y)
-            logits = model(x)
+            logits = _forward(model, x, meta)
             loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         else:
-            logits = model(x)
+            logits = _forward(model, x, meta)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
         return {"loss": loss}
 
@@ -226,16 +230,18 @@ class ClassificationTask(Task):
             if batch["image"].shape[0] == 0:  # every image of the batch was unreadable
                 continue
             x, y = batch["image"].to(info.device), batch["target"].to(info.device)
+            meta = batch["meta"].to(info.device) if "meta" in batch else None
             if remaining is not None:  # FSDP: drop the padding at the end of the last shard
                 positions = len(y) + int(batch.get("num_skipped", 0))
                 keep = max(min(positions, remaining) - int(batch.get("num_skipped", 0)), 0)
                 x, y = x[:keep], y[:keep]
+                meta = meta[:keep] if meta is not None else None
                 remaining -= positions
             if len(y) == 0:
                 # Pure padding: FSDP needs every rank to run the same forwards, so run it and count nothing.
                 model(batch["image"].to(info.device))
                 continue
-            logits = self._map_logits(model(x)).float()
+            logits = self._map_logits(_forward(model, x, meta)).float()
             top1, top5 = topk_correct(logits, y)
             counts += torch.tensor(
                 [top1, top5, float(F.cross_entropy(logits, y, reduction="sum")), len(y), 0], dtype=torch.float64
@@ -262,6 +268,15 @@ class ClassificationTask(Task):
         return mapped.masked_fill(index[None] < 0, float("-inf"))
 
 
+def _meta(path: str) -> str | None:
+    return path or None
+
+
+def _forward(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+    """Logits of images, with their date / location inputs when the data has them (iNaturalist meta branches)."""
+    return model(x) if meta is None else model(x, meta)
+
+
 def _check_training_classes(classes: list[str], num_classes: int, where: str) -> None:
     """Refuse training data whose classes cannot fit the head (no silent 8-class head from one stray label)."""
     shown = ", ".join(classes[:5]) + (f", +{len(classes) - 5} more" if len(classes) > 5 else "")
@@ -272,7 +287,11 @@ def _check_training_classes(classes: list[str], num_classes: int, where: str) ->
 
 
 def build_val_dataset(
-    path: str | Path, transform: Callable[[Any], torch.Tensor], info: dict[str, Any], map22kto1k: bool = False
+    path: str | Path,
+    transform: Callable[[Any], torch.Tensor],
+    info: dict[str, Any],
+    map22kto1k: bool = False,
+    locations: str | None = None,
 ) -> Dataset:
     """An evaluation set labelled in the model's class order.
 
@@ -286,6 +305,7 @@ def build_val_dataset(
         transform: PIL image -> tensor.
         info: The second result of :func:`load_classifier`.
         map22kto1k: Labels are ImageNet-1k indices (a 22k model evaluated on 1k).
+        locations: iNaturalist ``*_locations.json`` (date / location inputs of a model with meta branches).
 
     Raises:
         ValueError: folder names or labels that are not classes of the model (one line naming them).
@@ -302,11 +322,11 @@ def build_val_dataset(
                 f"{root}: folder(s) {', '.join(unknown[:5])} are not classes of the checkpoint "
                 f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); name the folders after them"
             )
-        return build_image_dataset(root, transform, info["image_mode"], classes=classes)
+        return build_image_dataset(root, transform, info["image_mode"], classes=classes, locations=locations)
     if root.is_dir():
         dataset = build_image_dataset(root, transform, info["image_mode"])
         if len(dataset.classes) > len(classes):
             raise ValueError(f"{root} has {len(dataset.classes)} classes, the model predicts {len(classes)}")
         logger.info("%s: the checkpoint stores no class names; folders are labelled in sorted order", root)
         return dataset
-    return build_image_dataset(root, transform, info["image_mode"], classes=classes)
+    return build_image_dataset(root, transform, info["image_mode"], classes=classes, locations=locations)

@@ -106,7 +106,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="weights in any supported format")
     parser.add_argument("--model", default=None, help="model name (needed unless the checkpoint is ours)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the hub")
-    parser.add_argument("--val-data", required=True, help="image folder or 'path label' list")
+    parser.add_argument("--val-data", required=True, help="image folder, 'path label' list or iNaturalist json")
+    parser.add_argument("--val-meta", help="iNaturalist *_locations.json (date / location of each photo)")
     parser.add_argument("--img-size", type=int, default=None, help="default: the model's")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="loader processes (default: 4, at most the cores)")
@@ -144,7 +145,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     model.to(info.device)
     size = args.img_size or meta["img_size"]
     tf = build_eval_transform(size, mean=meta["mean"], std=meta["std"])
-    dataset = build_val_dataset(args.val_data, tf, meta, args.map22kto1k)
+    dataset = build_val_dataset(args.val_data, tf, meta, args.map22kto1k, args.val_meta)
     classes = list(meta["classes"]) if not args.map22kto1k else [str(i) for i in range(IMAGENET_1K)]
     loader = DataLoader(
         dataset,

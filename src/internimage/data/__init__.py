@@ -9,6 +9,7 @@ from .datasets import (
     SkipCollate,
     build_image_dataset,
     collect_images,
+    inaturalist_meta,
     load_image,
 )
 from .fashion_mnist import FASHION_MNIST_CLASSES, find_fashion_mnist, load_fashion_mnist
@@ -18,6 +19,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "IMAGE_EXTENSIONS",
     "collect_images",
+    "inaturalist_meta",
     "FileListDataset",
     "INaturalistDataset",
     "ImageFolderDataset",

@@ -27,6 +27,7 @@ __all__ = [
     "SkipCollate",
     "build_image_dataset",
     "collect_images",
+    "inaturalist_meta",
     "load_image",
     "to_8_bit",
 ]
@@ -205,6 +206,31 @@ class FileListDataset(_FileDataset):
                 logger.warning("%s: every label is 0: a classifier needs two or more classes", list_file)
 
 
+def inaturalist_meta(date: str | None, lat: float | None, lon: float | None) -> list[float]:
+    """The 7 meta inputs of the original's ``intern_image_meta_former`` for one photo (MetaFormer's encoding).
+
+    Date ``YYYY-MM-DD[ hh:mm:ss...]`` -> (sin, cos) of 2 pi month / 12 and of 2 pi hour / 24 (the hour pair 0
+    without a time); location -> the unit vector (cos lat cos lon, cos lat sin lon, sin lat). Missing or unparsable
+    values give zeros, as in the original.
+    """
+    import math
+    import re
+
+    date_part = [0.0] * 4
+    match = re.match(r"\s*(\d+)-(\d+)-(\d+)(?:[ T](\d+):(\d+))?", date or "")
+    if match:
+        month = int(match.group(2))
+        date_part[:2] = [math.sin(2 * math.pi * month / 12), math.cos(2 * math.pi * month / 12)]
+        if match.group(4) is not None:
+            hour = int(match.group(4))
+            date_part[2:] = [math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)]
+    place = [0.0] * 3
+    if lat is not None and lon is not None and (lat or lon):
+        la, lo = math.radians(float(lat)), math.radians(float(lon))
+        place = [math.cos(la) * math.cos(lo), math.cos(la) * math.sin(lo), math.sin(la)]
+    return date_part + place
+
+
 class INaturalistDataset(_FileDataset):
     """iNaturalist 2018 (``train2018.json`` / ``val2018.json``): COCO-style ``images``, ``annotations`` (one
     ``category_id`` per image) and ``categories`` tables; ``file_name`` paths such as
@@ -218,6 +244,9 @@ class INaturalistDataset(_FileDataset):
         transform: PIL image -> tensor.
         mode: PIL mode.
         classes: The model's class names: categories are matched to them by name (all must be among them).
+        locations: The release's ``<split>2018_locations.json`` (``id``, ``lat``, ``lon``, ``date`` per image):
+            items become ``(image, label, meta)`` with the (7,) :func:`inaturalist_meta` of the photo (zeros for an
+            image the file does not list), for models with meta branches.
     """
 
     def __init__(
@@ -227,6 +256,7 @@ class INaturalistDataset(_FileDataset):
         transform: Callable[[Any], torch.Tensor] | None = None,
         mode: str = "RGB",
         classes: list[str] | None = None,
+        locations: str | os.PathLike | None = None,
     ) -> None:
         import json
 
@@ -264,6 +294,33 @@ class INaturalistDataset(_FileDataset):
         if not self.samples:
             raise ValueError(f"{json_file} lists no images")
         self.classes = names
+        self.meta: list[torch.Tensor] | None = None
+        if locations is not None:
+            self.meta = _read_locations(Path(locations), [img["id"] for img in table["images"]])
+
+    def __getitem__(self, index: int) -> Any:
+        item = super().__getitem__(index)
+        if item is None or self.meta is None:
+            return item
+        return (*item, self.meta[index])
+
+
+def _read_locations(path: Path, image_ids: list[Any]) -> list[torch.Tensor]:
+    """(7,) meta of every image id from an iNaturalist ``*_locations.json`` (a list of per-image records)."""
+    import json
+
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read iNaturalist locations {path}: {err}") from err
+    if not isinstance(records, list) or any(not isinstance(r, dict) or "id" not in r for r in records):
+        raise ValueError(f"{path}: expected a list of records with an 'id' (and lat, lon, date)")
+    by_id = {r["id"]: r for r in records}
+    out = []
+    for image_id in image_ids:
+        r = by_id.get(image_id, {})
+        out.append(torch.tensor(inaturalist_meta(r.get("date"), r.get("lat"), r.get("lon")), dtype=torch.float32))
+    return out
 
 
 def _is_inaturalist(path: Path) -> bool:
@@ -276,14 +333,15 @@ def build_image_dataset(
     mode: str = "RGB",
     root: str | os.PathLike | None = None,
     classes: list[str] | None = None,
+    locations: str | os.PathLike | None = None,
 ) -> ImageFolderDataset | FileListDataset | INaturalistDataset:
     """A folder becomes an :class:`ImageFolderDataset`, a ``.json`` an :class:`INaturalistDataset` (iNaturalist
-    2018), another file a :class:`FileListDataset`."""
+    2018; ``locations`` its ``*_locations.json`` for the meta inputs), another file a :class:`FileListDataset`."""
     p = Path(path)
     if p.is_dir():
         return ImageFolderDataset(p, transform, mode, classes)
     if p.is_file() and _is_inaturalist(p):
-        return INaturalistDataset(p, root, transform, mode, classes)
+        return INaturalistDataset(p, root, transform, mode, classes, locations)
     if p.is_file():
         return FileListDataset(p, root, transform, mode, classes)
     raise FileNotFoundError(f"dataset not found: {p} (expected an image folder or a 'path label' list file)")
@@ -304,6 +362,9 @@ class SkipCollate:
             logger.debug("dropped %d unreadable image(s) from a batch", skipped)
         if not good:
             return {"image": torch.empty(0), "target": torch.empty(0, dtype=torch.long), "num_skipped": skipped}
+        if len(good[0]) == 3:  # (image, label, meta): iNaturalist with date / location
+            images, targets, meta = default_collate(good)
+            return {"image": images, "target": targets, "meta": meta, "num_skipped": skipped}
         images, targets = default_collate(good)
         return {"image": images, "target": targets, "num_skipped": skipped}
 

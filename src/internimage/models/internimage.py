@@ -351,6 +351,9 @@ class InternImage(nn.Module):
         recompute_activations: In training, recompute the cheap elementwise activations in backward instead of
             storing them (each MLP's GELU output, each DCNv3 depthwise-conv branch): about a third less activation
             memory for a few percent more time; no GEMM is recomputed (:mod:`internimage.models.recompute`).
+        meta_dim: Width of the original's ``intern_image_meta_former`` branches (64 for iNaturalist 2018; 0 = none):
+            two small MLPs over a photo's date (4 values) and location (3 values) whose logits are added to the
+            image logits, see :meth:`forward`.
         device: Where to create the parameters (``'meta'`` for structure only); timm's ``create_model`` passes it.
         dtype: Floating dtype of the parameters (created in fp32, converted once).
     """
@@ -387,6 +390,7 @@ class InternImage(nn.Module):
         dcn_output_bias: bool = True,
         use_dcn_v4_op: bool = False,
         recompute_activations: bool = True,
+        meta_dim: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -469,6 +473,12 @@ class InternImage(nn.Module):
                 self.num_features = last
                 self.head_hidden_size = hidden
             self.head = nn.Linear(self._head_in_features(), num_classes) if num_classes > 0 else nn.Identity()
+            self.meta_dim = meta_dim
+            if meta_dim > 0:
+                self.meta_head_1 = _meta_branch(META_DATE_VALUES, meta_dim)
+                self.meta_head_2 = _meta_branch(META_PLACE_VALUES, meta_dim)
+                self.meta_norm = nn.LayerNorm(2 * meta_dim, eps=1e-6)
+                self.meta_head = nn.Linear(2 * meta_dim, num_classes) if num_classes > 0 else nn.Identity()
 
             self.apply(_init_weights)
             for module in self.modules():
@@ -556,6 +566,11 @@ class InternImage(nn.Module):
         if num_classes > 0:
             _init_weights(self.head)
         self.head.train(self.training)
+        if getattr(self, "meta_head", None) is not None:
+            width = 2 * self.meta_dim
+            self.meta_head = nn.Linear(width, num_classes, **place) if num_classes > 0 else nn.Identity()
+            if num_classes > 0:
+                _init_weights(self.meta_head)
 
     def forward_intermediates(
         self,
@@ -662,9 +677,32 @@ class InternImage(nn.Module):
             x = self.avgpool(x).flatten(1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x: (N, 3, H, W) images. Returns: (N, num_classes) logits."""
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of images (and, with ``meta_dim``, of their date and location).
+
+        Args:
+            x: (N, 3, H, W) images.
+            meta: (N, 7) date (sin / cos of month and hour) and location (unit vector of latitude / longitude) of
+                each image, see :func:`internimage.data.inaturalist_meta`; only with ``meta_dim > 0``. None: all
+                zeros, what the original feeds for a photo without date or location.
+
+        Returns:
+            (N, num_classes) logits.
+        """
+        logits = self.forward_head(self.forward_features(x))
+        if getattr(self, "meta_head", None) is None or self.num_classes == 0 or not self.global_pool:
+            # (An FX trace passes a Proxy for the unused argument: only real tensors are refused.)
+            if isinstance(meta, torch.Tensor):
+                raise ValueError("InternImage.forward: meta given, but the model has no meta branches (meta_dim=0)")
+            return logits
+        if meta is None:
+            meta = logits.new_zeros(logits.shape[0], META_DATE_VALUES + META_PLACE_VALUES)
+        if meta.shape != (logits.shape[0], META_DATE_VALUES + META_PLACE_VALUES):
+            raise ValueError(f"InternImage.forward: meta must be (N, 7) = (date 4 + place 3), got {tuple(meta.shape)}")
+        meta = meta.to(logits.dtype)
+        date, place = meta[:, :META_DATE_VALUES], meta[:, META_DATE_VALUES:]
+        joint = torch.cat([self.meta_head_1(date), self.meta_head_2(place)], dim=-1)
+        return logits + self.meta_head(self.meta_norm(joint))
 
 
 def _validate(channels: int, depths: Sequence[int], groups: Sequence[int], drop_path_type: str) -> None:
@@ -684,6 +722,27 @@ def _validate_pool(pool: str) -> None:
 
 #: Modules after the last level (pruned for feature extraction).
 _HEAD_MODULES = ("conv_head", "avgpool", "dcnv3_head_x4", "dcnv3_head_x3", "clip_projector", "fc_norm")
+_HEAD_MODULES += ("meta_head_1", "meta_head_2", "meta_norm", "meta_head")
+#: Values of the date and of the location inputs of the meta branches.
+META_DATE_VALUES, META_PLACE_VALUES = 4, 3
+
+
+class MetaEncoder(nn.Module):
+    """Residual two-layer MLP of the meta branches: ``x + LN(ReLU(w2 LN(ReLU(w1 x))))``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.norm_fn1, self.norm_fn2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm_fn1(F.relu(self.w1(x)))
+        return x + self.norm_fn2(F.relu(self.w2(y)))
+
+
+def _meta_branch(in_dim: int, dim: int) -> nn.Sequential:
+    # Indices 0 / 2 / 3 are the official parameter names (``meta_head_1.0.weight``, ``.2`` LN, ``.3.w1``).
+    return nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.LayerNorm(dim), MetaEncoder(dim))
 
 
 def checked_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:

@@ -7,15 +7,18 @@ multiplier, warm-up / min lr 0, no EMA, label smoothing 0.3, drop path 0.6, no M
 gradient checkpointing. Data: ``--train-data <root>/train2018.json --val-data <root>/val2018.json`` (the iNaturalist
 2018 release; image paths in the json are relative to its folder, or to ``--set data_root=...``).
 
-The original trains ``intern_image_meta_former``: the image model plus two small MLP branches over the photo's date
-(4 values) and location (3 values) whose logits are added to the image logits. Those branches are not implemented
-here; this preset trains the image-only model.
+The model is the original's ``intern_image_meta_former``: InternImage-H plus two small MLP branches (width 64) over
+the photo's date (4 values) and location (3 values) whose logits are added to the image logits
+(``model_kwargs.meta_dim=64``). Their inputs come from the release's ``train2018_locations.json`` /
+``val2018_locations.json`` (``--set train_meta=... val_meta=...``); without them the branches see zeros, as the
+original does for a photo without date or place.
 """
 
 from . import finetune_22k
 
 PRESET = finetune_22k("internimage_h_jointto22k_384", img_size=384, drop_path_rate=0.6)
 PRESET.update(
+    model_kwargs={"meta_dim": 64},
     num_classes=8142,
     epochs=100,
     warmup_epochs=0,
