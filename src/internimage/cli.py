@@ -2,7 +2,8 @@
 
 Each command lives in a module of :mod:`internimage.commands` exposing ``COMMANDS = {name: (add_arguments, run)}``;
 only the module of the command being run is imported, so ``internimage --help`` stays fast. ``train``, ``eval``
-and ``predict`` take ``--task classification|detection|segmentation`` and are served by the module of that task.
+and ``predict`` take ``--task classification|detection|segmentation|occupancy`` and are served by the module of that
+task.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("internimage.commands.info", "table of every registered model: parameters and GFLOPs (MACs)"),
     "convert": ("internimage.commands.info", "convert any supported checkpoint to safetensors"),
     "demo": ("internimage.commands.demo", "train, evaluate and predict on Fashion-MNIST end to end"),
-    "train": ("{task}", "train a model (--task classification|detection|segmentation)"),
+    "train": ("{task}", "train a model (--task classification|detection|segmentation|occupancy)"),
     "eval": ("{task}", "evaluate a model on a dataset"),
     "predict": ("{task}", "predict on images or folders"),
     "extract": ("internimage.commands.classification", "save intermediate features to .npy / safetensors"),
@@ -27,7 +28,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("internimage.commands.export", "export to ONNX / ONNX-TensorRT / torch.export (.pt2)"),
     "benchmark": ("internimage.commands.benchmark", "latency / throughput / memory per backend"),
 }
-_TASKS = ("classification", "detection", "segmentation")
+_TASKS = ("classification", "detection", "segmentation", "occupancy")
 
 
 def _main_parser() -> argparse.ArgumentParser:
@@ -59,9 +60,11 @@ def _preset_task(name: str) -> str | None:
     """The task whose presets include ``name`` (``internimage train --preset NAME`` needs no ``--task``)."""
     from .classification import ClassificationConfig
     from .detection import DetectionConfig
+    from .occupancy import OccupancyConfig
     from .segmentation import SegmentationConfig
 
     configs = {"classification": ClassificationConfig, "detection": DetectionConfig, "segmentation": SegmentationConfig}
+    configs["occupancy"] = OccupancyConfig
     return next((task for task, cfg in configs.items() if name in cfg.list_presets()), None)
 
 

@@ -7,7 +7,7 @@ A *layer-decay rule* maps ``(model, decay, offset_lr_mul)`` to a function ``name
   first block of level i+1, heads and ``post_norms`` keep 1. ``offset_lr_mul`` multiplies the lr of parameters whose
   name contains ``offset`` or ``center_feature_scale_proj`` (the official ``DCN_LR_MUL``, applied only with layer
   decay on).
-* ``detection`` and ``segmentation`` (the official ``detection`` / ``segmentation``
+* ``detection``, ``segmentation`` and ``occupancy`` (the official ``detection`` / ``segmentation`` / BEVFormer-Occ
   ``mmcv_custom/custom_layer_decay_optimizer_constructor.py``): the model answers its layer ids
   (``model.layer_id_fn()``: ``(name -> id, number of ids)``); scale ``decay ** (num_ids - 1 - id)``, times
   ``offset_lr_mul`` for the parameters the model names in ``offset_lr_keys`` (detectors: ``sampling_offsets``,
@@ -122,6 +122,7 @@ def register_layer_decay_rule(name: str, rule: LayerDecayRule, no_decay: NoDecay
 register_layer_decay_rule("classification", _classification_rule, no_decay_bias_and_1d)
 register_layer_decay_rule("detection", _model_rule, no_decay_bias_1d_and_norm)
 register_layer_decay_rule("segmentation", _model_rule, no_decay_bias_1d_and_norm)
+register_layer_decay_rule("occupancy", _model_rule, no_decay_bias_1d_and_norm)
 # Official configs without the layer-decay constructor (e.g. DINO-L ``0.1x_backbone_lr``): decay on everything.
 register_layer_decay_rule("mmcv_default", _model_rule, no_decay_none)
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from internimage.occupancy.classes import NUM_OCC_CLASSES
+from .classes import NUM_OCC_CLASSES
 
 __all__ = [
     "CAMERA_NAMES",

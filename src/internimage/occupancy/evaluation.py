@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from internimage.occupancy.classes import NUM_OCC_CLASSES, OCC_CLASSES
+from .classes import NUM_OCC_CLASSES, OCC_CLASSES
 
 __all__ = ["OccupancyMetric", "confusion_matrix", "format_iou_table", "per_class_iou"]
 

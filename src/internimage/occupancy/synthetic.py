@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from internimage.io import atomic_write
-from internimage.occupancy.classes import FREE_LABEL, OCC_PALETTE, occ_class_index
-from internimage.occupancy.data import CAMERA_NAMES, LIDAR_NAME, quaternion_to_matrix
+from ..io import atomic_write
+from .classes import FREE_LABEL, OCC_PALETTE, occ_class_index
+from .data import CAMERA_NAMES, LIDAR_NAME, quaternion_to_matrix
 
 __all__ = [
     "DEFAULT_PC_RANGE",

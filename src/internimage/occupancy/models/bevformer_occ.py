@@ -24,14 +24,14 @@ Batch contract (tensors instead of mmdet3d's ``img_metas``):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from internimage.models.dense import build_internimage_body
-
+from ...models.dense import build_internimage_body
+from ...models.internimage import dense_layer_id
 from .fpn import FPN
 from .head import BEVFormerOccHead
 from .transformer import CAN_BUS_DIMS, TransformerOcc, rotate_bev
@@ -224,6 +224,28 @@ class BEVFormerOcc(nn.Module):
         self.grid_mask = GridMask(True, True, rotate=1, offset=False, ratio=0.5, mode=1, prob=0.7)
         self.prev_frame_info: dict[str, Any] = {}
         self.reset_video_state()
+
+    #: Parameters whose lr the original's ``offset_lr_scale`` multiplies (1.0 in the official config).
+    offset_lr_keys = ("sampling_offsets", "reference_points")
+
+    def layer_id_fn(self) -> tuple[Callable[[str], int], int]:
+        """The layer-decay rule of the original's ``CustomLayerDecayOptimizerConstructor`` for this model.
+
+        ``(name -> layer id, number of ids)`` with ``sum(depths) + 2`` ids (the config's ``num_layers=33`` + 2):
+        backbone parameters as every dense task counts them (:func:`~internimage.models.internimage.dense_layer_id`),
+        the transformer's ``level_embeds`` 0 (the original matches the name anywhere), everything else the last id.
+        """
+        depths = tuple(self.img_backbone.depths)
+        last = sum(depths) + 1
+
+        def layer_id(name: str) -> int:
+            if "level_embeds" in name:
+                return 0
+            if name.startswith("img_backbone."):
+                return dense_layer_id(name[len("img_backbone.") :], depths)
+            return last
+
+        return layer_id, last + 1
 
     @property
     def num_cams(self) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from internimage.ops.ms_deform_attn import ms_deform_attn
+from ...ops.ms_deform_attn import ms_deform_attn
 
 __all__ = [
     "FFN",
