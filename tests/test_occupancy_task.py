@@ -26,7 +26,7 @@ def scenes(tmp_path_factory):
 def _tiny_args(root) -> list[str]:
     sets = [f"model_kwargs={json.dumps(TINY)}", "backbone_overrides={}", "version=v1.0-synthetic", "queue_length=2"]
     sets += [f"train_scenes={SCENES[0]},{SCENES[1]}", f"val_scenes={SCENES[2]}", "workers=0", "warmup_iters=1"]
-    sets += ["log_every=1", "with_cp=false"] if False else ["log_every=1"]
+    sets += ["log_every=1"]
     return ["--model", "internimage_test_32", "--data-root", str(root), "--device", "cpu", "--set", *sets]
 
 

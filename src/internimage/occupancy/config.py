@@ -41,6 +41,10 @@ class OccupancyConfig(TaskConfig, TrainConfig):
             ``all``, or comma-separated scene names; ``val_scenes`` empty = no evaluation during training.
         queue_length: Frames per training sample (the current one and its history).
         image_scale: Resize factor of the camera images (1.0 officially: 1600 x 900).
+        img_mean, img_std, to_rgb: The config's ``img_norm_cfg``: the images are normalised as
+            ``(img - img_mean) / img_std``, in RGB channel order when ``to_rgb`` else in BGR order (the mean and std
+            are then BGR too). Default: ImageNet RGB (InternImage); the ResNet configs use caffe's BGR means
+            ``(103.53, 116.28, 123.675)``, std 1, ``to_rgb=False``.
         photometric: The config's ``PhotoMetricDistortionMultiViewImage`` in training.
     """
 
@@ -60,6 +64,9 @@ class OccupancyConfig(TaskConfig, TrainConfig):
     val_scenes: str = "val"
     queue_length: int = 4
     image_scale: float = 1.0
+    img_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    img_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    to_rgb: bool = True
     photometric: bool = True
     # Engine defaults replaced by the official schedule (AdamW 2e-4, cosine to 1e-3 x lr, 500 linear warm-up
     # iterations from lr / 3, clip 35, 24 epochs of 1 sample per GPU).
@@ -91,6 +98,8 @@ class OccupancyConfig(TaskConfig, TrainConfig):
             raise ValueError(f"queue_length must be >= 1, got {self.queue_length}")
         if self.image_scale <= 0:
             raise ValueError(f"image_scale must be > 0, got {self.image_scale}")
+        if len(self.img_mean) != 3 or len(self.img_std) != 3 or min(self.img_std) <= 0:
+            raise ValueError(f"img_mean / img_std must be 3 numbers, std > 0, got {self.img_mean} / {self.img_std}")
 
     def occ_size(self) -> tuple[int, int, int]:
         """(X, Y, Z) of the predicted and labelled volume: (bev_w, bev_h, pillar_h)."""
@@ -106,6 +115,18 @@ class OccupancyConfig(TaskConfig, TrainConfig):
 
     def model_fields(self) -> dict[str, Any]:
         """What rebuilds the model (stored with exported weights)."""
-        keys = ("model", "backbone_overrides", "model_kwargs", "num_classes", "pc_range", "use_mask", "image_scale")
+        # The normalisation rides along: a ResNet checkpoint needs caffe-normalised BGR images at inference too.
+        keys = (
+            "model",
+            "backbone_overrides",
+            "model_kwargs",
+            "num_classes",
+            "pc_range",
+            "use_mask",
+            "image_scale",
+            "img_mean",
+            "img_std",
+            "to_rgb",
+        )
         data = self.to_dict()
         return {k: data[k] for k in keys}

@@ -130,6 +130,9 @@ def build_dataset(cfg: OccupancyConfig, train: bool, require_labels: bool = True
         queue_length=cfg.queue_length if train else 1,
         train=train,
         image_scale=cfg.image_scale,
+        mean=tuple(cfg.img_mean),
+        std=tuple(cfg.img_std),
+        to_rgb=cfg.to_rgb,
         photometric=cfg.photometric and train,
         occ_size=cfg.occ_size(),
     )

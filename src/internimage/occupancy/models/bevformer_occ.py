@@ -34,6 +34,7 @@ from ...models.dense import build_internimage_body
 from ...models.internimage import dense_layer_id
 from .fpn import FPN
 from .head import BEVFormerOccHead
+from .resnet import OFFICIAL_RESNET_OVERRIDES, build_resnet, is_resnet_name
 from .transformer import CAN_BUS_DIMS, TransformerOcc, rotate_bev
 
 __all__ = [
@@ -197,7 +198,8 @@ class BEVFormerOcc(nn.Module):
     """The occupancy detector: ``img_backbone`` (InternImage body), ``img_neck`` (FPN), ``pts_bbox_head``.
 
     Args:
-        img_backbone: An InternImage body exposing ``forward_intermediates``.
+        img_backbone: An InternImage body or a :class:`~internimage.occupancy.models.resnet.ResNet`, exposing
+            ``forward_intermediates``, ``feature_info`` and ``depths``.
         img_neck: The FPN.
         pts_bbox_head: The :class:`~internimage.occupancy.models.head.BEVFormerOccHead`.
         backbone_indices: Backbone levels fed to the neck.
@@ -518,14 +520,21 @@ def build_bevformer_occ(
     use_can_bus: bool = True,
     use_mask: bool = False,
     rotate_center: Sequence[float] | None = None,
+    num_level_embeds: int | None = None,
 ) -> BEVFormerOcc:
     """BEVFormerOcc; the defaults are the official ``bevformer_intern-s_occ`` configuration.
 
     Args:
-        backbone: Registered InternImage name.
-        backbone_overrides: InternImage arguments; None means :data:`OFFICIAL_BACKBONE_OVERRIDES`.
-        backbone_checkpoint: Backbone weights (classification or mmdet checkpoint), or None.
-        backbone_indices: Backbone levels fed to the FPN.
+        backbone: Registered InternImage name, or ``resnet<depth>`` (18/34/50/101/152) for mmdet's ResNet
+            (:mod:`.resnet`; the ``bevformer_base_occ`` / ``bevformer_small_occ`` backbones).
+        backbone_overrides: InternImage arguments; None means :data:`OFFICIAL_BACKBONE_OVERRIDES`. For a ResNet,
+            :class:`~internimage.occupancy.models.resnet.ResNet` arguments; None means
+            :data:`~internimage.occupancy.models.resnet.OFFICIAL_RESNET_OVERRIDES` (caffe style, DCNv2 in stages
+            3-4, frozen stem + stage 1, frozen BatchNorm), ``{}`` mmdet's ResNet defaults.
+        backbone_checkpoint: Backbone weights (classification or mmdet checkpoint; for a ResNet also torchvision
+            ImageNet weights or an mmdet3d ``img_backbone.*`` detector), or None.
+        backbone_indices: Backbone levels fed to the FPN (the config's ``out_indices``; the FPN takes their
+            channels as ``in_channels``, ``start_level=0``).
         embed_dims: BEV / neck channels.
         ffn_dims: Encoder FFN hidden width.
         num_layers: Encoder layers.
@@ -537,7 +546,8 @@ def build_bevformer_occ(
         pc_range: Volume (x_min, y_min, z_min, x_max, y_max, z_max) in metres.
         num_points_in_pillar: Anchors per pillar in the spatial cross-attention.
         num_heads: Heads of both attentions.
-        num_levels: FPN outputs (= image levels attended).
+        num_levels: FPN outputs (= image levels attended; the config's ``num_outs`` / ``_num_levels_``). Outputs
+            beyond ``len(backbone_indices)`` are the ``add_extra_convs='on_output'`` levels.
         num_points: Spatial cross-attention points per head and level (multiple of ``num_points_in_pillar``).
         tsa_num_points: Temporal self-attention points per head.
         num_cams: Cameras.
@@ -551,6 +561,9 @@ def build_bevformer_occ(
         use_can_bus: Add the CAN-bus embedding to the queries.
         use_mask: Loss over camera-visible voxels only.
         rotate_center: Rotation centre in BEV pixels; None is the BEV centre.
+        num_level_embeds: Rows of the transformer's ``level_embeds``; None means ``max(4, num_levels)``, as the
+            original: its ``TransformerOcc`` keeps the default ``num_feature_levels=4`` whatever the FPN gives (no
+            config sets it), so ``bevformer_small_occ`` (2 levels) holds 4 rows and uses the first 2.
 
     Returns:
         The model (freshly initialised apart from the backbone checkpoint).
@@ -559,8 +572,14 @@ def build_bevformer_occ(
         raise ValueError(f"num_points {num_points} must be a multiple of num_points_in_pillar {num_points_in_pillar}")
     if len(pc_range) != 6:
         raise ValueError(f"pc_range must have 6 numbers, got {pc_range}")
-    overrides = dict(OFFICIAL_BACKBONE_OVERRIDES if backbone_overrides is None else backbone_overrides)
-    body = build_internimage_body(backbone, backbone_checkpoint, **overrides)
+    if is_resnet_name(backbone):
+        overrides = dict(OFFICIAL_RESNET_OVERRIDES if backbone_overrides is None else backbone_overrides)
+        body = build_resnet(backbone, backbone_checkpoint, **overrides)
+    else:
+        overrides = dict(OFFICIAL_BACKBONE_OVERRIDES if backbone_overrides is None else backbone_overrides)
+        body = build_internimage_body(backbone, backbone_checkpoint, **overrides)
+    if not backbone_indices or any(not 0 <= int(i) < len(body.feature_info) for i in backbone_indices):
+        raise ValueError(f"backbone_indices must be in [0, {len(body.feature_info) - 1}], got {list(backbone_indices)}")
     in_channels = [body.feature_info[i]["num_chs"] for i in backbone_indices]
     neck = FPN(in_channels, embed_dims, num_outs=num_levels, relu_before_extra_convs=True)
     transformer = TransformerOcc(
@@ -585,6 +604,12 @@ def build_bevformer_occ(
         tsa_num_points=tsa_num_points,
         dropout=dropout,
     )
+    rows = max(4, num_levels) if num_level_embeds is None else int(num_level_embeds)
+    if rows < num_levels:
+        raise ValueError(f"num_level_embeds {rows} must be >= num_levels {num_levels}")
+    if rows != num_levels:
+        # Only the first num_levels rows are read; the rest exist so the official checkpoints load strictly.
+        transformer.level_embeds = nn.Parameter(nn.init.normal_(transformer.level_embeds.new_empty(rows, embed_dims)))
     head = BEVFormerOccHead(transformer, bev_h, bev_w, pc_range, num_classes, use_mask=use_mask)
     return BEVFormerOcc(body, neck, head, backbone_indices, use_grid_mask, video_test_mode)
 
