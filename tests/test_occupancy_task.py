@@ -148,3 +148,22 @@ def test_bev_image_draws_the_top_voxel_of_each_column_forward_up():
     mask[3, 4, 0] = True  # only the ground voxel is seen: it is drawn, the car is not
     masked = bev_image(occ, mask)
     assert tuple(masked[0, 0]) == OCC_PALETTE[11] and tuple(masked[3, 4]) == (40, 40, 40)
+
+
+def test_backbone_starts_from_a_mask_rcnn_checkpoint_as_the_config_does(tmp_path):
+    """``pretrained`` = an mmdet detector file (``state_dict`` with ``backbone.*``, neck and heads): the InternImage
+    body takes its backbone part; the rest of the model keeps its initialisation."""
+    from internimage.models import create_model
+    from internimage.occupancy import build_occupancy_model
+
+    body = create_model("internimage_test_32", num_classes=0)
+    sd = {f"backbone.{k}": v for k, v in body.state_dict().items()}
+    sd["neck.lateral_convs.0.conv.weight"] = torch.zeros(8, 16, 1, 1)
+    sd["rpn_head.rpn_conv.weight"] = torch.zeros(8, 8, 3, 3)
+    torch.save({"meta": {}, "state_dict": sd}, tmp_path / "mask_rcnn_internimage_test_fpn_3x_coco.pth")
+    cfg = OccupancyConfig(model="internimage_test_32", backbone_overrides={}, model_kwargs=TINY,
+                          pretrained=str(tmp_path / "mask_rcnn_internimage_test_fpn_3x_coco.pth"))  # fmt: skip
+    model = build_occupancy_model(cfg)
+    got = model.img_backbone.state_dict()
+    for k, v in got.items():
+        assert torch.equal(v, body.state_dict()[k]), k
