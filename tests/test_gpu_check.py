@@ -1,7 +1,8 @@
 """benchmarks/gpu_check.py: its bookkeeping (guards, budget, byte counts, pytest parsing) and a dry-run slice.
 
 The whole dry run takes minutes on a small CPU (``python benchmarks/gpu_check.py --output DIR --dry-run``); these tests
-run the environment section end to end and one interpreted operator check.
+run the environment section end to end, one interpreted operator check, and sections 5-7 (deformable attention,
+detectors, occupancy) end to end at their dry-run sizes (about 15 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def gc():
     spec.loader.exec_module(module)  # puts benchmarks/ on sys.path for its gpucheck package
     from gpucheck import correctness, report, speed
 
-    yield types.SimpleNamespace(main=module.main, report=report, correctness=correctness, speed=speed)
+    yield types.SimpleNamespace(main=module.main, module=module, report=report, correctness=correctness, speed=speed)
     sys.modules.pop("gpu_check", None)
 
 
@@ -107,3 +108,102 @@ def test_one_interpreted_operator_check(gc, tmp_path: Path, monkeypatch) -> None
     assert row["status"] == "ok", row
     fig = report.sections["ops"].figures[0]
     assert 0 < fig["grad_offset_rel"] < 1e-4 and fig["shape"] == [1, 1, 1, 512, 32]
+
+
+# ----------------------------------------------------------------------------------------------- sections 5-7
+NEW_SECTIONS = {"msda": "5. Multi-scale", "detectors": "6. Detectors", "occupancy": "7. Occupancy"}
+
+
+def _dry_run(gc, tmp_path: Path, monkeypatch, *args: str) -> tuple[dict, str]:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # main() sets it in a dry run; restored after the test
+    assert gc.main(["--output", str(tmp_path), "--dry-run", "--no-pytest", *args]) == 0
+    return json.loads((tmp_path / "gpu_check.json").read_text()), (tmp_path / "gpu_check.md").read_text()
+
+
+def test_sections_5_to_7_dry_run_end_to_end(gc, tmp_path: Path, monkeypatch) -> None:
+    data, table = _dry_run(gc, tmp_path, monkeypatch, "--sections", "5,6,7")
+    assert not data["errors"] and not data["skipped"]
+    sections = data["sections"]
+    for key, title in NEW_SECTIONS.items():
+        assert sections[key]["title"].startswith(title) and f"## {sections[key]['title']}" in table
+        assert sections[key]["rows"] and all(row["status"] == "ok" for row in sections[key]["rows"]), key
+    msda = sections["msda"]["rows"]
+    assert {(r["dtype"], r["mode"]) for r in msda} == {
+        (d, m) for d in ("float32", "bfloat16") for m in ("fwd", "fwd+bwd")
+    }
+    assert all(float(r["ms"]) > 0 for r in msda)
+    detectors = {f["model"]: f for f in sections["detectors"]["figures"]}
+    assert set(detectors) == {"DINO-4scale-T", "Mask R-CNN-T"}
+    assert all(f["detections"] > 0 and f["images_per_s"] > 0 for f in detectors.values())
+    assert detectors["Mask R-CNN-T"]["model_kwargs"]["box_score_thresh"] == 0.0  # the mask head runs
+    occ = sections["occupancy"]["figures"]
+    assert occ[0]["step"] == "build" and occ[0]["visible_fraction"] > 0.5
+    assert [(f["step"], f["dtype"]) for f in occ[1:]] == [
+        ("predict", "float32"),
+        ("predict", "bfloat16"),
+        ("train", "float32"),
+        ("train", "bfloat16"),
+    ]
+    assert all(f["peak_mb"] is None for f in occ[1:])  # no CUDA counters on the CPU
+
+
+def test_sections_5_to_7_skip_for_the_time_budget(gc, tmp_path: Path, monkeypatch) -> None:
+    data, table = _dry_run(gc, tmp_path, monkeypatch, "--sections", "5,6,7", "--budget-s", "1e-6")
+    for key in NEW_SECTIONS:
+        rows = data["sections"][key]["rows"]
+        assert rows and all(row["status"].startswith("skipped: time budget") for row in rows), rows
+    assert any(s.startswith("7. Occupancy") for s in data["skipped"]) and "Skipped for the time budget" in table
+
+
+def test_a_failing_section_is_recorded_and_the_next_one_runs(gc, tmp_path: Path, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory\nTried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(gc.module, "msda_inputs", boom)
+    data, _ = _dry_run(gc, tmp_path, monkeypatch, "--sections", "5,6")
+    msda = data["sections"]["msda"]["rows"]
+    assert len(msda) == 2 and all(r["status"] == "error: RuntimeError: Tried to allocate 2.00 GiB" for r in msda)
+    assert [r["status"] for r in data["sections"]["detectors"]["rows"]] == ["ok", "ok"]
+
+
+def test_section_cap_skips_items_of_that_section_only(gc, tmp_path: Path) -> None:
+    report = _report(gc, tmp_path)
+    report.section("s", "S", ["item", "status"])
+    clock = gc.module.SectionClock("s", cap_s=1.0)
+    with gc.module.budget_item(report, clock, "fits", need_s=0.5) as go:
+        assert go
+    with gc.module.budget_item(report, clock, "too long", need_s=5.0) as go:
+        assert not go
+    rows = report.sections["s"].rows
+    assert rows[0]["status"].startswith("skipped: time budget (section cap 1 s") and rows[0]["item"] == "too long"
+    assert report.skipped == ["S: too long"]
+
+
+def test_camera_rig_looks_out_all_around_the_car(gc) -> None:
+    import math
+
+    import torch
+
+    from internimage.occupancy.models import union2one
+
+    rig = gc.module.camera_rig(900, 1600)  # (6, 4, 4) lidar -> pixels
+    for k in range(6):
+        a = math.radians(60 * k)
+        ahead = torch.tensor([20 * math.cos(a), 20 * math.sin(a), 1.5, 1.0])  # 20 m along camera k's axis
+        u, v, depth = (rig[k] @ ahead)[:3].tolist()
+        assert depth == pytest.approx(20, abs=1e-3)
+        assert (u / depth, v / depth) == pytest.approx((800, 450), abs=1e-2)  # the principal point
+        behind = rig[(k + 3) % 6] @ ahead
+        assert behind[2] < 0  # the opposite camera does not see it
+    relative, exists = union2one(gc.module.can_bus_queue(4))
+    steps = relative[0, 1:, :2].norm(dim=-1)
+    assert torch.allclose(steps, torch.full_like(steps, 0.5), atol=1e-3) and exists[0, 1:].all()
+    assert relative[0, 1:, -1].tolist() == pytest.approx([math.degrees(0.02)] * 3, abs=1e-3)
+
+
+def test_sections_argument_takes_5_to_7(gc) -> None:
+    args = gc.module.parse_args(["--output", "x", "--sections", "6"])
+    assert args.sections == {"0", "6"}
+    assert gc.module.parse_args(["--output", "x"]).sections == set("01234567")
+    with pytest.raises(SystemExit):
+        gc.module.parse_args(["--output", "x", "--sections", "8"])
