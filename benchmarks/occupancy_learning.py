@@ -8,7 +8,7 @@ every epoch, and prints the held-out occupancy mIoU (camera-masked, 17 semantic 
 
 Example::
 
-    python benchmarks/occupancy_learning.py --epochs 8 --out /tmp/occ_learn --predict
+    python benchmarks/occupancy_learning.py --epochs 12 --lr 1e-3 --out /tmp/occ_learn --predict
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/occ_learn", help="work folder (scenes, run, predictions)")
     parser.add_argument("--scenes", type=int, default=10, help="generated scenes (the last 2 are held out)")
     parser.add_argument("--frames", type=int, default=6, help="keyframes per scene")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--predict", action="store_true", help="also write the held-out BEV PNGs")
     args = parser.parse_args()
