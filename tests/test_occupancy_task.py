@@ -167,3 +167,21 @@ def test_backbone_starts_from_a_mask_rcnn_checkpoint_as_the_config_does(tmp_path
     got = model.img_backbone.state_dict()
     for k, v in got.items():
         assert torch.equal(v, body.state_dict()[k]), k
+
+
+def test_evaluation_runs_through_forward_so_wrapper_hooks_run(scenes):
+    """FSDP2 gathers the root's parameters in a forward pre-hook: evaluation must call the model, not ``predict``."""
+    from torch.utils.data import DataLoader
+
+    from internimage.occupancy import build_dataset, build_occupancy_model, collate_occupancy, evaluate_occupancy
+
+    cfg = OccupancyConfig(model="internimage_test_32", backbone_overrides={}, model_kwargs=TINY, data_root=str(scenes),
+                          version="v1.0-synthetic", val_scenes=SCENES[2])  # fmt: skip
+    model = build_occupancy_model(cfg).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    loader = DataLoader(build_dataset(cfg, train=False), batch_size=2, collate_fn=collate_occupancy)
+    result = evaluate_occupancy(model, loader)
+    assert len(calls) == result["count"] == 3
+    with pytest.raises(ValueError, match="mode must be"):
+        model(mode="export")

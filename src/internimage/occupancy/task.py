@@ -175,7 +175,7 @@ def evaluate_occupancy(model: nn.Module, loader: Any, num_classes: int = 18, pro
             inputs = {
                 k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in frame_inputs(batch, i).items()
             }
-            occ = bare.predict(**inputs)["occ"]
+            occ = model(**inputs, mode="predict")["occ"]  # through forward: FSDP2 gathers in its pre-hook
             if limit is None or seen <= limit:
                 metric.update(occ.cpu(), batch["voxel_semantics"][i : i + 1], batch["mask_camera"][i : i + 1])
     bare.reset_video_state()

@@ -409,8 +409,16 @@ class BEVFormerOcc(nn.Module):
         )
         return self.pts_bbox_head.loss(voxel_semantics, mask_camera, preds)
 
-    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """:meth:`forward_train`."""
+    def forward(self, *args: Any, mode: str = "train", **kwargs: Any) -> dict[str, torch.Tensor]:
+        """:meth:`forward_train`, or :meth:`predict` with ``mode='predict'``.
+
+        Inference goes through ``forward`` where a wrapper's hooks must run first (FSDP2 gathers the root's
+        parameters in its forward pre-hook; calling ``predict`` directly would meet sharded tensors).
+        """
+        if mode == "predict":
+            return self.predict(*args, **kwargs)
+        if mode != "train":
+            raise ValueError(f"BEVFormerOcc.forward: mode must be 'train' or 'predict', got {mode!r}")
         return self.forward_train(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------ inference
