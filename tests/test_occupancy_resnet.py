@@ -170,6 +170,7 @@ def test_presets_carry_the_official_recipe():
         assert cfg.backbone_overrides["style"] == "caffe" and cfg.backbone_overrides["frozen_stages"] == 1
     assert (base.model, base.image_scale, base.model_kwargs["num_layers"]) == ("resnet101", 1.0, 4)
     assert (small.model, small.image_scale, small.model_kwargs["num_layers"]) == ("resnet50", 0.8, 1)
+    assert (base.train_image_scale, small.train_image_scale) == (0.0, 0.2)  # small: trains at 0.2, tests at 0.8
     assert list(small.model_kwargs["backbone_indices"]) == [2, 3] and small.model_kwargs["num_levels"] == 2
 
 

@@ -185,3 +185,14 @@ def test_evaluation_runs_through_forward_so_wrapper_hooks_run(scenes):
     assert len(calls) == result["count"] == 3
     with pytest.raises(ValueError, match="mode must be"):
         model(mode="export")
+
+
+def test_training_images_may_have_their_own_scale(scenes):
+    """``train_image_scale`` (bevformer_small_occ: 0.2 in training, 0.8 in evaluation) resizes only training images."""
+    from internimage.occupancy import build_dataset
+
+    cfg = OccupancyConfig(model="internimage_test_32", backbone_overrides={}, model_kwargs=TINY, data_root=str(scenes),
+                          version="v1.0-synthetic", train_scenes=SCENES[0], val_scenes=SCENES[2], image_scale=1.0,
+                          train_image_scale=0.5, queue_length=1)  # fmt: skip
+    train, val = build_dataset(cfg, train=True), build_dataset(cfg, train=False)
+    assert tuple(train[0]["img_shape"].tolist()) == (27, 48) and tuple(val[0]["img_shape"].tolist()) == (54, 96)

@@ -41,6 +41,8 @@ class OccupancyConfig(TaskConfig, TrainConfig):
             ``all``, or comma-separated scene names; ``val_scenes`` empty = no evaluation during training.
         queue_length: Frames per training sample (the current one and its history).
         image_scale: Resize factor of the camera images (1.0 officially: 1600 x 900).
+        train_image_scale: Resize factor of the training images when it is not ``image_scale`` (0: the same;
+            ``bevformer_small_occ`` trains at 0.2 and tests at 0.8).
         img_mean, img_std, to_rgb: The config's ``img_norm_cfg``: the images are normalised as
             ``(img - img_mean) / img_std``, in RGB channel order when ``to_rgb`` else in BGR order (the mean and std
             are then BGR too). Default: ImageNet RGB (InternImage); the ResNet configs use caffe's BGR means
@@ -64,6 +66,7 @@ class OccupancyConfig(TaskConfig, TrainConfig):
     val_scenes: str = "val"
     queue_length: int = 4
     image_scale: float = 1.0
+    train_image_scale: float = 0.0
     img_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     img_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     to_rgb: bool = True
@@ -98,6 +101,8 @@ class OccupancyConfig(TaskConfig, TrainConfig):
             raise ValueError(f"queue_length must be >= 1, got {self.queue_length}")
         if self.image_scale <= 0:
             raise ValueError(f"image_scale must be > 0, got {self.image_scale}")
+        if self.train_image_scale < 0:
+            raise ValueError(f"train_image_scale must be > 0 (or 0: image_scale), got {self.train_image_scale}")
         if len(self.img_mean) != 3 or len(self.img_std) != 3 or min(self.img_std) <= 0:
             raise ValueError(f"img_mean / img_std must be 3 numbers, std > 0, got {self.img_mean} / {self.img_std}")
 

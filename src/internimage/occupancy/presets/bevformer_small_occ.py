@@ -7,9 +7,8 @@ layer, 200 x 200 BEV, 8 points per pillar, spatial cross-attention over 6 camera
 Images are caffe-normalised: BGR, mean (103.53, 116.28, 123.675), std 1.
 
 Image scale: the official file resizes training images by 0.2 (``RandomScaleImageMultiViewImage(scales=[0.2])``,
-320 x 180) but test images by 0.8 (1280 x 720), in every version of the file. One ``image_scale`` serves both here;
-it is the evaluation scale 0.8 (BEVFormer-small's own scale). To train as the file does, run training with
-``image_scale=0.2`` and evaluate with 0.8.
+320 x 180) but test images by 0.8 (1280 x 720), in every version of the file; the preset does the same
+(``train_image_scale=0.2``, ``image_scale=0.8``).
 
 Optimiser as ``bevformer_base_occ``: AdamW lr 2e-4, weight decay 0.01 on every parameter
 (``layer_decay_rule='mmcv_default'``), backbone lr x 0.1, grad clip 35, cosine to 1e-3 x lr after 500 linear
@@ -51,6 +50,7 @@ PRESET = {
     "val_scenes": "val",
     "queue_length": 4,
     "image_scale": 0.8,
+    "train_image_scale": 0.2,
     "img_mean": [103.530, 116.280, 123.675],
     "img_std": [1.0, 1.0, 1.0],
     "to_rgb": False,
