@@ -42,12 +42,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _is_whole_model(path: str) -> bool:
-    """Whether ``path`` holds a whole occupancy model (not only backbone weights)."""
+def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file (mmdet3d ``state_dict``, training ``model``, or bare), DDP prefix removed."""
     from ..models.checkpoint import detect_format, read_checkpoint
 
     _, sd = detect_format(read_checkpoint(path))
-    return any(k.split("module.", 1)[-1].startswith("pts_bbox_head.") for k in sd)
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def _is_occupancy_state(sd: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith("pts_bbox_head.") for k in sd)
 
 
 def build_occupancy_model(cfg: OccupancyConfig, load_pretrained: bool = True) -> nn.Module:
@@ -58,19 +62,19 @@ def build_occupancy_model(cfg: OccupancyConfig, load_pretrained: bool = True) ->
     """
     from .models import build_bevformer_occ
 
-    whole = bool(load_pretrained and cfg.pretrained and _is_whole_model(cfg.pretrained))
-    backbone_ckpt = cfg.pretrained if load_pretrained and cfg.pretrained and not whole else None
+    state = _read_state(cfg.pretrained) if load_pretrained and cfg.pretrained else None
+    whole = state is not None and _is_occupancy_state(state)
     model = build_bevformer_occ(
         backbone=cfg.model,
         backbone_overrides=dict(cfg.backbone_overrides),
-        backbone_checkpoint=backbone_ckpt,
+        backbone_checkpoint=cfg.pretrained if state is not None and not whole else None,
         num_classes=cfg.num_classes,
         pc_range=tuple(cfg.pc_range),
         use_mask=cfg.use_mask,
         **cfg.model_kwargs,
     )
     if whole:
-        load_occupancy_weights(model, cfg.pretrained, strict=True)
+        _load_state(model, state, cfg.pretrained, strict=True)
     return model
 
 
@@ -83,11 +87,11 @@ def load_occupancy_weights(model: nn.Module, path: str | Path, strict: bool = Tr
     Raises:
         ValueError: the file holds no occupancy model, or (``strict``) keys or shapes do not fit.
     """
-    from ..models.checkpoint import detect_format, read_checkpoint
+    return _load_state(model, _read_state(path), path, strict)
 
-    _, sd = detect_format(read_checkpoint(path))
-    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
-    if not any(k.startswith("pts_bbox_head.") for k in sd):
+
+def _load_state(model: nn.Module, sd: dict[str, torch.Tensor], path: str | Path, strict: bool) -> list[str]:
+    if not _is_occupancy_state(sd):
         raise ValueError(f"{path} holds no occupancy model (no pts_bbox_head.* weights)")
     own = model.state_dict()
     wrong = [k for k, v in sd.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]

@@ -149,7 +149,23 @@ def _conv3x3(
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """What both residual blocks share: the shortcut sum, the last ReLU and optional gradient checkpointing."""
+
+    with_cp: bool
+    relu: nn.ReLU
+
+    def _inner(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, inplanes, H, W) -> (N, planes * expansion, H / stride, W / stride)."""
+        if self.with_cp and x.requires_grad:
+            return self.relu(grad_checkpoint(self._inner, x, use_reentrant=False))
+        return self.relu(self._inner(x))
+
+
+class BasicBlock(_Block):
     """mmdet's ``BasicBlock`` (two 3x3 convs; ResNet-18/34). mmdet has no DCN for it, nor do we.
 
     Args:
@@ -196,14 +212,8 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out)) + identity
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, inplanes, H, W) -> (N, planes, H / stride, W / stride)."""
-        if self.with_cp and x.requires_grad:
-            return self.relu(grad_checkpoint(self._inner, x, use_reentrant=False))
-        return self.relu(self._inner(x))
 
-
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """mmdet's ``Bottleneck``: 1x1 -> 3x3 (DCNv2 where configured) -> 1x1 (x4 channels), BN after each.
 
     ``style='pytorch'`` puts the stride on the 3x3 conv, ``'caffe'`` on the first 1x1 conv (mmdet:
@@ -254,12 +264,6 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out)) + identity
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, inplanes, H, W) -> (N, 4 * planes, H / stride, W / stride)."""
-        if self.with_cp and x.requires_grad:
-            return self.relu(grad_checkpoint(self._inner, x, use_reentrant=False))
-        return self.relu(self._inner(x))
 
 
 #: depth -> (block, blocks per stage), mmdet's ``arch_settings``.

@@ -16,18 +16,14 @@ no-decay rule, hence ``layer_decay_rule='mmcv_default'``), ``custom_keys={'img_b
 original's README.
 """
 
+from . import OCC3D, RESNET_CAFFE
+
 NAME = "bevformer_base_occ"
 
 PRESET = {
+    **OCC3D,
+    **RESNET_CAFFE,
     "model": "resnet101",
-    "backbone_overrides": {
-        "style": "caffe",
-        "frozen_stages": 1,
-        "norm_eval": True,
-        "norm_requires_grad": False,
-        "stage_with_dcn": [False, False, True, True],
-        "deform_groups": 1,
-    },
     "model_kwargs": {
         "backbone_indices": [1, 2, 3],
         "num_levels": 4,
@@ -40,31 +36,5 @@ PRESET = {
         "num_points_in_pillar": 8,
         "num_points": 8,
     },
-    "num_classes": 18,
-    "pc_range": [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4],
-    "use_mask": False,
-    "version": "v1.0-trainval",
-    "train_scenes": "train",
-    "val_scenes": "val",
-    "queue_length": 4,
     "image_scale": 1.0,
-    "img_mean": [103.530, 116.280, 123.675],
-    "img_std": [1.0, 1.0, 1.0],
-    "to_rgb": False,
-    "photometric": True,
-    "epochs": 24,
-    "batch_size": 1,
-    "lr": 2e-4,
-    "lr_base_batch": 0,
-    "min_lr": 2e-7,
-    "warmup_iters": 500,
-    "warmup_ratio": 1.0 / 3,
-    "sched": "cosine",
-    "optimizer": "adamw",
-    "weight_decay": 0.01,
-    "layer_decay": 1.0,
-    "layer_decay_rule": "mmcv_default",
-    "backbone_lr_mult": 0.1,
-    "clip_grad": 35.0,
-    "eval_every": 1,
 }

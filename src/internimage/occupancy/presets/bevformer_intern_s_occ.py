@@ -10,9 +10,12 @@ linear warm-up iterations from lr / 3, 24 epochs at 1 sample per GPU (8 GPUs). T
 original's README.
 """
 
+from . import OCC3D
+
 NAME = "bevformer_intern-s_occ"
 
 PRESET = {
+    **OCC3D,
     "model": "internimage_s_1k_224",
     "backbone_overrides": {
         "layer_scale": 1.0,
@@ -22,26 +25,8 @@ PRESET = {
         "with_cp": True,
     },
     "model_kwargs": {},
-    "num_classes": 18,
-    "pc_range": [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4],
-    "use_mask": False,
-    "version": "v1.0-trainval",
-    "train_scenes": "train",
-    "val_scenes": "val",
-    "queue_length": 4,
     "image_scale": 1.0,
-    "epochs": 24,
-    "batch_size": 1,
-    "lr": 2e-4,
-    "lr_base_batch": 0,
-    "min_lr": 2e-7,
-    "warmup_iters": 500,
-    "warmup_ratio": 1.0 / 3,
-    "sched": "cosine",
-    "optimizer": "adamw",
     "weight_decay": 0.05,
     "layer_decay": 1.0,
     "layer_decay_rule": "occupancy",
-    "clip_grad": 35.0,
-    "eval_every": 1,
 }
