@@ -151,10 +151,15 @@ def test_eval_item_images_and_can_bus(scenes):
 
 
 def test_photometric_distortion_and_hsv_roundtrip():
-    from internimage.occupancy.data import _hsv_to_rgb, _rgb_to_hsv
+    import torch
+
+    from internimage.data.transforms import hsv_to_rgb, rgb_to_hsv
 
     img = np.random.default_rng(0).uniform(0, 255, (5, 7, 3)).astype(np.float32)
-    np.testing.assert_allclose(_hsv_to_rgb(_rgb_to_hsv(img)), img, atol=1e-3)
+    chw = torch.from_numpy(img).permute(2, 0, 1)
+    np.testing.assert_allclose(hsv_to_rgb(rgb_to_hsv(chw)).numpy(), chw.numpy(), atol=1e-3)
+    dark = chw - 40  # unclipped brightness: V may be negative, S stays (max - min) / max as OpenCV's float HSV
+    np.testing.assert_allclose(hsv_to_rgb(rgb_to_hsv(dark)).numpy(), dark.numpy(), atol=1e-3)
     outs = [photometric_distortion(img, np.random.default_rng(s)) for s in range(6)]
     assert all(o.shape == img.shape and o.dtype == np.float32 and np.isfinite(o).all() for o in outs)
     assert any(not np.allclose(o, img) for o in outs)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import internimage
+from internimage.data.transforms import hsv_to_rgb, rgb_to_hsv
 from internimage.engine.optim import param_groups
 from internimage.models.checkpoint import CheckpointError
 from internimage.models.internimage import MODEL_SPECS, InternImage
@@ -21,8 +22,6 @@ from internimage.segmentation.data import (
     CityscapesDataset,
     SegTestTransform,
     SegTrainTransform,
-    _hsv_to_rgb,
-    _rgb_to_hsv,
     photometric_distortion,
     seg_collate,
 )
@@ -490,7 +489,7 @@ def test_cat_max_ratio_rejects_crops_dominated_by_one_class():
 
 def test_photometric_distortion_stays_in_range_and_hsv_roundtrip():
     img = torch.rand(3, 16, 16) * 255
-    assert torch.allclose(_hsv_to_rgb(_rgb_to_hsv(img)), img, atol=1e-3)
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(img)), img, atol=1e-3)
     rng = random.Random(0)
     outs = [photometric_distortion(img.clone(), rng) for _ in range(10)]
     assert all(o.min() >= 0 and o.max() <= 255 for o in outs)

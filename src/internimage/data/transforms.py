@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_eval_transform", "build_train_transform"]
+__all__ = ["build_eval_transform", "build_train_transform", "hsv_to_rgb", "rgb_to_hsv"]
 
 
 def build_train_transform(
@@ -53,3 +53,26 @@ def build_eval_transform(
     return create_transform(
         img_size, is_training=False, interpolation=interpolation, mean=tuple(mean), std=tuple(std), crop_pct=crop_pct
     )
+
+
+def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) float RGB -> HSV with H in [0, 1), S = (max - min) / max (0 where max is 0), V = max (input scale).
+
+    The float convention of OpenCV's ``cvtColor`` (what mmcv's ``bgr2hsv`` runs), hue as a fraction of a turn; values
+    need not lie in [0, 255] (the multi-view distortion does not clip).
+    """
+    r, g, b = img
+    v = img.max(0).values
+    c = v - img.min(0).values
+    s = torch.where(v != 0, c / torch.where(v != 0, v, torch.ones_like(v)), torch.zeros_like(v))
+    cz = c.clamp(min=1e-6)
+    h = torch.where(v == r, ((g - b) / cz) % 6, torch.where(v == g, (b - r) / cz + 2, (r - g) / cz + 4))
+    h = torch.where(c > 0, h / 6.0, torch.zeros_like(h))
+    return torch.stack([h % 1.0, s, v])
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`: (3, H, W) HSV (H in turns) -> RGB."""
+    h, s, v = hsv
+    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6])
+    return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)

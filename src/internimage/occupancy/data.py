@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..data.transforms import hsv_to_rgb, rgb_to_hsv
 from .classes import NUM_OCC_CLASSES
 
 __all__ = [
@@ -516,39 +517,6 @@ def prev_exists_flags(scene_tokens: Sequence[str]) -> list[bool]:
 # ----------------------------------------------------------------------------------------------------- images
 
 
-def _rgb_to_hsv(img: np.ndarray) -> np.ndarray:
-    # OpenCV's float convention: H in degrees [0, 360), S in [0, 1], V in the input's scale.
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    v = img.max(-1)
-    delta = v - img.min(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where(v != 0, delta / v, 0.0)
-        safe = np.where(delta != 0, delta, 1.0)
-        h = np.where(
-            v == r, 60 * (g - b) / safe, np.where(v == g, 120 + 60 * (b - r) / safe, 240 + 60 * (r - g) / safe)
-        )
-    h = np.where(delta == 0, 0.0, h)
-    h = np.where(h < 0, h + 360, h)
-    return np.stack([h, s, v], -1).astype(np.float32)
-
-
-def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    h6 = (h % 360) / 60.0
-    c = v * s
-    x = c * (1 - np.abs(h6 % 2 - 1))
-    m = v - c
-    sector = np.floor(h6).astype(np.int64) % 6
-    zeros = np.zeros_like(c)
-    choices_r = [c, x, zeros, zeros, x, c]
-    choices_g = [x, c, c, x, zeros, zeros]
-    choices_b = [zeros, zeros, x, c, c, x]
-    r = np.choose(sector, choices_r) + m
-    g = np.choose(sector, choices_g) + m
-    b = np.choose(sector, choices_b) + m
-    return np.stack([r, g, b], -1).astype(np.float32)
-
-
 def photometric_distortion(
     img: np.ndarray,
     rng: np.random.Generator,
@@ -576,15 +544,12 @@ def photometric_distortion(
     contrast_last = bool(rng.integers(2))
     if not contrast_last and rng.integers(2):
         img *= rng.uniform(*contrast_range)
-    hsv = _rgb_to_hsv(img)
+    hsv = rgb_to_hsv(torch.from_numpy(img).permute(2, 0, 1))  # hue in turns: the original's degrees / 360
     if rng.integers(2):
-        hsv[..., 1] *= rng.uniform(*saturation_range)
+        hsv[1] *= rng.uniform(*saturation_range)
     if rng.integers(2):
-        hue = hsv[..., 0] + rng.uniform(-hue_delta, hue_delta)
-        hue[hue > 360] -= 360
-        hue[hue < 0] += 360
-        hsv[..., 0] = hue
-    img = _hsv_to_rgb(hsv)
+        hsv[0] = (hsv[0] + rng.uniform(-hue_delta, hue_delta) / 360.0) % 1.0
+    img = hsv_to_rgb(hsv).permute(1, 2, 0).numpy()
     if contrast_last and rng.integers(2):
         img *= rng.uniform(*contrast_range)
     if rng.integers(2):

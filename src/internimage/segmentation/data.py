@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from ..data.datasets import load_image
 from ..data.palette import default_palette
+from ..data.transforms import hsv_to_rgb, rgb_to_hsv
 
 __all__ = [
     "ADE20KDataset",
@@ -384,24 +385,6 @@ class CityscapesDataset(_SegDataset):
 
 
 # --------------------------------------------------------------------------------------------- transforms
-def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) RGB in [0, 255] -> HSV with H in [0, 1), S in [0, 1], V in [0, 255]."""
-    r, g, b = img
-    v, _ = img.max(0)
-    c = v - img.min(0).values
-    s = torch.where(v > 0, c / v.clamp(min=1e-6), torch.zeros_like(v))
-    cz = c.clamp(min=1e-6)
-    h = torch.where(v == r, ((g - b) / cz) % 6, torch.where(v == g, (b - r) / cz + 2, (r - g) / cz + 4))
-    h = torch.where(c > 0, h / 6.0, torch.zeros_like(h))
-    return torch.stack([h % 1.0, s, v])
-
-
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    h, s, v = hsv
-    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6])
-    return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-
-
 def photometric_distortion(img: torch.Tensor, rng: random.Random) -> torch.Tensor:
     """mmseg ``PhotoMetricDistortion`` on a float (3, H, W) RGB image in [0, 255].
 
@@ -419,12 +402,12 @@ def photometric_distortion(img: torch.Tensor, rng: random.Random) -> torch.Tenso
         img = contrast(img)
     do_sat, do_hue = rng.random() < 0.5, rng.random() < 0.5
     if do_sat or do_hue:
-        hsv = _rgb_to_hsv(img)
+        hsv = rgb_to_hsv(img)
         if do_sat:
             hsv[1] = (hsv[1] * rng.uniform(0.5, 1.5)).clamp(0, 1)
         if do_hue:
             hsv[0] = (hsv[0] + rng.randint(-18, 18) / 180.0) % 1.0
-        img = _hsv_to_rgb(hsv).clamp(0, 255)
+        img = hsv_to_rgb(hsv).clamp(0, 255)
     if not contrast_first:
         img = contrast(img)
     return img
