@@ -166,16 +166,17 @@ def test_inat_meta_branches_add_their_logits_as_the_original():
 
 def test_inat_preset_official_layout_loads_strictly():
     """The H image model's layout plus the meta branches of ``intern_image_meta_former`` (meta_dim 64, 8142 classes),
-    names and shapes written from the original module definitions."""
+    names and shapes written from the original module definitions (the image part: ``tests/test_models.py``'s
+    key -> shape table of the original ``intern_image.py`` with the iNat18 config's H settings)."""
     import torch
 
     from internimage.classification import ClassificationConfig
     from internimage.models import create_model
+    from test_models import ORIGINAL_CONFIGS, original_state_dict_shapes
 
     cfg = ClassificationConfig.from_preset("internimage_h_22ktoinat18_384")
     model = create_model(cfg.model, num_classes=cfg.num_classes, device="meta", **cfg.model_kwargs)
-    image_only = create_model(cfg.model, num_classes=cfg.num_classes, device="meta")
-    official = {k: tuple(v.shape) for k, v in image_only.state_dict().items()}
+    official = original_state_dict_shapes(ORIGINAL_CONFIGS["h"], 8142)
     for i, inputs in ((1, 4), (2, 3)):
         official |= {f"meta_head_{i}.0.weight": (64, inputs), f"meta_head_{i}.0.bias": (64,)}
         official |= {f"meta_head_{i}.2.weight": (64,), f"meta_head_{i}.2.bias": (64,)}
